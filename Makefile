@@ -1,0 +1,37 @@
+# Every target that needs the venv depends on `install`, so each works on a fresh clone.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+SWEEP   ?=
+COUNT   ?=
+AGENTS  ?= 1
+OUT     ?= exports/$(SWEEP)
+export ASL_SWEEP_DATA_DIR ?= $(wildcard ../shared/data/sign-language-digits)
+
+.PHONY: install test train sweep agent clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip check
+	touch $(STAMP)
+
+test: install
+	$(BIN)/pytest -q
+
+train: install
+	$(BIN)/asl-sweep train
+
+sweep: install
+	$(BIN)/asl-sweep sweep sweeps/bayes.yaml --local --run --agents $(AGENTS)
+
+agent: install
+	@test -n "$(SWEEP)" || { echo "usage: make agent SWEEP=<id> [COUNT=n] [AGENTS=k]"; exit 2; }
+	$(BIN)/asl-sweep agent $(SWEEP) --agents $(AGENTS) $(if $(COUNT),--count $(COUNT))
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,262 @@
+"""Find (or download) the Sign Language Digits data, decode it once, cache it, split it.
+
+Why each step is the way it is:
+- Images are resized with the model's own `Resizing` layer, so a saved model fed a raw photo
+  sees exactly what training saw (no Pillow-vs-TensorFlow resize skew). Colour stays RGB here;
+  grayscale conversion lives in the model for the same reason.
+- The cache key hashes every file's bytes plus the preprocessing, so a changed image, a new
+  file or another `image_size` can never read a stale cache.
+- Validation is grouped by signer: each signer photographed 0..9 in order, so their images carry
+  consecutive numbers. Sorting by number, a new signer starts where the digit wraps around
+  (drops by 5 or more). Retakes and gaps inside one signer's sequence never drop that far, and
+  the rule errs by merging two people into one group, never by splitting one person in two,
+  so no person's hand can land on both sides of the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asl_sweep.errors import UserError
+
+DEFAULT_URL = "https://github.com/ardamavi/Sign-Language-Digits-Dataset/archive/refs/heads/master.zip"
+CLASSES = tuple(str(d) for d in range(10))
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+CACHE_VERSION = "v1"
+SIGNER_WRAP_DROP = 5
+RESIZE_CHUNK = 256  # TensorFlow's antialiased resize slows down badly on very large batches
+
+
+@dataclass
+class Dataset:
+    """Decoded images (float32 RGB 0..255, model-resized), labels, image numbers and paths."""
+
+    x: np.ndarray
+    y: np.ndarray
+    numbers: np.ndarray
+    paths: list[str]
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        return Dataset(self.x[idx], self.y[idx], self.numbers[idx], [self.paths[i] for i in idx])
+
+
+def cache_dir() -> Path:
+    """`ASL_SWEEP_CACHE_DIR`, else the user cache directory (XDG on Linux)."""
+    env = os.environ.get("ASL_SWEEP_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("asl-sweep"))
+
+
+def class_root(path: Path) -> Path:
+    """The folder that holds `0..9`: `path/Dataset`, `path` itself, or `<top>/Dataset` in an unpacked archive."""
+    candidates = [path / "Dataset", path] + sorted(p / "Dataset" for p in path.iterdir() if p.is_dir())
+    for c in candidates:
+        if c.is_dir() and any((c / k).is_dir() for k in CLASSES):
+            missing = [k for k in CLASSES if not (c / k).is_dir()]
+            if missing:
+                raise UserError(f"dataset at {c} is missing class folder(s) {', '.join(missing)}")
+            return c
+    raise UserError(f"no dataset layout under {path}: expected Dataset/0..9 or 0..9")
+
+
+def locate(data_dir: str | os.PathLike | None = None, *, download_ok: bool = True) -> Path:
+    """Return the class root: `--data-dir`, else `ASL_SWEEP_DATA_DIR`, else the cache (downloading once)."""
+    given = data_dir or os.environ.get("ASL_SWEEP_DATA_DIR")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise UserError(f"data directory does not exist: {path}")
+        return class_root(path)
+    target = cache_dir() / "sign-language-digits"
+    if not target.is_dir():
+        if not download_ok:
+            raise UserError(f"dataset not found at {target}; run 'asl-sweep data' to download it")
+        download(os.environ.get("ASL_SWEEP_DATA_URL", DEFAULT_URL), target)
+    return class_root(target)
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Unpack a zip, refusing any entry that would land outside `dest` (zip-slip) or is a link."""
+    dest = dest.resolve()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                target = (dest / info.filename).resolve()
+                if not target.is_relative_to(dest):
+                    raise UserError(f"archive entry escapes the target folder, refusing to unpack: {info.filename}")
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise UserError(f"archive entry is a symbolic link, refusing to unpack: {info.filename}")
+            bad = zf.testzip()
+            if bad:
+                raise UserError(f"archive is corrupt (bad CRC): {bad}")
+            zf.extractall(dest)
+    except zipfile.BadZipFile as exc:
+        raise UserError(f"downloaded file is not a valid zip archive: {archive} ({exc})") from None
+
+
+def download(url: str, target: Path) -> None:
+    """Download the dataset archive with a progress bar, unpack it safely, verify, then move into place."""
+    from tqdm import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        archive = Path(tmp) / "dataset.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, archive.open("wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc="downloading dataset") as bar:
+                    while chunk := resp.read(1 << 16):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise UserError(f"could not download dataset from {url}: {getattr(exc, 'reason', exc)}") from None
+        unpacked = Path(tmp) / "unpacked"
+        safe_extract(archive, unpacked)
+        root = class_root(unpacked)
+        list_images(root)
+        shutil.move(str(unpacked), str(target))
+
+
+def list_images(root: Path) -> list[tuple[Path, int]]:
+    """All (path, label) pairs under `root/0..9`, sorted; empty classes and non-image files are errors."""
+    items: list[tuple[Path, int]] = []
+    for label, name in enumerate(CLASSES):
+        folder = root / name
+        if not folder.is_dir():
+            raise UserError(f"missing class folder: {folder}")
+        files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        for p in files:
+            if p.is_dir() or p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise UserError(f"not an image file in dataset: {p}")
+        if not files:
+            raise UserError(f"class folder is empty: {folder}")
+        items.extend((p, label) for p in files)
+    return items
+
+
+def image_number(path: Path) -> int:
+    """The capture number in a file name (IMG_1118.JPG -> 1118), or -1 when there is none."""
+    found = re.findall(r"\d+", path.stem)
+    return int(found[-1]) if found else -1
+
+
+def decode(path: Path) -> np.ndarray:
+    """Decode one image file to an RGB uint8 array; a corrupt file is an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UserError(f"cannot decode image {path}: {exc}") from None
+
+
+def resize_batch(images: list[np.ndarray], image_size: int) -> np.ndarray:
+    """Resize with the model's own resize layer, one call per distinct input shape."""
+    from asl_sweep.model import resize_layer
+
+    layer = resize_layer(image_size)
+    out = np.empty((len(images), image_size, image_size, 3), dtype=np.float32)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for same_shape in by_shape.values():
+        for start in range(0, len(same_shape), RESIZE_CHUNK):
+            idx = same_shape[start:start + RESIZE_CHUNK]
+            out[idx] = np.asarray(layer(np.stack([images[i] for i in idx]).astype(np.float32)))
+    return out
+
+
+def content_key(items: list[tuple[Path, int]], root: Path, image_size: int) -> str:
+    """Hash of every file's relative path, label and bytes, plus the preprocessing settings."""
+    h = hashlib.blake2b(f"{CACHE_VERSION}|size={image_size}".encode(), digest_size=16)
+    for path, label in items:
+        h.update(f"|{path.relative_to(root)}|{label}|".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def load(root: Path, image_size: int, *, use_cache: bool = True) -> Dataset:
+    """Decode all images under `root` at `image_size`, reading/writing the content-keyed cache."""
+    items = list_images(root)
+    key = content_key(items, root, image_size)
+    cache_file = cache_dir() / "arrays" / f"{key}.npz"
+    paths = [str(p) for p, _ in items]
+    y = np.array([label for _, label in items], dtype=np.int64)
+    numbers = np.array([image_number(p) for p, _ in items], dtype=np.int64)
+    if use_cache and cache_file.is_file():
+        try:
+            with np.load(cache_file) as cached:
+                return Dataset(cached["x"], y, numbers, paths)
+        except (OSError, ValueError, KeyError):
+            cache_file.unlink(missing_ok=True)
+    x = resize_batch([decode(p) for p, _ in items], image_size)
+    if use_cache:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".npz")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, x=x)
+        os.replace(tmp, cache_file)
+    return Dataset(x, y, numbers, paths)
+
+
+def limit_per_class(ds: Dataset, max_per_class: int) -> Dataset:
+    """Keep the first `max_per_class` images of each digit by capture number (0 keeps all)."""
+    if max_per_class <= 0:
+        return ds
+    keep = []
+    for label in range(len(CLASSES)):
+        idx = np.flatnonzero(ds.y == label)
+        keep.extend(idx[np.argsort(ds.numbers[idx], kind="stable")][:max_per_class])
+    return ds.subset(np.array(sorted(keep)))
+
+
+def signer_groups(numbers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Signer id per image: sorted by capture number, a new signer starts where the digit wraps around."""
+    if (numbers < 0).any():
+        bad = int(np.flatnonzero(numbers < 0)[0])
+        raise UserError(f"cannot group by signer: image #{bad} has no capture number in its name; use split=random")
+    order = np.argsort(numbers, kind="stable")
+    groups = np.empty(len(numbers), dtype=np.int64)
+    group, prev = 0, None
+    for i in order:
+        if prev is not None and labels[i] <= prev - SIGNER_WRAP_DROP:
+            group += 1
+        groups[i] = group
+        prev = labels[i]
+    return groups
+
+
+def split(ds: Dataset, how: str, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation indices, stratified by digit; grouped by signer unless `how == 'random'`."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    idx = np.arange(len(ds.y))
+    if how == "random":
+        try:
+            tr, va = train_test_split(idx, test_size=val_fraction, stratify=ds.y, random_state=seed)
+        except ValueError as exc:
+            raise UserError(f"cannot split {len(idx)} images randomly: {exc}") from None
+        return np.sort(tr), np.sort(va)
+    groups = signer_groups(ds.numbers, ds.y)
+    n_splits = max(2, round(1 / val_fraction))
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise UserError(f"only {n_groups} signer(s) found, need at least {n_splits} for val_fraction={val_fraction}")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    tr, va = next(folds.split(idx, ds.y, groups))
+    return np.sort(tr), np.sort(va)

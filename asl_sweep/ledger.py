@@ -1,0 +1,178 @@
+"""The local ledger: every local sweep and run, in one SQLite file (WAL, short transactions).
+
+It is the single source of truth for local sweeps, shared by any number of agent processes:
+nothing about a run lives only in memory. Finished runs are never rewritten: state changes
+are conditional on the run still being active.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import string
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from asl_sweep.errors import UserError
+
+ACTIVE = ("pending", "running")
+TERMINAL = ("finished", "failed", "crashed", "stopped")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'running',
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id),
+    number INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    should_stop INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    ended_at REAL,
+    history TEXT NOT NULL DEFAULT '[]',
+    summary TEXT NOT NULL DEFAULT '{}',
+    record_path TEXT,
+    wandb_dir TEXT,
+    agent TEXT,
+    error TEXT,
+    UNIQUE (sweep_id, number)
+);
+CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, state);
+"""
+
+
+def default_path() -> Path:
+    """`ASL_SWEEP_LEDGER`, else `asl-sweep.db` in the working directory."""
+    return Path(os.environ.get("ASL_SWEEP_LEDGER", "asl-sweep.db"))
+
+
+def new_id(length: int = 8) -> str:
+    """W&B-style short lowercase id."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def run_from_row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("config", "history", "summary"):
+        out[key] = json.loads(out[key])
+    return out
+
+
+class Ledger:
+    """Thin typed access to the SQLite file; each method is one transaction."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path else default_path()
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: writers queue here, so read-decide-write steps are atomic."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # sweeps
+    def create_sweep(self, config: dict[str, Any], name: str) -> str:
+        sweep_id = new_id()
+        with self.transaction() as db:
+            db.execute("INSERT INTO sweeps (id, name, config, created_at) VALUES (?, ?, ?, ?)",
+                       (sweep_id, name, json.dumps(config), time.time()))
+        return sweep_id
+
+    def find_sweep(self, sweep_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["config"] = json.loads(out["config"])
+        return out
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        found = self.find_sweep(sweep_id)
+        if found is None:
+            raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.path}; 'asl-sweep sweeps' lists them)")
+        return found
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT s.id, s.name, s.state, s.created_at, s.config, COUNT(r.id) AS runs FROM sweeps s "
+            "LEFT JOIN runs r ON r.sweep_id = s.id GROUP BY s.id ORDER BY s.created_at").fetchall()
+        return [{**dict(r), "config": json.loads(r["config"])} for r in rows]
+
+    def set_sweep_state(self, sweep_id: str, state: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE sweeps SET state = ? WHERE id = ?", (state, sweep_id))
+
+    # runs
+    def runs(self, sweep_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
+        return [run_from_row(r) for r in rows]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return run_from_row(row) if row else None
+
+    def append_epoch(self, run_id: str, row: dict[str, float]) -> None:
+        """Add one epoch to an active run's history (a no-op once the run has ended)."""
+        with self.transaction() as db:
+            found = db.execute("SELECT history FROM runs WHERE id = ? AND state IN (?, ?)",
+                               (run_id, *ACTIVE)).fetchone()
+            if found:
+                history = json.loads(found["history"]) + [row]
+                db.execute("UPDATE runs SET history = ?, heartbeat_at = ?, state = 'running' WHERE id = ?",
+                           (json.dumps(history), time.time(), run_id))
+
+    def heartbeat(self, run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND state IN (?, ?)",
+                       (time.time(), run_id, *ACTIVE))
+
+    def finish_run(self, run_id: str, state: str, *, summary: dict[str, Any] | None = None,
+                   history: list[dict] | None = None, record_path: str | None = None,
+                   wandb_dir: str | None = None, error: str | None = None) -> bool:
+        """Move an active run to a terminal state; returns False when it had already ended."""
+        assert state in TERMINAL, state
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE runs SET state = ?, ended_at = ?, summary = COALESCE(?, summary), "
+                "history = COALESCE(?, history), record_path = COALESCE(?, record_path), "
+                "wandb_dir = COALESCE(?, wandb_dir), error = COALESCE(?, error) "
+                "WHERE id = ? AND state IN (?, ?)",
+                (state, time.time(), json.dumps(summary) if summary is not None else None,
+                 json.dumps(history) if history is not None else None, record_path, wandb_dir, error,
+                 run_id, *ACTIVE))
+            return cur.rowcount == 1
+
+    def request_stop(self, run_ids: list[str]) -> None:
+        if run_ids:
+            with self.transaction() as db:
+                db.executemany("UPDATE runs SET should_stop = 1 WHERE id = ?", [(r,) for r in run_ids])
+
+    def should_stop(self, run_id: str) -> bool:
+        row = self.db.execute("SELECT should_stop FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return bool(row and row["should_stop"])

@@ -1,0 +1,59 @@
+"""Process set-up shared by every command: quiet TensorFlow, wandb mode and folders, threads.
+
+Must run before TensorFlow is imported, so it imports nothing heavy itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def has_wandb_key() -> bool:
+    """True when W&B credentials exist (env var or ~/.netrc), i.e. online is possible."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode() -> str:
+    """`WANDB_MODE` when set, else online with credentials and offline without."""
+    return os.environ.get("WANDB_MODE") or ("online" if has_wandb_key() else "offline")
+
+
+def setup(*, debug: bool = False, workdir: Path | None = None) -> None:
+    """Silence start-up noise unless debugging, and keep every wandb file under the working directory."""
+    workdir = (workdir or Path.cwd()).resolve()
+    os.environ.setdefault("WANDB_MODE", wandb_mode())
+    os.environ.setdefault("WANDB_DIR", str(workdir))
+    for var, sub in (("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
+        os.environ.setdefault(var, str(workdir / "wandb" / sub))
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_CONSOLE", "off")
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def set_threads(threads: int) -> None:
+    """Pin TensorFlow's thread pools (call before the first op): one agent per core scales best."""
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:
+        pass  # already initialised in this process: the first setting stays, which is what we want.

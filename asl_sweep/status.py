@@ -1,0 +1,66 @@
+"""Plain-text views of the ledger for the terminal: sweeps list, one sweep's runs, the best run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from asl_sweep import controller
+from asl_sweep.ledger import Ledger
+from asl_sweep.sweepfile import metric
+
+
+def _best_value(run: dict[str, Any], name: str, goal: str) -> float | None:
+    values = [h[name] for h in run["history"] if isinstance(h.get(name), (int, float))]
+    return (max(values) if goal == "maximize" else min(values)) if values else None
+
+
+def sweeps_table() -> str:
+    ledger = Ledger()
+    rows = ledger.sweeps()
+    ledger.close()
+    if not rows:
+        return f"no local sweeps in {ledger.path}"
+    lines = [f"{'id':10} {'name':14} {'method':7} {'state':9} {'runs':>4}  created"]
+    for s in rows:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"]))
+        lines.append(f"{s['id']:10} {s['name'][:14]:14} {s['config']['method']:7} {s['state']:9} {s['runs']:>4}  {created}")
+    return "\n".join(lines)
+
+
+def status_table(sweep_id: str) -> str:
+    ledger = Ledger()
+    try:
+        sweep = ledger.sweep(sweep_id)
+        runs = ledger.runs(sweep_id)
+        name, goal = metric(sweep["config"])
+        lines = [f"sweep {sweep_id} ({sweep['config']['method']}, {sweep['state']}), metric {name} ({goal})",
+                 f"{'#':>3} {'run':9} {'state':9} {'epochs':>6} {name:>14}  config"]
+        for r in runs:
+            best = _best_value(r, name, goal)
+            params = " ".join(f"{k}={v}" for k, v in r["config"].items())
+            shown = f"{best:.4f}" if best is not None else "-"
+            lines.append(f"{r['number']:>3} {r['id']:9} {r['state']:9} {len(r['history']):>6} {shown:>14}  {params}")
+        lines.append(best_summary(sweep_id, ledger))
+        return "\n".join(lines)
+    finally:
+        ledger.close()
+
+
+def best_summary(sweep_id: str, ledger: Ledger | None = None) -> str:
+    """One paragraph: the best run, its value and where its files are."""
+    own = ledger is None
+    ledger = ledger or Ledger()
+    try:
+        name, goal = metric(ledger.sweep(sweep_id)["config"])
+        best = controller.best_run(ledger, sweep_id)
+        if best is None:
+            return f"sweep {sweep_id}: no run has reported {name} yet"
+        value = _best_value(best, name, goal)
+        where = best["wandb_dir"] or "(still running)"
+        params = ", ".join(f"{k}={v}" for k, v in best["config"].items())
+        return (f"best run: {best['id']} (#{best['number']}, {best['state']}) {name}={value:.4f}\n"
+                f"  config: {params}\n  files: {where}")
+    finally:
+        if own:
+            ledger.close()

@@ -1,0 +1,272 @@
+"""Train one run: `wandb.init(config=...)`, build from `wandb.config`, fit, log, save, record.
+
+This module is also the program a W&B sweep's `command` launches:
+`python -m asl_sweep.train --key=value ...` (W&B's `${args}`), with the agent's environment
+(`WANDB_SWEEP_ID`, `WANDB_RUN_ID`, `WANDB_SWEEP_PARAM_PATH`) read by `wandb.init` itself.
+Offline `.wandb` files are binary, so every run also writes `result.json` beside its model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+from asl_sweep import runtime
+from asl_sweep.config import Config, from_mapping, parse_overrides, read_yaml
+from asl_sweep.errors import UserError
+
+EXAMPLE_IMAGES = 48
+RESULT_FILE = "result.json"
+MODEL_FILE = "model.keras"
+
+
+class Reporter(Protocol):
+    """Receives a run's progress (the local sweep ledger implements it)."""
+
+    def epoch(self, row: dict[str, float]) -> bool:
+        """Record one epoch; return True when the run should stop early."""
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Record the run's final state and summary."""
+
+
+class DataCache:
+    """Loads the dataset once per image size and keeps it for the process (one per agent)."""
+
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.data_dir = data_dir
+        self._root: Path | None = None
+        self._loaded: dict[int, Any] = {}
+
+    def get(self, cfg: Config):
+        from asl_sweep import data
+
+        if self._root is None:
+            self._root = data.locate(self.data_dir)
+        if cfg.image_size not in self._loaded:
+            self._loaded[cfg.image_size] = data.load(self._root, cfg.image_size)
+        return data.limit_per_class(self._loaded[cfg.image_size], cfg.max_per_class)
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int):
+    """Optimizer with the configured schedule (warmup applies to the cosine schedule)."""
+    import keras
+
+    lr: Any = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        warmup = cfg.warmup_epochs * steps_per_epoch
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else cfg.learning_rate,
+            decay_steps=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch),
+            warmup_target=cfg.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    return keras.optimizers.RMSprop(lr, weight_decay=wd)
+
+
+def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]]):
+    """Per epoch: time it, read the learning rate, log plain keys for the sweep, ask to stop."""
+    import keras
+
+    class EpochCallback(keras.callbacks.Callback):
+        stopped = False
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            row = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+            row["epoch"] = epoch + 1
+            row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            row["epoch_time"] = time.perf_counter() - self._t0
+            history.append(row)
+            run.log(row, commit=False)
+            if reporter is not None and reporter.epoch(row):
+                EpochCallback.stopped = True
+                self.model.stop_training = True
+
+    return EpochCallback()
+
+
+def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbose: int | str = "auto") -> dict[str, Any]:
+    """Fit `cfg`'s model on `dataset` (split as configured), log to `run`, save; return the record."""
+    import keras
+    import numpy as np
+    import wandb
+    from sklearn.metrics import confusion_matrix
+    from wandb.integration.keras import WandbMetricsLogger
+
+    from asl_sweep import data, model as model_lib
+
+    t_start = time.perf_counter()
+    tr, va = data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
+    x_tr, x_va = dataset.x[tr], dataset.x[va]
+    y_tr, y_va = dataset.y[tr], dataset.y[va]
+    keras.utils.set_random_seed(cfg.seed)
+    net = model_lib.build(cfg)
+    steps = math.ceil(len(tr) / cfg.batch_size)
+    net.compile(
+        optimizer=make_optimizer(cfg, steps),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    history: list[dict[str, float]] = []
+    epoch_cb = _epoch_callback(run, reporter, history)
+    callbacks = [epoch_cb, keras.callbacks.TerminateOnNaN(), WandbMetricsLogger()]
+    onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)
+    t_fit = time.perf_counter()
+    net.fit(
+        x_tr, onehot[y_tr], validation_data=(x_va, onehot[y_va]), batch_size=cfg.batch_size,
+        epochs=cfg.epochs, shuffle=True, callbacks=callbacks, verbose=verbose,
+    )
+    fit_time = time.perf_counter() - t_fit
+
+    if history and not math.isfinite(history[-1].get("loss", float("nan"))):
+        state = "failed"
+    elif epoch_cb.stopped:
+        state = "stopped"
+    else:
+        state = "finished"
+    probs = net.predict(x_va, batch_size=256, verbose=0) if state != "failed" else np.zeros((len(va), 10))
+    preds = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    val_acc = [h.get("val_accuracy", float("nan")) for h in history]
+    best = int(np.nanargmax(val_acc)) if any(math.isfinite(v) for v in val_acc) else -1
+    summary = {
+        "state": state,
+        "epochs_run": len(history),
+        "best_val_accuracy": val_acc[best] if best >= 0 else None,
+        "best_epoch": best + 1 if best >= 0 else None,
+        "val_accuracy": val_acc[-1] if history and math.isfinite(val_acc[-1]) else None,
+        "val_loss": history[-1].get("val_loss") if history else None,
+        "param_count": int(net.count_params()),
+        "fit_time": fit_time,
+        "train_images": int(len(tr)),
+        "val_images": int(len(va)),
+    }
+    files = Path(run.dir)
+    model_path = files / MODEL_FILE
+    if state != "failed":
+        net.save(model_path)
+        rng = np.random.default_rng(cfg.seed)
+        shown = np.sort(rng.choice(len(va), size=min(EXAMPLE_IMAGES, len(va)), replace=False))
+        table = wandb.Table(columns=["image", "true", "predicted", "confidence", "file"])
+        for i in shown:
+            table.add_data(wandb.Image(x_va[i].astype("uint8")), int(y_va[i]), int(preds[i]), float(conf[i]),
+                           Path(dataset.paths[va[i]]).name)
+        run.log({
+            "val_predictions": table,
+            "confusion_matrix": wandb.plot.confusion_matrix(
+                y_true=y_va.tolist(), preds=preds.tolist(), class_names=[str(c) for c in range(10)]),
+        })
+    summary["wall_time"] = time.perf_counter() - t_start
+    run.summary.update({k: v for k, v in summary.items() if v is not None})
+    record = {
+        "run_id": run.id,
+        "sweep_id": os.environ.get("WANDB_SWEEP_ID"),
+        "state": state,
+        "config": cfg.to_dict(),
+        "history": history,
+        "summary": summary,
+        "confusion_matrix": confusion_matrix(y_va, preds, labels=list(range(10))).tolist(),
+        "val_predictions": [
+            {"path": dataset.paths[j], "true": int(t), "pred": int(p), "confidence": round(float(c), 4)}
+            for j, t, p, c in zip(va, y_va, preds, conf)
+        ],
+        "paths": {
+            "run_dir": str(files.parent),
+            "model": str(model_path) if state != "failed" else None,
+            "record": str(files / RESULT_FILE),
+        },
+    }
+    (files / RESULT_FILE).write_text(json.dumps(record, indent=1))
+    if reporter is not None:
+        reporter.finish(record)
+    return record
+
+
+def execute(
+    values: Mapping[str, Any],
+    data_cache: DataCache,
+    *,
+    reporter: Reporter | None = None,
+    run_id: str | None = None,
+    verbose: int | str = "auto",
+) -> dict[str, Any]:
+    """One run's whole life: `wandb.init(config=values)` -> Config from `wandb.config` -> train -> finish."""
+    import wandb
+
+    initial = from_mapping(values, source="config")
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "asl-sweep"),
+        config=initial.to_dict(),
+        id=run_id,
+        dir=os.environ.get("WANDB_DIR"),
+        reinit="finish_previous",
+    )
+    try:
+        cfg = from_mapping(dict(run.config), source="wandb.config")
+        record = train(cfg, data_cache.get(cfg), run, reporter=reporter, verbose=verbose)
+    except KeyboardInterrupt:
+        run.finish(exit_code=255)
+        raise
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish(exit_code=1 if record["state"] == "failed" else 0)
+    return record
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of config values (flat, or W&B config-defaults form)")
+    parser.add_argument("--data-dir", help="dataset folder (default: $ASL_SWEEP_DATA_DIR, else the download cache)")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show TensorFlow/wandb logs and full tracebacks")
+
+
+def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    """`asl-sweep train` and `python -m asl_sweep.train`: defaults <- --config <- --key=value."""
+    values: dict[str, Any] = read_yaml(args.config) if args.config else {}
+    values.update(parse_overrides(overrides))
+    from_mapping(values, source=args.config or "command line")
+    runtime.setup(debug=getattr(args, "debug", False))
+    from asl_sweep.controller import reporter_from_env
+
+    reporter = reporter_from_env()
+    record = execute(values, DataCache(args.data_dir), reporter=reporter,
+                     run_id=os.environ.get("WANDB_RUN_ID"), verbose="auto")
+    s = record["summary"]
+    acc = f"{s['val_accuracy']:.4f}" if s["val_accuracy"] is not None else "n/a"
+    best = f"{s['best_val_accuracy']:.4f} (epoch {s['best_epoch']})" if s["best_val_accuracy"] is not None else "n/a"
+    print(f"run {record['run_id']} {record['state']}: val_accuracy {acc}, best {best}, "
+          f"{s['epochs_run']} epochs in {s['wall_time']:.1f}s")
+    print(f"record: {record['paths']['record']}")
+    if os.environ.get("WANDB_MODE") == "offline":
+        print(f"logged offline; upload later with: wandb sync {record['paths']['run_dir']}")
+    return 1 if record["state"] == "failed" else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from asl_sweep.cli import guarded
+
+    parser = argparse.ArgumentParser(prog="python -m asl_sweep.train", description="Train one run.", allow_abbrev=False)
+    add_train_arguments(parser)
+    args, rest = parser.parse_known_args(argv)
+    return guarded(lambda: run_from_args(args, rest), debug=getattr(args, "debug", False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
