@@ -160,7 +160,50 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sweeps", help="list local sweeps")
     p = sub.add_parser("status", help="runs of a local sweep and the best so far")
     p.add_argument("sweep_id")
+    p = sub.add_parser("report", help="HTML report (parallel coordinates, importance, curves) of a sweep")
+    p.add_argument("sweep_id")
+    p.add_argument("--out", help="output folder (default: reports/<sweep_id>)")
+
+    p = sub.add_parser("export", help="export a sweep's best run: model, config.yaml, metrics.json, model card")
+    p.add_argument("sweep_id")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    p.add_argument("--retrain", action="store_true", help="re-train the winner on train+validation")
+    p.add_argument("--data-dir")
+
+    p = sub.add_parser("predict", help="digit and confidence for image files, with an exported model")
+    p.add_argument("model_dir")
+    p.add_argument("images", nargs="+")
+
+    p = sub.add_parser("evaluate", help="score an exported model on a folder in the dataset's layout")
+    p.add_argument("model_dir")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out", help="JSON file for the results (default: <model_dir>/evaluation.json)")
     return parser
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from asl_sweep import report
+
+    return report.run(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from asl_sweep import export
+
+    return export.run(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from asl_sweep import predict
+
+    return predict.predict_cmd(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from asl_sweep import predict
+
+    return predict.evaluate_cmd(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": lambda: cmd_agent(args),
         "sweeps": lambda: cmd_sweeps(args),
         "status": lambda: cmd_status(args),
+        "report": lambda: cmd_report(args),
+        "export": lambda: cmd_export(args),
+        "predict": lambda: cmd_predict(args),
+        "evaluate": lambda: cmd_evaluate(args),
     }
     return guarded(handlers[args.command], debug=debug)
 
