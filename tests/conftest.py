@@ -1,0 +1,64 @@
+"""Shared fixtures: every test runs offline in its own working directory, cache and ledger."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REAL_DATA = Path(os.environ.get("ASL_SWEEP_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data/sign-language-digits"))
+TINY = {"image_size": 16, "filters_1": 4, "filters_2": 8, "dense_units": 16, "epochs": 1, "batch_size": 16}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Offline wandb, cache, ledger and wandb files all under this test's tmp dir."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("ASL_SWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", str(work / "asl-sweep.db"))
+    monkeypatch.delenv("ASL_SWEEP_DATA_DIR", raising=False)
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(work))
+    for var, sub in (("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
+        monkeypatch.setenv(var, str(work / "wandb" / sub))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    return work
+
+
+def make_dataset(root: Path, signers: int = 6, size: int = 24, seed: int = 0, *, layout: str = "Dataset") -> Path:
+    """Synthetic signers: each photographs digits 0..9 in order (consecutive numbers), a learnable pattern per digit."""
+    rng = np.random.default_rng(seed)
+    base = root / layout if layout else root
+    for d in range(10):
+        (base / str(d)).mkdir(parents=True, exist_ok=True)
+    number = 1000
+    for _ in range(signers):
+        tint = rng.integers(0, 60, size=3)
+        for d in range(10):
+            img = rng.integers(0, 40, size=(size, size, 3)) + tint
+            r, c = divmod(d, 4)
+            img[r * 6 + 2: r * 6 + 7, c * 6 + 1: c * 6 + 6] = 230
+            Image.fromarray(img.clip(0, 255).astype("uint8")).save(base / str(d) / f"IMG_{number}.png")
+            number += 1
+        number += int(rng.integers(0, 5))
+    return root
+
+
+@pytest.fixture
+def dataset_dir(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    if not (REAL_DATA / "Dataset").is_dir():
+        pytest.skip(f"real dataset not found at {REAL_DATA} (set ASL_SWEEP_DATA_DIR)")
+    return REAL_DATA

@@ -1,0 +1,57 @@
+import pytest
+
+from asl_sweep.config import Config, from_mapping, parse_overrides, read_yaml, write_yaml
+from asl_sweep.errors import UserError
+
+
+def test_defaults_are_the_seed_model():
+    c = Config()
+    assert (c.conv_blocks, c.filters, c.dense_units, c.epochs, c.image_size) == (2, [32, 64], 128, 15, 32)
+    assert c.split == "signer" and c.color_mode == "grayscale"
+
+
+def test_wandb_args_are_typed_and_validated():
+    values = parse_overrides(["--learning_rate=0.01", "--batch_norm=True", "--conv_blocks=3", "--optimizer=sgd"])
+    c = from_mapping(values)
+    assert c.learning_rate == 0.01 and c.batch_norm is True and c.conv_blocks == 3 and c.optimizer == "sgd"
+    assert c.filters == [32, 64, 128]
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"learnin_rate": 0.1}, "unknown config key 'learnin_rate'"),
+        ({"epochs": "many"}, "'epochs'"),
+        ({"epochs": 2.5}, "expected an integer"),
+        ({"dropout": 0.95}, "'dropout'"),
+        ({"learning_rate": 0}, "'learning_rate'"),
+        ({"optimizer": "lion"}, "must be one of"),
+        ({"batch_norm": "maybe"}, "'batch_norm'"),
+        ({"warmup_epochs": 5, "epochs": 5}, "'warmup_epochs'"),
+    ],
+)
+def test_bad_values_name_the_key(values, fragment):
+    with pytest.raises(UserError, match=fragment):
+        from_mapping(values)
+
+
+def test_override_syntax_and_unknown_keys():
+    with pytest.raises(UserError, match="--key=value"):
+        parse_overrides(["--epochs", "3"])
+    with pytest.raises(UserError, match="unknown config key 'lr'"):
+        parse_overrides(["--lr=3"])
+
+
+def test_wandb_internal_keys_are_ignored():
+    assert from_mapping({"_wandb": {"x": 1}, "epochs": 3}).epochs == 3
+
+
+def test_yaml_round_trip_and_config_defaults_form(tmp_path):
+    c = Config().replace(epochs=7, dropout=0.25)
+    write_yaml(c, tmp_path / "c.yaml")
+    assert from_mapping(read_yaml(tmp_path / "c.yaml")) == c
+    (tmp_path / "d.yaml").write_text("epochs:\n  value: 4\n  desc: W&B config-defaults form\n")
+    assert from_mapping(read_yaml(tmp_path / "d.yaml")).epochs == 4
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(UserError, match="mapping"):
+        read_yaml(tmp_path / "bad.yaml")

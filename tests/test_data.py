@@ -1,0 +1,172 @@
+import functools
+import http.server
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asl_sweep import data
+from asl_sweep.errors import UserError
+from tests.conftest import REAL_DATA, make_dataset
+
+ZIP = REAL_DATA.parent / "sign-language-digits.zip"
+
+
+def make_zip(src: Path, dest: Path, top: str = "Sign-Language-Digits-Dataset-master") -> Path:
+    with zipfile.ZipFile(dest, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, f"{top}/{p.relative_to(src)}")
+    return dest
+
+
+def test_locate_prefers_argument_then_env(dataset_dir, tmp_path, monkeypatch):
+    other = make_dataset(tmp_path / "other", signers=1)
+    monkeypatch.setenv("ASL_SWEEP_DATA_DIR", str(other))
+    assert data.locate(dataset_dir) == dataset_dir / "Dataset"
+    assert data.locate() == other / "Dataset"
+    with pytest.raises(UserError, match="does not exist"):
+        data.locate(tmp_path / "nope")
+
+
+def test_download_over_http_once_then_cached(tmp_path, monkeypatch):
+    archive = ZIP if ZIP.is_file() else make_zip(make_dataset(tmp_path / "src"), tmp_path / "ds.zip")
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(archive, served / "master.zip")
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("ASL_SWEEP_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}/master.zip")
+        root = data.locate()
+        again = data.locate()
+    finally:
+        server.shutdown()
+    assert root == again and root.name == "Dataset" and data.list_images(root)
+    assert len(requests) == 1
+
+
+def test_download_via_file_url(tmp_path, monkeypatch):
+    archive = make_zip(make_dataset(tmp_path / "src", signers=2), tmp_path / "ds.zip")
+    monkeypatch.setenv("ASL_SWEEP_DATA_URL", archive.as_uri())
+    root = data.locate()
+    assert len(data.list_images(root)) == 20
+
+
+def test_zip_slip_is_rejected(tmp_path, monkeypatch):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("Dataset/0/IMG_1.png", b"x")
+        zf.writestr("../../escaped.txt", b"owned")
+    monkeypatch.setenv("ASL_SWEEP_DATA_URL", evil.as_uri())
+    with pytest.raises(UserError, match="escapes the target"):
+        data.locate()
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (data.cache_dir() / "sign-language-digits").exists()
+
+
+def test_bad_archive_and_bad_layout(tmp_path, monkeypatch):
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    monkeypatch.setenv("ASL_SWEEP_DATA_URL", (tmp_path / "junk.zip").as_uri())
+    with pytest.raises(UserError, match="not a valid zip"):
+        data.locate()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    with pytest.raises(UserError, match="no dataset layout"):
+        data.locate(flat)
+
+
+def test_bad_files_are_named(dataset_dir):
+    root = dataset_dir / "Dataset"
+    (root / "3" / "notes.txt").write_text("hi")
+    with pytest.raises(UserError, match="notes.txt"):
+        data.list_images(root)
+    (root / "3" / "notes.txt").unlink()
+    (root / "4" / "IMG_9999.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(UserError, match="IMG_9999.png"):
+        data.load(root, 16)
+    (root / "4" / "IMG_9999.png").unlink()
+    for p in (root / "7").iterdir():
+        p.unlink()
+    with pytest.raises(UserError, match="empty"):
+        data.list_images(root)
+    shutil.rmtree(root / "7")
+    with pytest.raises(UserError, match="missing class folder"):
+        data.class_root(dataset_dir)
+
+
+def test_cache_hit_miss_and_invalidation(dataset_dir):
+    root = dataset_dir / "Dataset"
+    first = data.load(root, 16)
+    files = sorted((data.cache_dir() / "arrays").glob("*.npz"))
+    assert len(files) == 1 and first.x.shape == (60, 16, 16, 3)
+    mtime = files[0].stat().st_mtime_ns
+    second = data.load(root, 16)
+    assert np.array_equal(first.x, second.x) and files[0].stat().st_mtime_ns == mtime  # hit: nothing rewritten
+    data.load(root, 12)  # other preprocessing: another entry
+    assert len(list((data.cache_dir() / "arrays").glob("*.npz"))) == 2
+    target = root / "5" / sorted(p.name for p in (root / "5").iterdir())[0]
+    from PIL import Image
+
+    Image.new("RGB", (24, 24), (255, 0, 0)).save(target)
+    changed = data.load(root, 16)
+    assert len(list((data.cache_dir() / "arrays").glob("*.npz"))) == 3
+    i = changed.paths.index(str(target))
+    assert not np.array_equal(changed.x[i], first.x[i])
+
+
+def test_model_resize_matches_cached_arrays(dataset_dir):
+    """Serving a raw image through the model's resize gives exactly the training pixels."""
+    root = dataset_dir / "Dataset"
+    ds = data.load(root, 16)
+    from asl_sweep.model import resize_layer
+
+    raw = data.decode(Path(ds.paths[0])).astype("float32")[None]
+    assert np.allclose(np.asarray(resize_layer(16)(raw))[0], ds.x[0], atol=1e-4)
+
+
+def test_signer_split_shares_no_signer_and_is_deterministic(tmp_path):
+    root = make_dataset(tmp_path / "d", signers=12) / "Dataset"
+    ds = data.load(root, 8)
+    groups = data.signer_groups(ds.numbers, ds.y)
+    assert len(set(groups.tolist())) == 12
+    tr, va = data.split(ds, "signer", 0.25, seed=1)
+    assert not set(groups[tr]) & set(groups[va])
+    assert set(np.bincount(ds.y[va], minlength=10)) == {len(va) // 10}  # stratified: every digit equally
+    tr2, va2 = data.split(ds, "signer", 0.25, seed=1)
+    assert np.array_equal(va, va2)
+    rtr, rva = data.split(ds, "random", 0.25, seed=1)
+    assert len(rva) == 30 and not set(rtr) & set(rva)
+
+
+def test_signer_rule_tolerates_retakes_and_gaps():
+    labels = np.array([0, 1, 2, 2, 4, 3, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2])
+    numbers = np.arange(100, 100 + len(labels))
+    groups = data.signer_groups(numbers, labels)
+    assert groups.tolist() == [0] * 11 + [1] * 10 + [2] * 2
+
+
+def test_too_few_signers_is_clear(tmp_path):
+    ds = data.load(make_dataset(tmp_path / "d", signers=2) / "Dataset", 8)
+    with pytest.raises(UserError, match="signer"):
+        data.split(ds, "signer", 0.2, seed=0)
+
+
+@pytest.mark.realdata
+def test_real_data_signers(real_data_dir):
+    ds = data.load(data.locate(real_data_dir), 16)
+    groups = data.signer_groups(ds.numbers, ds.y)
+    sizes = np.bincount(groups)
+    assert len(sizes) > 100 and np.median(sizes) == 10  # one signer = one photo of each digit
+    tr, va = data.split(ds, "signer", 0.2, seed=0)
+    assert not set(groups[tr]) & set(groups[va])
+    assert 0.15 < len(va) / len(ds.y) < 0.25

@@ -1,0 +1,119 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from asl_sweep import data
+from asl_sweep.config import Config
+from asl_sweep.train import DataCache, execute, train
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_execute_trains_logs_offline_and_writes_the_record(dataset_dir):
+    record = execute({**TINY, "epochs": 2, "split": "random"}, DataCache(str(dataset_dir)))
+    assert record["state"] == "finished"
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time"):
+        assert key in record["history"][0]
+    s = record["summary"]
+    assert s["best_val_accuracy"] == max(h["val_accuracy"] for h in record["history"]) and s["param_count"] > 0
+    run_dir = Path(record["paths"]["run_dir"])
+    assert run_dir.parent == Path.cwd() / "wandb" and run_dir.name.startswith("offline-run-")
+    assert list(run_dir.glob("run-*.wandb")) and Path(record["paths"]["model"]).is_file()
+    assert json.loads(Path(record["paths"]["record"]).read_text())["run_id"] == record["run_id"]
+    assert np.array(record["confusion_matrix"]).sum() == s["val_images"]
+
+
+def test_nan_loss_stops_the_run_as_failed(dataset_dir):
+    ds = data.load(data.locate(dataset_dir), 16)
+    ds.x[:] = np.nan
+    import wandb
+
+    run = wandb.init(project="t", config={}, reinit="finish_previous")
+    record = train(Config().replace(**{**TINY, "epochs": 3, "split": "random"}), ds, run)
+    run.finish(exit_code=1)
+    assert record["state"] == "failed" and len(record["history"]) == 1
+    assert record["paths"]["model"] is None
+
+
+class StopAfterFirst:
+    def __init__(self):
+        self.rows, self.finished = [], None
+
+    def epoch(self, row):
+        self.rows.append(row)
+        return True
+
+    def finish(self, record):
+        self.finished = record
+
+
+def test_reporter_stop_request_ends_at_epoch_boundary(dataset_dir):
+    rep = StopAfterFirst()
+    record = execute({**TINY, "epochs": 4, "split": "random"}, DataCache(str(dataset_dir)), reporter=rep)
+    assert record["state"] == "stopped" and len(record["history"]) == 1
+    assert rep.finished is record and rep.rows == record["history"]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items()}
+    env.update(PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def test_launched_as_the_wandb_agent_launches_it(dataset_dir, tmp_path):
+    """`${env} ${interpreter} -m asl_sweep.train ${args}` with the agent's env vars."""
+    params = {**TINY, "learning_rate": 0.005, "split": "random"}
+    param_file = tmp_path / "params.yaml"
+    param_file.write_text(yaml.safe_dump({k: {"value": v} for k, v in params.items()}))
+    args = [f"--{k}={v}" for k, v in params.items()]
+    proc = subprocess.run(
+        ["/usr/bin/env", sys.executable, "-m", "asl_sweep.train", *args],
+        env=_env(WANDB_SWEEP_ID="abcd1234", WANDB_RUN_ID="agentrun1", WANDB_SWEEP_PARAM_PATH=str(param_file),
+                 ASL_SWEEP_DATA_DIR=str(dataset_dir)),
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(next(Path("wandb").glob("offline-run-*-agentrun1/files/result.json")).read_text())
+    assert record["run_id"] == "agentrun1" and record["sweep_id"] == "abcd1234"
+    assert record["config"]["learning_rate"] == 0.005 and record["config"]["image_size"] == 16
+    assert "Traceback" not in proc.stderr
+
+
+def test_param_file_alone_sets_the_config(dataset_dir, tmp_path):
+    param_file = tmp_path / "params.yaml"
+    param_file.write_text(yaml.safe_dump({k: {"value": v} for k, v in {**TINY, "dropout": 0.3, "split": "random"}.items()}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "asl_sweep.train"],
+        env=_env(WANDB_SWEEP_ID="abcd1234", WANDB_RUN_ID="paramonly", WANDB_SWEEP_PARAM_PATH=str(param_file),
+                 ASL_SWEEP_DATA_DIR=str(dataset_dir)),
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(next(Path("wandb").glob("offline-run-*-paramonly/files/result.json")).read_text())
+    assert record["config"]["dropout"] == 0.3 and record["config"]["dense_units"] == 16
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--epochs=zero"], "config key 'epochs'"),
+    (["--learnng_rate=0.1"], "unknown config key 'learnng_rate'"),
+    (["--config=missing.yaml"], "config file not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, fragment):
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep", "train", *args], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and fragment in proc.stderr
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_data_short_run(real_data_dir):
+    record = execute({"epochs": 2, "image_size": 24}, DataCache(str(real_data_dir)), verbose=0)
+    assert record["state"] == "finished"
+    assert record["summary"]["val_accuracy"] > 0.2  # well above chance (0.1) after two epochs
