@@ -1,0 +1,193 @@
+"""`asl-sweep export`: the sweep's best run as a folder a person can use without the sweep.
+
+The folder holds the model (which embeds its preprocessing), the config that re-trains it with
+`asl-sweep train --config`, its metrics, and a model card. `--retrain` fits the winning config on
+train+validation together: the final model then has seen every image, and the card says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from asl_sweep.config import Config, from_mapping, write_yaml
+from asl_sweep.errors import UserError
+
+FILES = ("model.keras", "config.yaml", "metrics.json", "README.md")
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to mix an export into a folder that already holds something, unless forced."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"output folder {out} is not empty; pass --force to overwrite it")
+
+
+def best_epoch(history: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
+    """The history row with the best value of the metric."""
+    rows = [h for h in history if isinstance(h.get(name), (int, float)) and math.isfinite(h[name])]
+    if not rows:
+        return None
+    return (max if goal == "maximize" else min)(rows, key=lambda h: h[name])
+
+
+def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, float]], int]:
+    """Fit `cfg`'s model on every image (train+validation), same optimizer, loss and epochs as the sweep run.
+
+    Returns (model, per-epoch history, number of images).
+    """
+    import keras
+    import numpy as np
+
+    from asl_sweep import model as model_lib
+    from asl_sweep.train import DataCache, make_optimizer
+
+    dataset = DataCache(data_dir).get(cfg)
+    keras.utils.set_random_seed(cfg.seed)
+    net = model_lib.build(cfg)
+    net.compile(optimizer=make_optimizer(cfg, math.ceil(len(dataset.y) / cfg.batch_size)),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)[dataset.y]
+    fit = net.fit(dataset.x, onehot, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
+                  callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
+    history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
+               for i in range(len(fit.history.get("loss", [])))]
+    if not history or not math.isfinite(history[-1]["loss"]):
+        raise UserError("re-training on train+validation diverged (loss is not finite); export without --retrain")
+    return net, history, int(len(dataset.y))
+
+
+def model_card(meta: dict[str, Any], cfg: Config, swept: list[str]) -> str:
+    """README.md for the export folder: what the model is, how it was chosen and trained, how to use it."""
+    s = meta["summary"]
+    m = meta["metric"]
+    split = ("grouped by signer (no person's hand in both train and validation)" if cfg.split == "signer"
+             else "random, stratified by digit")
+    lines = [
+        f"# ASL digit classifier — sweep {meta['sweep_id']}, run {meta['run_id']}",
+        "",
+        "A small Keras CNN that reads a photo of a hand signing a digit in American Sign Language "
+        "and returns the digit 0-9 with a confidence.",
+        "",
+        "## Data",
+        "",
+        "Sign Language Digits dataset (ardamavi/Sign-Language-Digits-Dataset): colour photos of hands, "
+        "one folder per digit `Dataset/0..9`.",
+        f"Validation split: {split}, {cfg.val_fraction:.0%} of the images (seed {cfg.seed}); "
+        f"{s.get('train_images', '?')} training and {s.get('val_images', '?')} validation images"
+        + (f", at most {cfg.max_per_class} per digit" if cfg.max_per_class else "") + ".",
+        "",
+        "## Selection and metrics",
+        "",
+        f"Chosen as the best of the sweep's runs by **{m['name']}** ({m['goal']}): "
+        f"best {m['best']:.4f} at epoch {meta['best'].get('epoch', '?')}"
+        + (f", final {m['final']:.4f}" if m["final"] is not None else "") + f" after {len(meta['history'])} epochs "
+        f"({meta['state']}), wall time {meta['wall_time'] or 0:.1f} s. All numbers are in `metrics.json`.",
+        "",
+    ]
+    if meta.get("retrain"):
+        r = meta["retrain"]
+        lines += [
+            "**Re-trained on train+validation.** `model.keras` was fitted with the winning config on all "
+            f"{r['images']} images for {r['epochs']} epochs (final training accuracy {r['final_accuracy']:.4f}), "
+            "so it has no held-out score of its own: the validation numbers above are the sweep run's, "
+            "the best estimate of how this config generalises.",
+            "",
+        ]
+    lines += [
+        "## Hyperparameters",
+        "",
+        "`config.yaml` holds every value; `asl-sweep train --config config.yaml` re-trains the sweep run "
+        "(same split, same seed). Swept in this sweep (marked *):",
+        "",
+        "| key | value |",
+        "|---|---|",
+        *[f"| {k}{' *' if k in swept else ''} | {v} |" for k, v in cfg.to_dict().items()],
+        "",
+        "## How to use",
+        "",
+        "```sh",
+        "asl-sweep predict . photo1.jpg photo2.png           # digit and confidence per file",
+        "asl-sweep evaluate . --data-dir path/to/Dataset     # accuracy and confusion matrix on a labelled folder",
+        "```",
+        "",
+        "```python",
+        "import keras, numpy as np",
+        "from PIL import Image",
+        "model = keras.saving.load_model('model.keras', safe_mode=True, compile=False)",
+        "x = np.asarray(Image.open('photo.jpg').convert('RGB'), dtype='float32')[None]  # any size, 0..255",
+        "probs = model.predict(x)[0]; digit = int(probs.argmax())",
+        "```",
+        "",
+        f"The model resizes to {cfg.image_size}x{cfg.image_size}"
+        + (", converts to grayscale" if cfg.color_mode == "grayscale" else "")
+        + " and rescales itself: feed raw RGB arrays (float, 0..255) of the photo's own size; images in one "
+        "batch must share a size. It uses only built-in Keras layers and loads in safe mode.",
+        "",
+        "## Limitations",
+        "",
+        "Trained on about two thousand studio-like photos of a few hundred students' right hands on a plain "
+        "background; other backgrounds, lighting, skin tones and left hands are not represented, and any "
+        "image is forced into one of the ten digits (there is no 'not a digit' answer).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`asl-sweep export SWEEP_ID --out DIR [--force] [--retrain] [--data-dir]`."""
+    from asl_sweep import model as model_lib
+    from asl_sweep.report import load_sweep, read_record, swept_params
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    check_out_dir(out, args.force)
+    data = load_sweep(args.sweep_id, with_model=True)
+    if data.best is None:
+        raise UserError(f"sweep {args.sweep_id} has no run with {data.metric_name} yet; nothing to export")
+    best = data.best
+    record = read_record(best)
+    if record is None:
+        raise UserError(f"best run {best['id']} has no result record yet (still running?); export it when it ends")
+    model_path = (record.get("paths") or {}).get("model")
+    if not model_path or not Path(model_path).is_file():
+        raise UserError(f"best run {best['id']} has no saved model (expected at {model_path})")
+    cfg = from_mapping(record["config"], source=f"run {best['id']}'s record")
+    model_lib.load(model_path)  # refuse to export a file that would not load in safe mode
+
+    history = record.get("history") or best["history"]
+    best_row = best_epoch(history, data.metric_name, data.goal) or {}
+    last = history[-1] if history else {}
+    meta: dict[str, Any] = {
+        "sweep_id": data.sweep_id, "run_id": best["id"], "state": record.get("state", best["state"]),
+        "source": data.source,
+        "metric": {"name": data.metric_name, "goal": data.goal, "best": best_row.get(data.metric_name),
+                   "final": last.get(data.metric_name)},
+        "best": best_row, "final": last, "summary": record.get("summary") or {},
+        "wall_time": (record.get("summary") or {}).get("wall_time"), "history": history, "retrain": None,
+    }
+    retrained = None
+    if args.retrain:
+        retrained, re_history, images = retrain_all(cfg, args.data_dir)
+        meta["retrain"] = {"images": images, "epochs": len(re_history), "history": re_history,
+                           "final_accuracy": re_history[-1].get("accuracy"), "final_loss": re_history[-1]["loss"]}
+
+    out.mkdir(parents=True, exist_ok=True)
+    if retrained is not None:
+        retrained.save(out / "model.keras")
+    else:
+        shutil.copyfile(model_path, out / "model.keras")
+    write_yaml(cfg, out / "config.yaml")
+    (out / "metrics.json").write_text(json.dumps(meta, indent=1))
+    (out / "README.md").write_text(model_card(meta, cfg, swept_params(data.config)))
+    print(f"exported run {best['id']} of sweep {data.sweep_id} ({data.metric_name} {meta['metric']['best']:.4f}"
+          f"{', re-trained on train+validation' if retrained is not None else ''}) to {out}: {', '.join(FILES)} "
+          f"({time.perf_counter() - t0:.1f}s)")
+    return 0

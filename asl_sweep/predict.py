@@ -1,0 +1,98 @@
+"""`asl-sweep predict` and `asl-sweep evaluate`: use an exported model on raw image files.
+
+The model resizes and converts colour itself, so images go in as decoded RGB float arrays of their
+own size; images that share a size are predicted together, in bounded batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asl_sweep.errors import UserError
+
+BATCH = 64
+
+
+def model_file(model_dir: str | Path) -> Path:
+    """An export folder's `model.keras`, or a `.keras` file given directly."""
+    p = Path(model_dir)
+    return p / "model.keras" if p.is_dir() else p
+
+
+def load_model(model_dir: str | Path):
+    from asl_sweep import model as model_lib
+
+    return model_lib.load(str(model_file(model_dir)))
+
+
+def predict_files(net, paths: list[Path]) -> np.ndarray:
+    """Class probabilities (len(paths) x 10), decoding each file and batching images of the same size."""
+    from asl_sweep.data import decode
+
+    images = [decode(Path(p)) for p in paths]
+    probs = np.zeros((len(images), net.output_shape[-1]), dtype=np.float32)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for idx in by_shape.values():
+        for start in range(0, len(idx), BATCH):
+            chunk = idx[start:start + BATCH]
+            batch = np.stack([images[i] for i in chunk]).astype(np.float32)
+            probs[chunk] = np.asarray(net.predict_on_batch(batch))
+    return probs
+
+
+def predict_cmd(args: argparse.Namespace) -> int:
+    """`asl-sweep predict DIR IMAGE...`: one line per file, digit and confidence."""
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"image file not found: {missing[0]}")
+    net = load_model(args.model_dir)
+    probs = predict_files(net, [Path(p) for p in args.images])
+    width = max(len(p) for p in args.images)
+    for path, row in zip(args.images, probs):
+        print(f"{path:<{width}}  digit {int(row.argmax())}  confidence {float(row.max()):.3f}")
+    return 0
+
+
+def evaluate(net, data_dir: str | Path) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and confusion matrix on a folder in the dataset's layout."""
+    from sklearn.metrics import confusion_matrix
+
+    from asl_sweep.data import CLASSES, class_root, list_images
+
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise UserError(f"data directory does not exist: {path}")
+    root = class_root(path)
+    items = list_images(root)
+    y = np.array([label for _, label in items])
+    pred = predict_files(net, [p for p, _ in items]).argmax(axis=1)
+    cm = confusion_matrix(y, pred, labels=list(range(len(CLASSES))))
+    per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(CLASSES)}
+    return {"data_dir": str(root), "images": int(len(y)), "accuracy": float((pred == y).mean()),
+            "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
+            "errors": [{"path": str(p), "true": int(t), "pred": int(q)}
+                       for (p, t), q in zip(items, pred) if t != q]}
+
+
+def evaluate_cmd(args: argparse.Namespace) -> int:
+    """`asl-sweep evaluate DIR --data-dir PATH [--out FILE]`: print the scores and write them as JSON."""
+    net = load_model(args.model_dir)
+    result = evaluate(net, args.data_dir)
+    out = Path(args.out) if args.out else model_file(args.model_dir).parent / "evaluation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": str(model_file(args.model_dir)), **result}, indent=1))
+    print(f"{result['images']} images in {result['data_dir']}: accuracy {result['accuracy']:.4f}")
+    print("per class: " + "  ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}"
+                                    for c, v in result["per_class_accuracy"].items()))
+    print("confusion matrix (rows true 0-9, columns predicted 0-9):")
+    for i, row in enumerate(result["confusion_matrix"]):
+        print(f"  {i} " + " ".join(f"{v:4d}" for v in row))
+    print(f"written: {out}")
+    return 0

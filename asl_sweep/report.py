@@ -1,0 +1,641 @@
+"""`asl-sweep report`: one self-contained HTML page per sweep, like W&B's sweep workspace, offline.
+
+The page embeds plotly.js inline (no CDN, no request of any kind), so it opens from a file, a mail
+attachment or an air-gapped machine. Every figure also gets a PNG copy drawn with matplotlib:
+plotly's own static export (kaleido) needs a Chrome binary that pip cannot install offline.
+It reads the local ledger, so it works while a sweep is running (partial histories, no records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asl_sweep.errors import UserError
+from asl_sweep.sweepfile import metric
+
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time")
+LOG_DISTRIBUTIONS = {"log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
+                     "inv_log_uniform", "inv_log_uniform_values"}
+STATE_DASH = {"finished": "solid", "running": "dashdot", "stopped": "dash", "failed": "dot", "crashed": "dot",
+              "pending": "dashdot"}
+MPL_DASH = {"solid": "-", "dashdot": "-.", "dash": "--", "dot": ":"}
+BROKEN = ("failed", "crashed")
+GRID_IMAGES, GRID_COLS, TILE, BORDER = 32, 8, 72, 4
+
+
+@dataclass
+class SweepData:
+    """A sweep's config and runs in the ledger's shapes, from the ledger or the W&B API."""
+
+    sweep_id: str
+    name: str
+    state: str
+    config: dict[str, Any]
+    runs: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    source: str
+    metric_name: str = field(init=False)
+    goal: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metric_name, self.goal = metric(self.config)
+
+
+@dataclass
+class Axis:
+    """One hyperparameter as numbers: categories and log-scaled values get readable tick labels."""
+
+    name: str
+    label: str
+    values: list[float]
+    ticks: list[float] | None = None
+    ticktext: list[str] | None = None
+    categories: list[str] | None = None
+
+
+# ---------------------------------------------------------------- loading
+
+def wall_time(run: dict[str, Any]) -> float | None:
+    """The run's own measure when it finished, else time since it started (running) or until it ended."""
+    summary = run.get("summary") or {}
+    if isinstance(summary.get("wall_time"), (int, float)):
+        return float(summary["wall_time"])
+    if run.get("created_at"):
+        return (run.get("ended_at") or time.time()) - run["created_at"]
+    return None
+
+
+def read_record(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's result.json (written by train.py when it ends), or None while it runs or when gone."""
+    path = (run or {}).get("record_path")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_local(sweep_id: str) -> SweepData | None:
+    """The sweep from the local ledger, or None when the ledger does not know the id."""
+    from asl_sweep import controller
+    from asl_sweep.ledger import Ledger, default_path
+
+    if not default_path().is_file():
+        return None
+    ledger = Ledger()
+    try:
+        sweep = ledger.find_sweep(sweep_id)
+        if sweep is None:
+            return None
+        runs = ledger.runs(sweep_id)
+        best = controller.best_run(ledger, sweep_id)
+    finally:
+        ledger.close()
+    for r in runs:
+        r["wall_time"] = wall_time(r)
+    return SweepData(sweep_id, sweep["name"], sweep["state"], sweep["config"], runs, best, str(ledger.path))
+
+
+def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
+    """A W&B sweep through the public API; the best run's result.json (and model) are downloaded."""
+    import wandb
+
+    api = wandb.Api()
+    path = sweep_id if sweep_id.count("/") == 2 else \
+        f"{api.default_entity}/{os.environ.get('WANDB_PROJECT', 'asl-sweep')}/{sweep_id}"
+    try:
+        sweep = api.sweep(path)
+        best_remote = sweep.best_run()
+    except Exception as exc:  # the API raises CommError, ValueError, HTTP errors: all mean "cannot read it"
+        raise UserError(f"cannot read W&B sweep {path}: {str(exc).splitlines()[0][:200]}") from None
+    states = {"killed": "stopped", "preempted": "stopped"}
+    runs = []
+    for number, r in enumerate(sorted(sweep.runs, key=lambda r: r.created_at), start=1):
+        history = [{k: row[k] for k in HISTORY_KEYS if isinstance(row.get(k), (int, float))}
+                   for row in r.scan_history() if "epoch" in row]
+        summary = {k: v for k, v in r.summary.items() if not k.startswith("_") and isinstance(v, (int, float, str))}
+        summary.setdefault("wall_time", r.summary.get("_runtime"))
+        runs.append({"id": r.id, "number": number, "state": states.get(r.state, r.state),
+                     "config": {k: v for k, v in r.config.items() if not k.startswith("_")},
+                     "history": history, "summary": summary, "record_path": None, "remote": r})
+    for r in runs:
+        r["wall_time"] = wall_time(r)
+    best = next((r for r in runs if best_remote is not None and r["id"] == best_remote.id), None)
+    if best is not None:
+        folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{best['id']}-"))
+        try:
+            best["record_path"] = best["remote"].file("result.json").download(root=str(folder), replace=True).name
+            if with_model:
+                model = best["remote"].file("model.keras").download(root=str(folder), replace=True).name
+                record = json.loads(Path(best["record_path"]).read_text())
+                record["paths"]["model"] = model
+                Path(best["record_path"]).write_text(json.dumps(record))
+        except Exception as exc:  # missing file or network: the report still works without the record
+            if with_model:
+                raise UserError(f"cannot download the best run's files from W&B: {exc}") from None
+    return SweepData(sweep_id, sweep.name or sweep_id, sweep.state.lower(), sweep.config, runs, best, f"W&B {path}")
+
+
+def load_sweep(sweep_id: str, *, with_model: bool = False) -> SweepData:
+    """Local ledger first; a W&B sweep when online; else one clear error."""
+    from asl_sweep import runtime
+    from asl_sweep.ledger import default_path
+
+    local = load_local(sweep_id)
+    if local is not None:
+        return local
+    if runtime.wandb_mode() == "online":
+        return load_wandb(sweep_id, with_model=with_model)
+    raise UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {default_path()}, "
+                    "and W&B is offline so it cannot be read from W&B")
+
+
+# ---------------------------------------------------------------- analysis
+
+def swept_params(config: dict[str, Any]) -> list[str]:
+    """Parameters that vary between runs (a fixed `value` or a one-element `values` list do not)."""
+    out = []
+    for name, spec in (config.get("parameters") or {}).items():
+        if "value" in spec or ("values" in spec and len(spec["values"]) < 2):
+            continue
+        out.append(name)
+    return out
+
+
+def metric_value(run: dict[str, Any], name: str, goal: str) -> float | None:
+    """The run's best epoch value of the metric (as the controller ranks runs), else its summary value."""
+    values = [h[name] for h in run["history"] if isinstance(h.get(name), (int, float)) and math.isfinite(h[name])]
+    if values:
+        return float(max(values) if goal == "maximize" else min(values))
+    v = (run.get("summary") or {}).get(name)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    ticks = [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo <= t <= hi]
+    return inside if len(inside) >= 2 else [lo, hi]
+
+
+def encode_param(name: str, spec: dict[str, Any], raw: list[Any]) -> Axis:
+    """Numbers stay numbers (log10 for log distributions); anything else becomes category indices."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+    if numeric and spec.get("distribution") in LOG_DISTRIBUTIONS and all(v > 0 for v in raw):
+        ticks = _log_ticks(min(raw), max(raw))
+        return Axis(name, f"{name} (log)", [math.log10(v) for v in raw], [math.log10(t) for t in ticks],
+                    [f"{t:g}" for t in ticks])
+    if numeric:
+        return Axis(name, name, [float(v) for v in raw])
+
+    def label(v: Any) -> str:
+        return "(unset)" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    categories = [label(v) for v in spec.get("values", [])]
+    categories += sorted({label(v) for v in raw} - set(categories))
+    return Axis(name, name, [float(categories.index(label(v))) for v in raw], list(map(float, range(len(categories)))),
+                categories, categories)
+
+
+def scored_runs(data: SweepData) -> list[tuple[dict[str, Any], float]]:
+    """Runs that have reported the metric, with their value, in run order."""
+    scored = [(r, metric_value(r, data.metric_name, data.goal)) for r in data.runs]
+    return [(r, v) for r, v in scored if v is not None]
+
+
+def param_axes(data: SweepData, runs: list[dict[str, Any]]) -> list[Axis]:
+    params = data.config.get("parameters") or {}
+    return [encode_param(p, params[p], [r["config"].get(p) for r in runs]) for p in swept_params(data.config)]
+
+
+def design_matrix(axes: list[Axis]) -> tuple[list[str], np.ndarray]:
+    """Feature columns as W&B builds them: numbers as is, two-level categories 0/1, others one-hot."""
+    names, cols = [], []
+    for a in axes:
+        v = np.asarray(a.values)
+        if a.categories is None or len(a.categories) <= 2:
+            names.append(a.name if a.categories is None else f"{a.name}={a.categories[-1]}")
+            cols.append(v)
+        else:
+            for i, c in enumerate(a.categories):
+                names.append(f"{a.name}={c}")
+                cols.append((v == i).astype(float))
+    return names, np.column_stack(cols) if cols else np.empty((len(axes[0].values) if axes else 0, 0))
+
+
+def importance(data: SweepData) -> list[dict[str, Any]]:
+    """Random-forest importance and Pearson correlation of each feature with the metric, most important first."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    scored = scored_runs(data)
+    if len(scored) < 2:
+        return []
+    names, x = design_matrix(param_axes(data, [r for r, _ in scored]))
+    keep = x.std(axis=0) > 0 if x.size else np.zeros(0, dtype=bool)
+    names, x = [n for n, k in zip(names, keep) if k], x[:, keep]
+    if not names:
+        return []
+    y = np.array([v for _, v in scored])
+    forest = RandomForestRegressor(n_estimators=200, random_state=0).fit(x, y)
+    rows = []
+    for i, name in enumerate(names):
+        corr = float(np.corrcoef(x[:, i], y)[0, 1]) if y.std() > 0 else None
+        rows.append({"feature": name, "importance": float(forest.feature_importances_[i]), "correlation": corr})
+    return sorted(rows, key=lambda r: -r["importance"])
+
+
+def parallel_axes(data: SweepData) -> tuple[list[Axis], list[dict[str, Any]]]:
+    """Parameter axes plus the metric as the last axis, one entry per run that has the metric."""
+    scored = scored_runs(data)
+    runs = [r for r, _ in scored]
+    metric_axis = Axis(data.metric_name, f"{data.metric_name} ({data.goal})", [v for _, v in scored])
+    return param_axes(data, runs) + [metric_axis], runs
+
+
+def leaderboard(data: SweepData) -> list[dict[str, Any]]:
+    """One row per run, best first by the sweep's goal; runs without the metric last."""
+    rows = []
+    for r in data.runs:
+        rows.append({"run": f"#{r['number']} {r['id']}", "state": r["state"],
+                     data.metric_name: metric_value(r, data.metric_name, data.goal),
+                     **{p: r["config"].get(p) for p in swept_params(data.config)},
+                     "epochs": len(r["history"]), "wall time (s)": r.get("wall_time")})
+    sign = -1 if data.goal == "maximize" else 1
+    return sorted(rows, key=lambda row: (row[data.metric_name] is None, sign * (row[data.metric_name] or 0)))
+
+
+def image_grid(record: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """A montage of validation images (errors first), red-framed errors, green-framed hits, plus tile labels."""
+    from PIL import Image
+
+    preds = record.get("val_predictions") or []
+    errors = [p for p in preds if p["true"] != p["pred"]]
+    right = [p for p in preds if p["true"] == p["pred"]]
+    n_err = min(len(errors), GRID_IMAGES // 2 if right else GRID_IMAGES)
+    n_right = min(len(right), GRID_IMAGES - n_err)
+    picks = errors[:n_err] + [right[i] for i in np.linspace(0, len(right) - 1, n_right).round().astype(int)] \
+        if n_right else errors[:n_err]
+    rows = max(1, math.ceil(len(picks) / GRID_COLS))
+    canvas = np.full((rows * TILE, GRID_COLS * TILE, 3), 255, dtype=np.uint8)
+    labels = []
+    for i, p in enumerate(picks):
+        y0, x0 = (i // GRID_COLS) * TILE, (i % GRID_COLS) * TILE
+        wrong = p["true"] != p["pred"]
+        canvas[y0:y0 + TILE, x0:x0 + TILE] = (220, 30, 30) if wrong else (40, 160, 60)
+        inner = TILE - 2 * BORDER
+        try:
+            with Image.open(p["path"]) as img:
+                tile = np.asarray(img.convert("RGB").resize((inner, inner)))
+        except (OSError, ValueError):
+            tile = np.full((inner, inner, 3), 200, dtype=np.uint8)
+        canvas[y0 + BORDER:y0 + TILE - BORDER, x0 + BORDER:x0 + TILE - BORDER] = tile
+        labels.append({"x": x0 + TILE / 2, "y": y0 + BORDER + 1, "wrong": wrong,
+                       "text": f"{p['true']}→{p['pred']} {p['confidence']:.2f}" if wrong else f"{p['true']} ✓"})
+    return canvas, labels
+
+
+# ---------------------------------------------------------------- plotly figures (the HTML page)
+
+def _empty(title: str, why: str):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text=why, showarrow=False, font={"size": 16}, xref="paper", yref="paper", x=0.5, y=0.5)
+    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False, height=250)
+    return fig
+
+
+def fig_parallel(data: SweepData):
+    import plotly.graph_objects as go
+
+    axes, runs = parallel_axes(data)
+    title = f"Parallel coordinates: {len(runs)} runs with {data.metric_name}"
+    if len(runs) < len(data.runs):
+        title += f" ({len(data.runs) - len(runs)} without it not shown)"
+    if not runs:
+        return _empty(title, f"no run has reported {data.metric_name} yet")
+    dims = [dict(label=a.label, values=a.values, **({"tickvals": a.ticks, "ticktext": a.ticktext} if a.ticks else {}))
+            for a in axes]
+    line = dict(color=axes[-1].values, colorscale="Viridis", reversescale=data.goal == "minimize", showscale=True,
+                colorbar={"title": {"text": data.metric_name}})
+    fig = go.Figure(go.Parcoords(dimensions=dims, line=line, labelangle=-20))
+    fig.update_layout(title=title, height=480, margin={"t": 110, "l": 60, "r": 40})
+    return fig
+
+
+def fig_importance(data: SweepData):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = importance(data)
+    title = f"Parameter importance with respect to {data.metric_name}"
+    if not rows:
+        return _empty(title, "needs at least two runs with the metric and a parameter that varies")
+    names = [r["feature"] for r in rows][::-1]
+    corr = [r["correlation"] or 0.0 for r in rows][::-1]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=("importance (random forest)", "correlation (Pearson)"))
+    fig.add_trace(go.Bar(x=[r["importance"] for r in rows][::-1], y=names, orientation="h", marker_color="#4c78a8",
+                         name="importance"), 1, 1)
+    fig.add_trace(go.Bar(x=corr, y=names, orientation="h", name="correlation",
+                         marker_color=["#2ca02c" if c >= 0 else "#d62728" for c in corr]), 1, 2)
+    fig.update_xaxes(range=[-1, 1], row=1, col=2)
+    fig.update_layout(title=title, showlegend=False, height=max(300, 120 + 28 * len(rows)))
+    return fig
+
+
+def _run_name(r: dict[str, Any]) -> str:
+    return f"#{r['number']} {r['id']} ({r['state']})"
+
+
+def fig_curves(data: SweepData):
+    import plotly.express as px
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = (("loss", 1, 1), ("val_loss", 1, 2), ("accuracy", 2, 1), ("val_accuracy", 2, 2))
+    fig = make_subplots(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.1,
+                        subplot_titles=("train loss", "validation loss", "train accuracy", "validation accuracy"))
+    colors = px.colors.qualitative.Alphabet
+    best_id = (data.best or {}).get("id")
+    for i, r in enumerate(data.runs):
+        for key, row, col in panels:
+            pts = [(h.get("epoch", n + 1), h[key]) for n, h in enumerate(r["history"]) if isinstance(h.get(key), (int, float))]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            broken = r["state"] in BROKEN
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, name=_run_name(r), legendgroup=r["id"], showlegend=(key == "loss"),
+                mode="lines+markers" if broken else "lines",
+                line={"color": colors[i % len(colors)], "dash": STATE_DASH.get(r["state"], "solid"),
+                      "width": 3.5 if r["id"] == best_id else 1.6},
+                marker={"symbol": "x", "size": [0] * (len(xs) - 1) + [12]} if broken else None,
+                hovertemplate=f"{_run_name(r)}<br>epoch %{{x}}<br>{key} %{{y:.4f}}<extra></extra>"), row, col)
+    fig.update_xaxes(title_text="epoch", row=2)
+    fig.update_layout(height=680, legend={"title": {"text": "run (state)"}}, title=(
+        "Training curves, all runs — solid: finished, dash-dot: running, dashed: stopped early, "
+        "dotted with ✕: failed/crashed; thick: best run"))
+    return fig
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+def fig_leaderboard(data: SweepData):
+    import plotly.graph_objects as go
+
+    rows = leaderboard(data)
+    if not rows:
+        return _empty("Leaderboard", "no runs yet")
+    cols = ["rank"] + list(rows[0])
+    cells = [[str(i + 1) for i in range(len(rows))]] + [[_fmt(row[c]) for row in rows] for c in cols[1:]]
+    best_run = f"#{data.best['number']} {data.best['id']}" if data.best else None
+    fill = ["#d9f2d9" if row["run"] == best_run else "#fadbd8" if row["state"] in BROKEN else "white" for row in rows]
+    fig = go.Figure(go.Table(header={"values": [f"<b>{c}</b>" for c in cols], "fill_color": "#e8edf3", "align": "left"},
+                             cells={"values": cells, "fill_color": [fill] * len(cols), "align": "left"}))
+    fig.update_layout(title=f"Leaderboard by {data.metric_name} ({data.goal})", height=min(900, 140 + 28 * len(rows)),
+                      margin={"t": 60, "b": 10})
+    return fig
+
+
+def fig_best_images(data: SweepData, record: dict[str, Any] | None):
+    import plotly.graph_objects as go
+
+    title = "Best run: validation images (red frame: error, true→predicted confidence)"
+    if record is None:
+        return _empty(title, "the best run has no record yet (still running, or its files are gone)")
+    canvas, labels = image_grid(record)
+    fig = go.Figure(go.Image(z=canvas, hoverinfo="skip"))
+    for lab in labels:
+        fig.add_annotation(x=lab["x"], y=lab["y"], text=lab["text"], showarrow=False, yanchor="top",
+                           font={"size": 10, "color": "white"}, bgcolor="#c0392b" if lab["wrong"] else "#2e8b57")
+    fig.update_layout(title=f"{title} — run {record['run_id']}", height=120 + canvas.shape[0] * 1.1,
+                      xaxis_visible=False, yaxis_visible=False, margin={"l": 10, "r": 10})
+    return fig
+
+
+def fig_confusion(data: SweepData, record: dict[str, Any] | None):
+    import plotly.express as px
+
+    title = "Best run: confusion matrix on the validation set"
+    if record is None or not record.get("confusion_matrix"):
+        return _empty(title, "the best run has no record yet")
+    cm = np.array(record["confusion_matrix"])
+    digits = [str(d) for d in range(cm.shape[0])]
+    fig = px.imshow(cm, text_auto=True, x=digits, y=digits, color_continuous_scale="Blues",
+                    labels={"x": "predicted", "y": "true", "color": "images"})
+    fig.update_layout(title=f"{title} — run {record['run_id']}", height=560, width=620)
+    return fig
+
+
+# ---------------------------------------------------------------- matplotlib copies (the PNG files)
+
+def png_parallel(data: SweepData, ax) -> None:
+    from matplotlib import colormaps
+
+    axes, runs = parallel_axes(data)
+    ax.set_title(f"Parallel coordinates ({len(runs)} runs with {data.metric_name})")
+    if not runs:
+        ax.text(0.5, 0.5, f"no run has reported {data.metric_name} yet", ha="center")
+        return
+    lows = [min(a.values + (a.ticks or [])) for a in axes]
+    spans = [(max(a.values + (a.ticks or [])) - lo) or 1.0 for a, lo in zip(axes, lows)]
+    metric_vals = np.array(axes[-1].values)
+    span = float(np.ptp(metric_vals)) or 1.0
+    shade = (metric_vals - metric_vals.min()) / span
+    cmap = colormaps["viridis_r" if data.goal == "minimize" else "viridis"]
+    for j in range(len(runs)):
+        ax.plot(range(len(axes)), [(a.values[j] - lo) / s for a, lo, s in zip(axes, lows, spans)],
+                color=cmap(shade[j]), alpha=0.8)
+    for i, (a, lo, s) in enumerate(zip(axes, lows, spans)):
+        ax.axvline(i, color="black", lw=0.8)
+        ticks = a.ticks or list(np.linspace(lo, lo + s, 3))
+        for t, txt in zip(ticks, a.ticktext or [_fmt(float(t)) for t in ticks]):
+            ax.text(i + 0.02, (t - lo) / s, txt, fontsize=7, va="center")
+    ax.set_xticks(range(len(axes)), [a.label for a in axes], rotation=20, ha="right")
+    ax.set_yticks([])
+
+
+def png_importance(data: SweepData, fig) -> None:
+    rows = importance(data)[::-1]
+    left, right = fig.subplots(1, 2, sharey=True)
+    fig.suptitle(f"Parameter importance with respect to {data.metric_name}")
+    if not rows:
+        left.text(0.5, 0.5, "needs two runs with the metric", ha="center")
+        return
+    names = [r["feature"] for r in rows]
+    corr = [r["correlation"] or 0.0 for r in rows]
+    left.barh(names, [r["importance"] for r in rows], color="#4c78a8")
+    left.set_title("importance (random forest)")
+    right.barh(names, corr, color=["#2ca02c" if c >= 0 else "#d62728" for c in corr])
+    right.set_xlim(-1, 1)
+    right.set_title("correlation (Pearson)")
+
+
+def png_curves(data: SweepData, fig) -> None:
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    grid = fig.subplots(2, 2, sharex=True, sharey="row")
+    fig.suptitle("Training curves — solid finished, -. running, -- stopped, : failed/crashed (x)")
+    best_id = (data.best or {}).get("id")
+    cmap = colormaps["tab20"]
+    for ax, key in zip(grid.flat, ("loss", "val_loss", "accuracy", "val_accuracy")):
+        ax.set_title(key, fontsize=10)
+        for i, r in enumerate(data.runs):
+            pts = [(h.get("epoch", n + 1), h[key]) for n, h in enumerate(r["history"]) if isinstance(h.get(key), (int, float))]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, MPL_DASH[STATE_DASH.get(r["state"], "solid")], color=cmap(i % 20),
+                    lw=3 if r["id"] == best_id else 1.2, label=_run_name(r) if key == "loss" else None)
+            if r["state"] in BROKEN:
+                ax.plot(xs[-1], ys[-1], "x", color=cmap(i % 20), ms=10, mew=2)
+    for ax in grid[1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if any(r["history"] for r in data.runs):
+        fig.legend(loc="center right", fontsize=7)
+        fig.subplots_adjust(right=0.78)
+
+
+def png_leaderboard(data: SweepData, ax) -> None:
+    rows = leaderboard(data)
+    ax.axis("off")
+    ax.set_title(f"Leaderboard by {data.metric_name} ({data.goal})")
+    if not rows:
+        return
+    cols = ["rank"] + list(rows[0])
+    table = ax.table(cellText=[[str(i + 1)] + [_fmt(row[c]) for c in cols[1:]] for i, row in enumerate(rows)],
+                     colLabels=cols, loc="upper center", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
+    table.auto_set_column_width(list(range(len(cols))))
+
+
+def png_best_images(data: SweepData, record: dict[str, Any] | None, ax) -> None:
+    ax.axis("off")
+    if record is None:
+        ax.text(0.5, 0.5, "the best run has no record yet", ha="center")
+        return
+    canvas, labels = image_grid(record)
+    ax.imshow(canvas)
+    ax.set_title(f"Best run {record['run_id']}: validation images (red: error, true→pred confidence)")
+    for lab in labels:
+        ax.text(lab["x"], lab["y"], lab["text"], ha="center", va="top", fontsize=6, color="white",
+                bbox={"facecolor": "#c0392b" if lab["wrong"] else "#2e8b57", "pad": 1, "lw": 0})
+
+
+def png_confusion(data: SweepData, record: dict[str, Any] | None, ax) -> None:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    if record is None or not record.get("confusion_matrix"):
+        ax.axis("off")
+        ax.text(0.5, 0.5, "the best run has no record yet", ha="center")
+        return
+    ConfusionMatrixDisplay(np.array(record["confusion_matrix"])).plot(ax=ax, cmap="Blues", colorbar=False)
+    ax.set_title(f"Best run {record['run_id']}: confusion matrix (validation)")
+
+
+def save_png(draw, path: Path, size: tuple[float, float], *, whole_figure: bool = False) -> None:
+    """Draw with matplotlib's object API (no pyplot state, no display) and save."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=110, layout=None if whole_figure else "constrained")
+    draw(fig) if whole_figure else draw(fig.add_subplot())
+    fig.savefig(path)
+
+
+# ---------------------------------------------------------------- the page
+
+def html_page(data: SweepData, sections: list[tuple[str, str, Any]]) -> str:
+    """One HTML document: a header, then each figure as a plotly div; plotly.js is inlined once."""
+    counts: dict[str, int] = {}
+    for r in data.runs:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    best = data.best
+    best_txt = (f"best run <b>{html.escape(best['id'])}</b> (#{best['number']}): {data.metric_name} = "
+                f"{_fmt(metric_value(best, data.metric_name, data.goal))}") if best else "no best run yet"
+    live = counts.get("running", 0) + counts.get("pending", 0)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>asl-sweep report {html.escape(data.sweep_id)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1250px;margin:auto;padding:1em;color:#222}"
+        "h2{margin-top:2em;border-bottom:1px solid #ddd}.note{color:#555}.live{color:#b35900}</style></head><body>",
+        f"<h1>Sweep {html.escape(data.name)} <small>({html.escape(data.sweep_id)})</small></h1>",
+        f"<p>{html.escape(str(data.config.get('method')))} search, metric <b>{html.escape(data.metric_name)}</b> "
+        f"({data.goal}), sweep state {html.escape(data.state)}; runs: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; {best_txt}.</p>",
+        f"<p class='note'>Source: {html.escape(data.source)}. Generated {time.strftime('%Y-%m-%d %H:%M:%S')}. "
+        "Self-contained: opens offline; PNG copies of each figure sit beside this file.</p>",
+    ]
+    if live:
+        parts.append(f"<p class='live'>{live} run(s) still in progress: their curves are partial; "
+                     "run <code>asl-sweep report</code> again to refresh.</p>")
+    for i, (title, note, fig) in enumerate(sections):
+        parts.append(f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False}))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(data: SweepData, out: Path) -> Path:
+    """Write index.html and one PNG per figure into `out`; return the HTML path."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = read_record(data.best)
+    grid_rows = math.ceil(min(GRID_IMAGES, len((record or {}).get("val_predictions") or [1])) / GRID_COLS)
+    sections = [
+        ("Parallel coordinates", "One line per run over every swept hyperparameter; the last axis is the metric "
+         "(each run's best epoch). Categorical values are numbered; drag on an axis to filter.",
+         fig_parallel(data), "parallel_coordinates.png", lambda ax: png_parallel(data, ax), (12, 5), False),
+        ("Parameter importance", "As W&B computes it: a random forest predicts the metric from the hyperparameters "
+         "(categories one-hot); importance is its feature importance, correlation the linear (Pearson) one.",
+         fig_importance(data), "importance.png", lambda fig: png_importance(data, fig), (11, 5), True),
+        ("Training curves", "Per-epoch train and validation loss and accuracy of every run, on shared axes.",
+         fig_curves(data), "curves.png", lambda fig: png_curves(data, fig), (13, 8), True),
+        ("Leaderboard", "Every run, best first; wall time is the run's own when finished, else elapsed so far.",
+         fig_leaderboard(data), "leaderboard.png", lambda ax: png_leaderboard(data, ax),
+         (13, 1.2 + 0.25 * max(1, len(data.runs))), False),
+        ("Best run: validation images", "Errors first (red frame), then a spread of correct predictions.",
+         fig_best_images(data, record), "best_run_images.png", lambda ax: png_best_images(data, record, ax),
+         (10, 1.2 + 1.3 * grid_rows), False),
+        ("Best run: confusion matrix", "Rows: true digit, columns: predicted digit, on the validation split.",
+         fig_confusion(data, record), "confusion_matrix.png", lambda ax: png_confusion(data, record, ax), (6, 5.5),
+         False),
+    ]
+    for _, _, _, name, draw, size, whole in sections:
+        save_png(draw, out / name, size, whole_figure=whole)
+    page = out / "index.html"
+    page.write_text(html_page(data, [(t, n, f) for t, n, f, *_ in sections]), encoding="utf-8")
+    return page
+
+
+def run(args: argparse.Namespace) -> int:
+    """`asl-sweep report SWEEP_ID [--out DIR]`."""
+    t0 = time.perf_counter()
+    data = load_sweep(args.sweep_id)
+    out = Path(args.out or Path("reports") / args.sweep_id)
+    page = write_report(data, out)
+    size = page.stat().st_size / 1e6
+    print(f"report of {len(data.runs)} runs: {page} ({size:.1f} MB, self-contained) and "
+          f"{len(list(out.glob('*.png')))} PNG figures in {out} ({time.perf_counter() - t0:.1f}s)")
+    return 0

@@ -1,0 +1,160 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asl_sweep import agent
+from asl_sweep.ledger import Ledger
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": 2,
+         "parameters": {**{k: {"value": v} for k, v in TINY.items()}, "split": {"value": "random"},
+                        "learning_rate": {"min": 0.001, "max": 0.01}},
+         "command": ["${env}", "${interpreter}", "-m", "asl_sweep.train", "${args}"]}
+
+# A stand-in agent without TensorFlow: claims runs, "trains" for a moment, finishes them.
+CLAIM_LOOP = """
+import sys, time
+from asl_sweep import controller
+from asl_sweep.ledger import Ledger
+ledger = Ledger()
+while (run := controller.claim_next(ledger, sys.argv[1], "w")) is not None:
+    time.sleep(0.02)
+    ledger.append_epoch(run["id"], {"val_accuracy": 0.5})
+    ledger.finish_run(run["id"], "finished")
+"""
+
+
+def env(**extra):
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def test_command_macros_expand_like_wandb_agent(tmp_path):
+    params = {"epochs": 2, "batch_norm": True}
+    cmd = agent.expand_command(SMOKE, params, str(tmp_path / "p.yaml"))
+    assert cmd == ["/usr/bin/env", sys.executable, "-m", "asl_sweep.train", "--epochs=2", "--batch_norm=True"]
+    cfg = {"program": "train.py", "command": ["${interpreter}", "${program}", "${args_no_hyphens}", "${args_json}"]}
+    assert agent.expand_command(cfg, params, "x")[1:] == ["train.py", "epochs=2", "batch_norm=True", json.dumps(params)]
+    assert agent.expand_command({"program": "t.py"}, {"a": 1}, "x") == ["/usr/bin/env", sys.executable, "t.py", "--a=1"]
+
+
+@pytest.mark.parametrize("agents", [2, 4])
+def test_concurrent_agents_no_duplicates_and_exact_cap(agents):
+    ledger = Ledger()
+    grid = {"method": "grid", "metric": SMOKE["metric"],
+            "parameters": {"filters_1": {"values": [4, 8, 16]}, "dropout": {"values": [0.1, 0.2, 0.3, 0.4]}}}
+    grid_id = ledger.create_sweep(grid, "g")
+    capped_id = ledger.create_sweep({**SMOKE, "run_cap": 7, "command": []}, "c")
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIM_LOOP, sid], env=env())
+             for sid in (grid_id, capped_id) for _ in range(agents)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    grid_runs = ledger.runs(grid_id)
+    points = Counter((r["config"]["filters_1"], r["config"]["dropout"]) for r in grid_runs)
+    assert len(grid_runs) == 12 and set(points.values()) == {1}
+    assert len(ledger.runs(capped_id)) == 7
+    assert {r["state"] for r in grid_runs + ledger.runs(capped_id)} == {"finished"}
+    assert len({r["agent"] for r in grid_runs}) >= 1
+
+
+def test_subprocess_mode_runs_the_yaml_command_with_agent_env(dataset_dir, monkeypatch):
+    monkeypatch.setenv("ASL_SWEEP_DATA_DIR", str(dataset_dir))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    ledger = Ledger()
+    sid = ledger.create_sweep(SMOKE, "s")
+    assert agent.local_agent(sid, subprocess_mode=True, show_progress=False) == 2
+    runs = ledger.runs(sid)
+    assert [r["state"] for r in runs] == ["finished", "finished"]
+    for r in runs:
+        record = json.loads(Path(r["record_path"]).read_text())
+        assert record["run_id"] == r["id"] and record["sweep_id"] == sid
+        assert record["config"]["learning_rate"] == r["config"]["learning_rate"]
+        assert len(r["history"]) == 1 and r["history"][0]["val_accuracy"] == record["history"][0]["val_accuracy"]
+    assert ledger.sweep(sid)["state"] == "finished"
+
+
+def test_in_process_agent_with_hyperband_stops_a_run(dataset_dir):
+    config = {**SMOKE, "run_cap": 4, "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+              "parameters": {**SMOKE["parameters"], "epochs": {"value": 3}}}
+    ledger = Ledger()
+    sid = ledger.create_sweep(config, "h")
+    from asl_sweep import controller
+
+    for _ in range(3):  # perfect finished runs make the next real run the worst at epoch 1
+        strong = controller.claim_next(ledger, sid, "a")
+        for v in (1.0, 1.0, 1.0):
+            ledger.append_epoch(strong["id"], {"val_accuracy": v})
+        ledger.finish_run(strong["id"], "finished")
+    agent.local_agent(sid, data_dir=str(dataset_dir), show_progress=False)
+    weak = ledger.runs(sid)[3]
+    assert weak["state"] == "stopped" and len(weak["history"]) == 1 and weak["should_stop"]
+    assert json.loads(Path(weak["record_path"]).read_text())["state"] == "stopped"
+
+
+def wait_for(predicate, timeout=120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_resumes_and_keeps_finished_runs(dataset_dir):
+    ledger = Ledger()
+    params = {**SMOKE["parameters"], "epochs": {"value": 40}}
+    sid = ledger.create_sweep({**SMOKE, "run_cap": 3, "parameters": params}, "k")
+    run_env = env(ASL_SWEEP_DATA_DIR=str(dataset_dir), ASL_SWEEP_HEARTBEAT_S="0.2")
+    cmd = [sys.executable, "-m", "asl_sweep", "agent", sid, "--quiet"]
+    first = subprocess.Popen(cmd, env=run_env)
+    wait_for(lambda: len(ledger.runs(sid)) == 2 and len(ledger.runs(sid)[1]["history"]) >= 1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    finished = ledger.runs(sid)[0]
+    assert finished["state"] == "finished"
+    time.sleep(1.5)
+    restart = subprocess.run(cmd, env={**run_env, "ASL_SWEEP_HEARTBEAT_TIMEOUT_S": "1"}, timeout=300)
+    assert restart.returncode == 0
+    runs = ledger.runs(sid)
+    assert [r["state"] for r in runs] == ["finished", "crashed", "finished"]
+    assert runs[0] == finished
+    assert ledger.sweep(sid)["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_and_exits_cleanly(dataset_dir):
+    ledger = Ledger()
+    sid = ledger.create_sweep({**SMOKE, "parameters": {**SMOKE["parameters"], "epochs": {"value": 200}}}, "i")
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep", "agent", sid, "--quiet"],
+                            env=env(ASL_SWEEP_DATA_DIR=str(dataset_dir)), stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: ledger.runs(sid) and len(ledger.runs(sid)[0]["history"]) >= 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    run = ledger.runs(sid)[0]
+    assert run["state"] == "stopped" and "Ctrl-C" in run["error"] and run["history"]
+
+
+def test_unknown_sweep_id_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep", "agent", "zzzz9999"], env=env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown sweep id 'zzzz9999'" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_sweep_command_creates_local_sweep_offline(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(SMOKE))
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep", "sweep", str(path)], env=env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    sid = proc.stdout.split()[3]
+    assert Ledger().sweep(sid)["config"] == SMOKE and f"make agent SWEEP={sid}" in proc.stdout

@@ -1,0 +1,112 @@
+import time
+
+import pytest
+import sweeps
+
+from asl_sweep import controller
+from asl_sweep.ledger import Ledger
+
+GRID = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "parameters": {"filters_1": {"values": [4, 8]}, "dropout": {"values": [0.1, 0.2, 0.3]}}}
+BAYES = {"method": "bayes", "metric": {"name": "val_accuracy", "goal": "maximize"},
+         "parameters": {"dropout": {"min": 0.0, "max": 0.8}}}
+
+
+def finish(ledger, run, values):
+    for i, v in enumerate(values, 1):
+        ledger.append_epoch(run["id"], {"epoch": i, "val_accuracy": v})
+    ledger.finish_run(run["id"], "finished", summary={"val_accuracy": values[-1]})
+
+
+def test_grid_is_exhausted_exactly():
+    ledger = Ledger()
+    sid = ledger.create_sweep(GRID, "g")
+    seen = []
+    while (run := controller.claim_next(ledger, sid, "a")) is not None:
+        seen.append((run["config"]["filters_1"], run["config"]["dropout"]))
+        finish(ledger, run, [0.5])
+    assert sorted(seen) == sorted((f, d) for f in (4, 8) for d in (0.1, 0.2, 0.3))
+    assert ledger.sweep(sid)["state"] == "finished"
+    assert controller.claim_next(ledger, sid, "a") is None
+
+
+def test_run_cap_holds():
+    ledger = Ledger()
+    sid = ledger.create_sweep({**BAYES, "method": "random", "run_cap": 3}, "r")
+    runs = [controller.claim_next(ledger, sid, "a") for _ in range(5)]
+    assert [r is not None for r in runs] == [True, True, True, False, False]
+    assert ledger.sweep(sid)["state"] == "running"  # runs still active: not finished yet
+    for r in runs[:3]:
+        finish(ledger, r, [0.3])
+    assert controller.claim_next(ledger, sid, "a") is None and ledger.sweep(sid)["state"] == "finished"
+
+
+def test_bayes_receives_histories_and_summaries(monkeypatch):
+    seen = []
+    real = sweeps.next_run
+
+    def spy(config, runs, *a, **k):
+        seen.append(runs)
+        return real(config, runs, *a, **k)
+
+    monkeypatch.setattr(sweeps, "next_run", spy)
+    ledger = Ledger()
+    sid = ledger.create_sweep(BAYES, "b")
+    for values in ([0.2, 0.4], [0.5, 0.9], [0.1, 0.3]):
+        finish(ledger, controller.claim_next(ledger, sid, "a"), values)
+    controller.claim_next(ledger, sid, "a")
+    last = seen[-1]
+    assert [r.state for r in last] == ["finished"] * 3
+    assert [r.metric_extremum("val_accuracy", "maximum") for r in last] == [0.4, 0.9, 0.3]
+    assert [len(r.history) for r in last] == [2, 2, 2]
+    assert all("value" in r.config["dropout"] for r in last)
+
+
+def test_bayes_moves_towards_good_results():
+    """The engine uses the recorded metric: with accuracy peaking at dropout 0.8 it proposes high dropout."""
+    ledger = Ledger()
+    sid = ledger.create_sweep(BAYES, "b")
+    proposals = []
+    for _ in range(12):
+        run = controller.claim_next(ledger, sid, "a")
+        proposals.append(run["config"]["dropout"])
+        finish(ledger, run, [1.0 - abs(run["config"]["dropout"] - 0.8)])
+    assert sum(p > 0.5 for p in proposals[-4:]) >= 3
+
+
+def test_hyperband_flags_a_bad_running_run():
+    config = {**BAYES, "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2}}
+    ledger = Ledger()
+    sid = ledger.create_sweep(config, "h")
+    for values in ([0.5, 0.8, 0.9, 0.9], [0.6, 0.85, 0.9, 0.95], [0.4, 0.7, 0.8, 0.85]):
+        finish(ledger, controller.claim_next(ledger, sid, "a"), values)
+    bad, good = controller.claim_next(ledger, sid, "a"), controller.claim_next(ledger, sid, "a")
+    for v in (0.1, 0.1):
+        ledger.append_epoch(bad["id"], {"val_accuracy": v})
+    for v in (0.7, 0.9):
+        ledger.append_epoch(good["id"], {"val_accuracy": v})
+    assert controller.apply_early_termination(ledger, sid) == [bad["id"]]
+    assert ledger.should_stop(bad["id"]) and not ledger.should_stop(good["id"])
+
+
+def test_stale_runs_are_crashed_and_finished_runs_never_change(monkeypatch):
+    monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", "0.2")
+    ledger = Ledger()
+    sid = ledger.create_sweep({**BAYES, "method": "random", "run_cap": 3}, "r")
+    done = controller.claim_next(ledger, sid, "a")
+    finish(ledger, done, [0.7])
+    before = ledger.run(done["id"])
+    orphan = controller.claim_next(ledger, sid, "a")
+    time.sleep(0.3)
+    controller.claim_next(ledger, sid, "a")
+    assert ledger.run(orphan["id"])["state"] == "crashed"
+    assert not ledger.finish_run(done["id"], "failed")
+    ledger.append_epoch(done["id"], {"val_accuracy": 0.0})
+    assert ledger.run(done["id"]) == before
+
+
+def test_unknown_sweep_is_a_clear_error():
+    from asl_sweep.errors import UserError
+
+    with pytest.raises(UserError, match="unknown sweep id 'nope'"):
+        controller.claim_next(Ledger(), "nope", "a")

@@ -1,0 +1,81 @@
+"""`asl-sweep export`: the right run for either goal, a complete folder, no silent overwrite, re-training."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_report import TINY, isolate, synthetic_sweep, tiny_trained_sweep
+
+from asl_sweep import export
+from asl_sweep.config import Config, from_mapping, read_yaml
+from asl_sweep.errors import UserError
+from asl_sweep.report import load_sweep
+
+
+def _args(sweep_id: str, out: Path, **kw) -> Namespace:
+    return Namespace(sweep_id=sweep_id, out=str(out), force=kw.get("force", False),
+                     retrain=kw.get("retrain", False), data_dir=kw.get("data_dir"))
+
+
+@pytest.mark.parametrize("goal", ["maximize", "minimize"])
+def test_best_run_follows_the_sweeps_goal(monkeypatch, tmp_path, goal):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, metric_name="val_loss", goal=goal, score=lambda c: c["dropout"], runs=6)
+    data = load_sweep(sweep_id)
+    values = {r["id"]: r["config"]["dropout"] for r in data.runs}
+    pick = max if goal == "maximize" else min
+    assert data.best["id"] == pick(values, key=values.get)
+
+
+def test_refuses_a_non_empty_folder_without_force(monkeypatch, tmp_path):
+    isolate(monkeypatch, tmp_path)
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty; pass --force"):
+        export.run(_args("anything", out))
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_no_finished_record_is_a_clear_error(monkeypatch, tmp_path):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, runs=3)
+    with pytest.raises(UserError, match="has no result record yet"):
+        export.run(_args(sweep_id, tmp_path / "out"))
+
+
+@pytest.mark.slow
+def test_export_of_a_trained_sweep_writes_a_usable_folder(monkeypatch, tmp_path, capsys):
+    tiny = tiny_trained_sweep()
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", str(tiny["ledger"]))
+    out = tmp_path / "export"
+    assert export.run(_args(tiny["sweep_id"], out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(export.FILES)
+
+    data = load_sweep(tiny["sweep_id"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run_id"] == data.best["id"] and metrics["sweep_id"] == tiny["sweep_id"]
+    assert metrics["metric"]["best"] == max(h["val_accuracy"] for h in data.best["history"])
+    assert len(metrics["history"]) == TINY["epochs"] and metrics["wall_time"] > 0 and metrics["retrain"] is None
+
+    cfg = from_mapping(read_yaml(out / "config.yaml"), source="export")
+    assert cfg == Config(**data.best["config"] | {k: v for k, v in Config().to_dict().items()
+                                                   if k not in data.best["config"]})
+    assert cfg.learning_rate == data.best["config"]["learning_rate"] and cfg.image_size == TINY["image_size"]
+    card = (out / "README.md").read_text()
+    assert data.best["id"] in card and "| learning_rate * |" in card and "asl-sweep predict" in card
+    assert (out / "model.keras").read_bytes() == Path(json.loads(Path(data.best["record_path"]).read_text())
+                                                      ["paths"]["model"]).read_bytes()
+
+    with pytest.raises(UserError, match="not empty"):
+        export.run(_args(tiny["sweep_id"], out))
+    assert export.run(_args(tiny["sweep_id"], out, force=True, retrain=True, data_dir=str(tiny["images"]))) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["retrain"]["images"] == 80 and metrics["retrain"]["epochs"] == TINY["epochs"]
+    assert "Re-trained on train+validation" in (out / "README.md").read_text()
+    assert "re-trained on train+validation" in capsys.readouterr().out

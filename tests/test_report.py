@@ -1,0 +1,162 @@
+"""`asl-sweep report`: the numbers behind each figure, and a page that needs no network."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.helpers_report import isolate, synthetic_sweep, tiny_trained_sweep
+
+from asl_sweep import report
+from asl_sweep.errors import UserError
+from asl_sweep.ledger import Ledger
+
+PNGS = ("parallel_coordinates.png", "importance.png", "curves.png", "leaderboard.png", "best_run_images.png",
+        "confusion_matrix.png")
+
+
+def test_swept_params_skip_fixed_values():
+    config = {"parameters": {"a": {"values": [1, 2]}, "b": {"value": 3}, "c": {"values": [4]},
+                             "d": {"distribution": "uniform", "min": 0, "max": 1}}}
+    assert report.swept_params(config) == ["a", "d"]
+
+
+def test_importance_finds_the_one_param_that_drives_the_metric(monkeypatch, tmp_path):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, score=lambda c: 0.2 + c["dropout"])
+    rows = report.importance(report.load_sweep(sweep_id))
+    assert rows[0]["feature"] == "dropout"
+    assert rows[0]["correlation"] == pytest.approx(1.0, abs=1e-9)
+    assert rows[0]["importance"] > 2 * max(r["importance"] for r in rows[1:])
+    assert {r["feature"] for r in rows} >= {"learning_rate", "batch_norm=false"}
+    assert all(r["feature"].startswith("optimizer=") for r in rows if "optimizer" in r["feature"])
+
+
+def test_importance_correlation_is_signed_for_a_minimized_metric(monkeypatch, tmp_path):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, metric_name="val_loss", goal="minimize", score=lambda c: 3.0 - 4 * c["dropout"])
+    rows = report.importance(report.load_sweep(sweep_id))
+    assert rows[0]["feature"] == "dropout"
+    assert rows[0]["correlation"] == pytest.approx(-1.0, abs=1e-9)
+
+
+def test_parallel_coordinates_encode_every_param_and_end_with_the_metric(monkeypatch, tmp_path):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, extra_running=True)
+    data = report.load_sweep(sweep_id)
+    axes, runs = report.parallel_axes(data)
+    assert [a.name for a in axes] == ["dropout", "optimizer", "learning_rate", "batch_norm", "val_accuracy"]
+    assert len(runs) == 13  # 12 finished/stopped + the partial one; the run with no epoch has no metric
+    by_name = {a.name: a for a in axes}
+    opt = by_name["optimizer"]
+    assert opt.ticktext == ["adam", "sgd", "rmsprop"] and opt.ticks == [0.0, 1.0, 2.0]
+    assert [opt.ticktext[int(v)] for v in opt.values] == [r["config"]["optimizer"] for r in runs]
+    assert by_name["batch_norm"].ticktext == ["true", "false"]
+    lr = by_name["learning_rate"]
+    assert lr.label == "learning_rate (log)"
+    assert lr.values == pytest.approx([math.log10(r["config"]["learning_rate"]) for r in runs])
+    assert by_name["dropout"].values == pytest.approx([r["config"]["dropout"] for r in runs])
+    expected = [0.2 + r["config"]["dropout"] if r["state"] != "running" else 0.2 for r in runs]
+    assert by_name["val_accuracy"].values == pytest.approx(expected)
+    fig = report.fig_parallel(data)
+    assert len(fig.data[0].dimensions) == 5 and "1 without it not shown" in fig.layout.title.text
+
+
+def test_leaderboard_orders_by_goal_and_puts_runs_without_metric_last(monkeypatch, tmp_path):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, metric_name="val_loss", goal="minimize", score=lambda c: c["dropout"],
+                               runs=5, extra_running=True)
+    rows = report.leaderboard(report.load_sweep(sweep_id))
+    values = [r["val_loss"] for r in rows]
+    assert values[-1] is None and values[:-1] == sorted(values[:-1])
+    assert rows[-1]["epochs"] == 0 and rows[-1]["state"] == "running"
+    assert set(rows[0]) >= {"run", "state", "dropout", "optimizer", "learning_rate", "batch_norm", "epochs",
+                            "wall time (s)"}
+
+
+def test_report_of_a_running_sweep_is_one_offline_page_plus_pngs(monkeypatch, tmp_path, capsys):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, runs=4, extra_running=True)
+    db = Ledger(ledger)
+    crashed = db.runs(sweep_id)[-1]["id"]
+    db.finish_run(crashed, "crashed", error="no heartbeat")
+    db.close()
+
+    assert report.run(Namespace(sweep_id=sweep_id, out=None)) == 0
+    out = tmp_path / "reports" / sweep_id
+    page = (out / "index.html").read_text()
+    assert re.search(r"<script[^>]+src=", page) is None  # plotly.js inline, nothing fetched
+    assert "<link" not in page and "cdn.plot.ly/plotly" not in page
+    assert page.count("Plotly.newPlot") == 6
+    assert "still in progress" in page and "1 crashed" in page
+    for name in PNGS:
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.width > 300
+    assert "self-contained" in capsys.readouterr().out
+
+
+def test_curves_mark_stopped_and_crashed_runs(monkeypatch, tmp_path):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, runs=3, extra_running=True)
+    db = Ledger(ledger)
+    partial = db.runs(sweep_id)[3]["id"]
+    db.finish_run(partial, "crashed")
+    db.close()
+    fig = report.fig_curves(report.load_sweep(sweep_id))
+    by_state = {t.name.split("(")[-1].rstrip(")"): t for t in fig.data if t.showlegend}
+    assert by_state["finished"].line.dash == "solid"
+    assert by_state["stopped"].line.dash == "dash"
+    assert by_state["crashed"].line.dash == "dot" and by_state["crashed"].marker.symbol == "x"
+
+
+def test_unknown_sweep_offline_is_one_clear_error(monkeypatch, tmp_path):
+    isolate(monkeypatch, tmp_path)
+    with pytest.raises(UserError, match="unknown sweep id 'nope'"):
+        report.run(Namespace(sweep_id="nope", out=None))
+
+
+@pytest.mark.slow
+def test_best_run_images_and_confusion_from_a_trained_sweep(monkeypatch, tmp_path):
+    tiny = tiny_trained_sweep()
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", str(tiny["ledger"]))
+    data = report.load_sweep(tiny["sweep_id"])
+    record = report.read_record(data.best)
+    canvas, labels = report.image_grid(record)
+    assert len(labels) == len(record["val_predictions"]) == 16
+    errors = sum(p["true"] != p["pred"] for p in record["val_predictions"])
+    assert sum(lab["wrong"] for lab in labels) == errors
+    assert all(lab["wrong"] for lab in labels[:errors])  # errors come first
+    fig = report.fig_confusion(data, record)
+    assert fig.data[0].z.sum() == 16
+    page = report.write_report(data, tmp_path / "out").read_text()
+    assert f"run {record['run_id']}" in page and "has no record yet" not in page
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="no chromium/chrome on PATH (apt-get install chromium)")
+def test_page_renders_in_headless_chromium_with_network_off(monkeypatch, tmp_path):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, runs=6)
+    report.run(Namespace(sweep_id=sweep_id, out="rep"))
+    shot = tmp_path / "shot.png"
+    # an unreachable proxy makes any network request fail, so a page that needs one renders blank
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--enable-unsafe-swiftshader",
+                    "--proxy-server=http://127.0.0.1:9", "--virtual-time-budget=8000", "--window-size=1300,2400",
+                    f"--screenshot={shot}", (tmp_path / "rep" / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    with Image.open(shot) as img:
+        colours = img.convert("RGB").resize((130, 240)).getcolors(maxcolors=100_000)
+    assert colours is not None and len(colours) > 50  # drawn charts, not a blank page
