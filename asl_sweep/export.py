@@ -46,14 +46,10 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     import numpy as np
 
     from asl_sweep import model as model_lib
-    from asl_sweep.train import DataCache, make_optimizer
+    from asl_sweep.train import DataCache, compiled_model
 
     dataset = DataCache(data_dir).get(cfg)
-    keras.utils.set_random_seed(cfg.seed)
-    net = model_lib.build(cfg)
-    net.compile(optimizer=make_optimizer(cfg, math.ceil(len(dataset.y) / cfg.batch_size)),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    net = compiled_model(cfg, len(dataset.y))
     onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)[dataset.y]
     fit = net.fit(dataset.x, onehot, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
                   callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)

@@ -9,9 +9,7 @@ It reads the local ledger, so it works while a sweep is running (partial histori
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import json
 import math
 import os
@@ -332,7 +330,7 @@ def fig_parallel(data: SweepData):
     line = dict(color=axes[-1].values, colorscale="Viridis", reversescale=data.goal == "minimize", showscale=True,
                 colorbar={"title": {"text": data.metric_name}})
     fig = go.Figure(go.Parcoords(dimensions=dims, line=line, labelangle=-20))
-    fig.update_layout(title=title, height=480, margin={"t": 110, "l": 60, "r": 40})
+    fig.update_layout(title=title, height=480, margin={"t": 110, "l": 60, "r": 110})
     return fig
 
 
@@ -369,7 +367,7 @@ def fig_curves(data: SweepData):
     panels = (("loss", 1, 1), ("val_loss", 1, 2), ("accuracy", 2, 1), ("val_accuracy", 2, 2))
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.1,
                         subplot_titles=("train loss", "validation loss", "train accuracy", "validation accuracy"))
-    colors = px.colors.qualitative.Alphabet
+    colors = px.colors.qualitative.Dark24
     best_id = (data.best or {}).get("id")
     for i, r in enumerate(data.runs):
         for key, row, col in panels:

@@ -77,6 +77,22 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
     return keras.optimizers.RMSprop(lr, weight_decay=wd)
 
 
+def compiled_model(cfg: Config, train_images: int):
+    """Seed, build and compile `cfg`'s model: the one recipe shared by sweep runs and re-training."""
+    import keras
+
+    from asl_sweep import model as model_lib
+
+    keras.utils.set_random_seed(cfg.seed)
+    net = model_lib.build(cfg)
+    net.compile(
+        optimizer=make_optimizer(cfg, math.ceil(train_images / cfg.batch_size)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return net
+
+
 def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]]):
     """Per epoch: time it, read the learning rate, log plain keys for the sweep, ask to stop."""
     import keras
@@ -115,14 +131,7 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     tr, va = data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
     x_tr, x_va = dataset.x[tr], dataset.x[va]
     y_tr, y_va = dataset.y[tr], dataset.y[va]
-    keras.utils.set_random_seed(cfg.seed)
-    net = model_lib.build(cfg)
-    steps = math.ceil(len(tr) / cfg.batch_size)
-    net.compile(
-        optimizer=make_optimizer(cfg, steps),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    net = compiled_model(cfg, len(tr))
     history: list[dict[str, float]] = []
     epoch_cb = _epoch_callback(run, reporter, history)
     callbacks = [epoch_cb, keras.callbacks.TerminateOnNaN(), WandbMetricsLogger()]

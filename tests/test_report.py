@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 from PIL import Image
