@@ -12,6 +12,9 @@ from asl_sweep.errors import UserError
 
 NUM_CLASSES = 10
 LUMA = (0.299, 0.587, 0.114)
+# Keras' default 0.99 leaves the moving variance ~1e2 too large after the few hundred steps a run
+# on this small dataset takes (measured: val accuracy 0.36 vs train 0.96); 0.9 settles in ~50 steps.
+BN_MOMENTUM = 0.9
 
 
 def resize_layer(image_size: int) -> layers.Resizing:
@@ -39,7 +42,7 @@ def build(cfg: Config) -> keras.Model:
                 filters, cfg.kernel_size, padding="same", use_bias=not cfg.batch_norm, name=f"conv{b}_{c}"
             )(x)
             if cfg.batch_norm:
-                x = layers.BatchNormalization(name=f"bn{b}_{c}")(x)
+                x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{b}_{c}")(x)
             x = layers.Activation("relu", name=f"relu{b}_{c}")(x)
         x = layers.MaxPooling2D(name=f"pool{b}")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x) if cfg.pooling == "global_avg" else layers.Flatten(name="flatten")(x)
