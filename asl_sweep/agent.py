@@ -121,8 +121,9 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: dict[str, Any]) 
 
 
 def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: bool = False,
-                data_dir: str | None = None, show_progress: bool = True) -> int:
-    """Run a local sweep's runs until it is done (or `count` runs); returns the number of runs executed."""
+                data_dir: str | None = None, show_progress: bool = True, deadline: float | None = None) -> int:
+    """Run a local sweep's runs until it is done, `count` runs have run, or no new run may start
+    after `deadline` (a `time.time()` value); returns the number of runs executed."""
     from asl_sweep import runtime
     from asl_sweep.train import DataCache
 
@@ -134,7 +135,7 @@ def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: boo
     agent = f"{os.uname().nodename}:{os.getpid()}"
     executed = failures = 0
     try:
-        while count is None or executed < count:
+        while (count is None or executed < count) and (deadline is None or time.time() < deadline):
             run = controller.claim_next(ledger, sweep_id, agent)
             if run is None:
                 break
@@ -165,15 +166,17 @@ def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: boo
 
 
 def run_agents(sweep_id: str, agents: int, *, count: int | None = None, subprocess_mode: bool = False,
-               data_dir: str | None = None) -> None:
+               data_dir: str | None = None, minutes: float | None = None) -> None:
     """Start `agents` agent processes on this machine (threads split between them) and show progress."""
     if agents <= 1:
-        local_agent(sweep_id, count=count, subprocess_mode=subprocess_mode, data_dir=data_dir)
+        deadline = time.time() + minutes * 60 if minutes else None
+        local_agent(sweep_id, count=count, subprocess_mode=subprocess_mode, data_dir=data_dir, deadline=deadline)
         return
     threads = max(1, (os.cpu_count() or 1) // agents)
     cmd = [sys.executable, "-m", "asl_sweep", "agent", sweep_id, "--quiet"]
     cmd += (["--count", str(count)] if count else []) + (["--subprocess"] if subprocess_mode else [])
     cmd += ["--data-dir", data_dir] if data_dir else []
+    cmd += ["--minutes", str(minutes)] if minutes else []
     env = {**os.environ, "ASL_SWEEP_THREADS": str(threads)}
     procs = [subprocess.Popen(cmd, env=env) for _ in range(agents)]
     ledger = Ledger()

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import traceback
+from importlib import import_module
 from typing import Callable, Sequence
 
 from asl_sweep.errors import UserError
@@ -77,7 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from asl_sweep import agent, status
 
     agent.run_agents(sweep_id, args.agents, count=args.count, subprocess_mode=args.subprocess,
-                     data_dir=args.data_dir)
+                     data_dir=args.data_dir, minutes=args.minutes)
     print(status.best_summary(sweep_id))
     return 0
 
@@ -96,10 +97,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if local:
         if args.agents > 1:
             agent.run_agents(args.sweep_id, args.agents, count=args.count, subprocess_mode=args.subprocess,
-                             data_dir=args.data_dir)
+                             data_dir=args.data_dir, minutes=args.minutes)
         else:
+            deadline = time.time() + args.minutes * 60 if args.minutes else None
             agent.local_agent(args.sweep_id, count=args.count, subprocess_mode=args.subprocess,
-                              data_dir=args.data_dir, show_progress=not args.quiet)
+                              data_dir=args.data_dir, show_progress=not args.quiet, deadline=deadline)
         if not args.quiet:
             from asl_sweep import status
 
@@ -125,6 +127,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_agent_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--count", type=int, help="stop after this many runs")
+    p.add_argument("--agents", type=int, default=1, help="agent processes on this machine")
+    p.add_argument("--subprocess", action="store_true", help="one process per run via the YAML's command")
+    p.add_argument("--minutes", type=float, help="start no new run after this many minutes")
+    p.add_argument("--data-dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asl_sweep.train import add_train_arguments
 
@@ -144,22 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="use the embedded local controller even when online")
     p.add_argument("--name")
     p.add_argument("--run", action="store_true", help="local: start agents right away and wait for the end")
-    p.add_argument("--agents", type=int, default=1)
-    p.add_argument("--count", type=int)
-    p.add_argument("--subprocess", action="store_true", help="one process per run via the YAML's command")
-    p.add_argument("--data-dir")
+    add_agent_arguments(p)
 
     p = sub.add_parser("agent", help="run a sweep's runs (local id: our agent; W&B id: wandb agent)")
     p.add_argument("sweep_id")
-    p.add_argument("--count", type=int, help="stop after this many runs")
-    p.add_argument("--agents", type=int, default=1, help="agent processes on this machine")
-    p.add_argument("--subprocess", action="store_true", help="one process per run via the YAML's command")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.add_argument("--data-dir")
+    add_agent_arguments(p)
 
     sub.add_parser("sweeps", help="list local sweeps")
     p = sub.add_parser("status", help="runs of a local sweep and the best so far")
     p.add_argument("sweep_id")
+
     p = sub.add_parser("report", help="HTML report (parallel coordinates, importance, curves) of a sweep")
     p.add_argument("sweep_id")
     p.add_argument("--out", help="output folder (default: reports/<sweep_id>)")
@@ -182,30 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from asl_sweep import report
-
-    return report.run(args)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from asl_sweep import export
-
-    return export.run(args)
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from asl_sweep import predict
-
-    return predict.predict_cmd(args)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asl_sweep import predict
-
-    return predict.evaluate_cmd(args)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -225,10 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": lambda: cmd_agent(args),
         "sweeps": lambda: cmd_sweeps(args),
         "status": lambda: cmd_status(args),
-        "report": lambda: cmd_report(args),
-        "export": lambda: cmd_export(args),
-        "predict": lambda: cmd_predict(args),
-        "evaluate": lambda: cmd_evaluate(args),
+        "report": lambda: import_module("asl_sweep.report").run(args),
+        "export": lambda: import_module("asl_sweep.export").run(args),
+        "predict": lambda: import_module("asl_sweep.predict").predict_cmd(args),
+        "evaluate": lambda: import_module("asl_sweep.predict").evaluate_cmd(args),
     }
     return guarded(handlers[args.command], debug=debug)
 

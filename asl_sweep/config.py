@@ -161,15 +161,20 @@ def parse_overrides(args: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a config YAML: flat `key: value`, or W&B's config-defaults form `key: {value: v}`."""
+def load_yaml_file(path: str | Path, what: str) -> Any:
+    """Parse a YAML file; a missing file or a syntax error is one line naming the `what` and the path."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
+        return yaml.safe_load(path.read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"{what} not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config YAML: flat `key: value`, or W&B's config-defaults form `key: {value: v}`."""
+    raw = load_yaml_file(path, "config file")
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -25,6 +25,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -165,19 +166,25 @@ def decode(path: Path) -> np.ndarray:
         raise UserError(f"cannot decode image {path}: {exc}") from None
 
 
+def batches_by_shape(images: list[np.ndarray], size: int) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(indices, float32 batch) of at most `size` images that share a shape: images of any size, few calls."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for same_shape in by_shape.values():
+        for start in range(0, len(same_shape), size):
+            idx = same_shape[start:start + size]
+            yield idx, np.stack([images[i] for i in idx]).astype(np.float32)
+
+
 def resize_batch(images: list[np.ndarray], image_size: int) -> np.ndarray:
     """Resize with the model's own resize layer, one call per distinct input shape."""
     from asl_sweep.model import resize_layer
 
     layer = resize_layer(image_size)
     out = np.empty((len(images), image_size, image_size, 3), dtype=np.float32)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(images):
-        by_shape.setdefault(img.shape, []).append(i)
-    for same_shape in by_shape.values():
-        for start in range(0, len(same_shape), RESIZE_CHUNK):
-            idx = same_shape[start:start + RESIZE_CHUNK]
-            out[idx] = np.asarray(layer(np.stack([images[i] for i in idx]).astype(np.float32)))
+    for idx, batch in batches_by_shape(images, RESIZE_CHUNK):
+        out[idx] = np.asarray(layer(batch))
     return out
 
 

@@ -32,18 +32,12 @@ def load_model(model_dir: str | Path):
 
 def predict_files(net, paths: list[Path]) -> np.ndarray:
     """Class probabilities (len(paths) x 10), decoding each file and batching images of the same size."""
-    from asl_sweep.data import decode
+    from asl_sweep.data import batches_by_shape, decode
 
     images = [decode(Path(p)) for p in paths]
     probs = np.zeros((len(images), net.output_shape[-1]), dtype=np.float32)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(images):
-        by_shape.setdefault(img.shape, []).append(i)
-    for idx in by_shape.values():
-        for start in range(0, len(idx), BATCH):
-            chunk = idx[start:start + BATCH]
-            batch = np.stack([images[i] for i in chunk]).astype(np.float32)
-            probs[chunk] = np.asarray(net.predict_on_batch(batch))
+    for idx, batch in batches_by_shape(images, BATCH):
+        probs[idx] = np.asarray(net.predict_on_batch(batch))
     return probs
 
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from asl_sweep.config import KNOWN_KEYS, from_mapping
+from asl_sweep.config import KNOWN_KEYS, from_mapping, load_yaml_file
 from asl_sweep.errors import UserError
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
@@ -50,14 +48,7 @@ def validate(config: Any, source: str = "sweep config") -> dict[str, Any]:
 
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a sweep YAML file."""
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"sweep file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return validate(config, source=str(path))
+    return validate(load_yaml_file(path, "sweep file"), source=str(path))
 
 
 def metric(config: dict[str, Any]) -> tuple[str, str]:

@@ -1,0 +1,277 @@
+"""`make bench`: speed and search-quality numbers on the real data, printed as a table and written as JSON.
+
+Sections (each can be chosen with --only):
+  overhead  per-run orchestration time (run wall time minus model.fit) in-process vs subprocess
+  floor     the seed model's 15-epoch fit time vs the floor set by its FLOPs and this machine's matmul rate
+  agents    the same fixed runs with one agent vs two agents on this machine
+  sweep     the default bayes sweep (sweeps/bayes.yaml) for --minutes: time to 95%, best at checkpoints
+  optuna    Optuna TPE + Hyperband pruner on the same search space and the same wall-clock budget
+
+Not a test: nothing here asserts; it measures. Results go to bench-results/<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = {"epochs": 15}
+
+
+def fresh_ledger(name: str) -> None:
+    """Each section gets its own ledger file so numbers never mix."""
+    path = Path(f"bench-results/{name}.db")
+    path.parent.mkdir(exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    os.environ["ASL_SWEEP_LEDGER"] = str(path)
+
+
+def grid_sweep(parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
+            "parameters": {k: ({"values": v} if isinstance(v, list) else {"value": v}) for k, v in parameters.items()},
+            "command": ["${env}", "${interpreter}", "-m", "asl_sweep.train", "${args}"]}
+
+
+def run_overheads(ledger, sweep_id: str) -> list[float]:
+    """Per finished run: (ended - claimed) - fit_time, from the ledger."""
+    return [r["ended_at"] - r["created_at"] - r["summary"]["fit_time"]
+            for r in ledger.runs(sweep_id) if r["state"] == "finished"]
+
+
+def bench_overhead(runs: int) -> dict[str, Any]:
+    from asl_sweep import agent
+    from asl_sweep.ledger import Ledger
+
+    out: dict[str, Any] = {}
+    for mode in ("inprocess", "subprocess"):
+        fresh_ledger(f"overhead-{mode}")
+        ledger = Ledger()
+        sid = ledger.create_sweep(grid_sweep({"epochs": 1, "seed": list(range(runs + 1))}), mode)
+        agent.local_agent(sid, count=1, subprocess_mode=mode == "subprocess", show_progress=False)  # warm-up
+        first = len(ledger.runs(sid))
+        agent.local_agent(sid, subprocess_mode=mode == "subprocess", show_progress=False)
+        values = run_overheads(ledger, sid)[first:]
+        out[mode] = {"runs": len(values), "mean_s": sum(values) / len(values), "max_s": max(values)}
+    return out
+
+
+def model_flops(cfg) -> float:
+    """Forward FLOPs per image (2 x multiply-adds) of the conv and dense layers."""
+    from asl_sweep import model as model_lib
+
+    net = model_lib.build(cfg)
+    total = 0.0
+    for layer in net.layers:
+        if layer.__class__.__name__ == "Conv2D" and layer.name != "grayscale":
+            _, h, w, c_out = layer.output.shape
+            k = layer.kernel.shape
+            total += 2.0 * h * w * k[0] * k[1] * k[2] * c_out
+        elif layer.__class__.__name__ == "Dense":
+            total += 2.0 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return total
+
+
+def matmul_rate(n: int = 1024, repeats: int = 20) -> float:
+    """This machine's float32 matmul throughput through TensorFlow, FLOP/s."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.linalg.matmul(a, b).numpy()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        c = tf.linalg.matmul(a, b)
+    c.numpy()
+    return 2.0 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def bench_floor() -> dict[str, Any]:
+    from asl_sweep.config import Config
+    from asl_sweep.train import DataCache, execute
+
+    fresh_ledger("floor")
+    cfg = Config()
+    record = execute(SEED, DataCache(), verbose=0)
+    s = record["summary"]
+    fwd = model_flops(cfg)
+    # training = forward + backward (~2x forward) on train images; validation = forward only
+    per_epoch = 3 * fwd * s["train_images"] + fwd * s["val_images"]
+    rate = matmul_rate()
+    floor = per_epoch * cfg.epochs / rate
+    return {"forward_mflops_per_image": fwd / 1e6, "gflops_per_epoch": per_epoch / 1e9,
+            "matmul_gflops_per_s": rate / 1e9, "floor_s": floor, "fit_s": s["fit_time"],
+            "ratio": s["fit_time"] / floor, "val_accuracy": s["val_accuracy"]}
+
+
+def bench_agents(runs: int, epochs: int) -> dict[str, Any]:
+    out = {}
+    for agents in (1, 2):
+        fresh_ledger(f"agents-{agents}")
+        from asl_sweep.ledger import Ledger
+
+        ledger = Ledger()
+        sid = ledger.create_sweep(grid_sweep({"epochs": epochs, "seed": list(range(runs))}), f"a{agents}")
+        ledger.close()
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "asl_sweep", "agent", sid, "--agents", str(agents), "--quiet"],
+                       check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        out[f"{agents}_agents"] = {"runs": runs, "wall_s": time.perf_counter() - t0}
+    out["speedup"] = out["1_agents"]["wall_s"] / out["2_agents"]["wall_s"]
+    return out
+
+
+def best_by(events: list[tuple[float, float]], checkpoints: list[float]) -> dict[str, float | None]:
+    """Best value among (elapsed_s, value) events completed by each checkpoint (minutes)."""
+    return {f"{m:g}min": max((v for t, v in events if t <= m * 60), default=None) for m in checkpoints}
+
+
+def bench_sweep(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
+    from asl_sweep import agent, sweepfile
+    from asl_sweep.ledger import Ledger
+
+    fresh_ledger("sweep")
+    ledger = Ledger()
+    config = sweepfile.load(REPO / "sweeps/bayes.yaml")
+    sid = ledger.create_sweep(config, "bench")
+    start = time.time()
+    agent.local_agent(sid, deadline=start + minutes * 60, show_progress=True)
+    runs = ledger.runs(sid)
+    events = [(r["ended_at"] - start, max(h["val_accuracy"] for h in r["history"]))
+              for r in runs if r["ended_at"] and r["history"]]
+    finished95 = [t for (t, v), r in zip(events, runs) if v >= 0.95]
+    best = max(events, key=lambda e: e[1], default=(None, None))
+    best_run = next((r for r in runs if r["history"] and max(h["val_accuracy"] for h in r["history"]) == best[1]), None)
+    return {"sweep_id": sid, "runs": len(runs), "states": {s: sum(r["state"] == s for r in runs) for s in
+                                                          ("finished", "stopped", "failed", "crashed")},
+            "wall_s": time.time() - start, "time_to_95_s": min(finished95, default=None), "best_val_accuracy": best[1],
+            "best_config": best_run["config"] if best_run else None, "best_at": best_by(events, checkpoints)}
+
+
+def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
+    """The same search space as the sweep YAML, in Optuna's terms."""
+    if "value" in spec:
+        return spec["value"]
+    if "values" in spec:
+        return trial.suggest_categorical(name, spec["values"])
+    dist = spec.get("distribution", "uniform")
+    if dist == "int_uniform":
+        return trial.suggest_int(name, spec["min"], spec["max"])
+    return trial.suggest_float(name, spec["min"], spec["max"], log=dist == "log_uniform_values")
+
+
+class OptunaReporter:
+    """Feeds epochs to an Optuna trial and relays its pruning decision, like the ledger reporter."""
+
+    def __init__(self, trial) -> None:
+        self.trial, self.pruned = trial, False
+
+    def epoch(self, row: dict[str, float]) -> bool:
+        self.trial.report(row["val_accuracy"], int(row["epoch"]))
+        self.pruned = self.trial.should_prune()
+        return self.pruned
+
+    def finish(self, record: dict[str, Any]) -> None:
+        pass
+
+
+def bench_optuna(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
+    import optuna
+
+    from asl_sweep.train import DataCache, execute
+
+    config = yaml.safe_load((REPO / "sweeps/bayes.yaml").read_text())
+    et = config["early_terminate"]
+    max_epochs = config["parameters"]["epochs"]["value"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0),
+                                pruner=optuna.pruners.HyperbandPruner(min_resource=et["min_iter"],
+                                                                      max_resource=max_epochs,
+                                                                      reduction_factor=et["eta"]))
+    cache = DataCache()
+    start = time.time()
+    events: list[tuple[float, float]] = []
+
+    def objective(trial):
+        values = {k: optuna_suggest(trial, k, v) for k, v in config["parameters"].items()}
+        reporter = OptunaReporter(trial)
+        record = execute(values, cache, reporter=reporter, verbose=0)
+        best = max(h["val_accuracy"] for h in record["history"])
+        events.append((time.time() - start, best))
+        print(f"optuna trial {trial.number}: best val_accuracy {best:.4f}{' (pruned)' if reporter.pruned else ''}",
+              flush=True)
+        if reporter.pruned:
+            raise optuna.TrialPruned()
+        return best
+
+    study.optimize(objective, timeout=minutes * 60)
+    return {"trials": len(study.trials), "best_val_accuracy": max((v for _, v in events), default=None),
+            "time_to_95_s": min((t for t, v in events if v >= 0.95), default=None),
+            "best_at": best_by(events, checkpoints)}
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = []
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    for section, values in results.items():
+        if section == "meta":
+            continue
+        for key, value in values.items():
+            if isinstance(value, dict):
+                rows += [(f"{section}.{key}.{k}", fmt(v)) for k, v in value.items()]
+            else:
+                rows.append((f"{section}.{key}", fmt(value)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_MINUTES", 30)),
+                        help="wall-clock budget for each of the sweep and optuna sections (default 30)")
+    parser.add_argument("--only", nargs="*", default=["overhead", "floor", "agents", "sweep", "optuna"])
+    parser.add_argument("--overhead-runs", type=int, default=5)
+    args = parser.parse_args()
+    from asl_sweep import runtime
+
+    runtime.setup()
+    checkpoints = [m for m in (10, 20, 30) if m < args.minutes] + [args.minutes]
+    results: dict[str, Any] = {"meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(),
+                                        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                                                 capture_output=True, text=True).stdout.strip(),
+                                        "minutes": args.minutes}}
+    sections = {
+        "overhead": lambda: bench_overhead(args.overhead_runs),
+        "floor": bench_floor,
+        "agents": lambda: bench_agents(runs=4, epochs=8),
+        "sweep": lambda: bench_sweep(args.minutes, checkpoints),
+        "optuna": lambda: bench_optuna(args.minutes, checkpoints),
+    }
+    for name in args.only:
+        t0 = time.perf_counter()
+        results[name] = sections[name]()
+        print(f"[bench] {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    out = Path("bench-results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
