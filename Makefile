@@ -9,7 +9,9 @@ AGENTS  ?= 1
 OUT     ?= exports/$(SWEEP)
 export ASL_SWEEP_DATA_DIR ?= $(wildcard ../shared/data/sign-language-digits)
 
-.PHONY: install test train sweep agent clean
+BENCH_MINUTES ?= 30
+
+.PHONY: install test train sweep agent report export bench clean
 
 install: $(STAMP)
 
@@ -32,6 +34,21 @@ sweep: install
 agent: install
 	@test -n "$(SWEEP)" || { echo "usage: make agent SWEEP=<id> [COUNT=n] [AGENTS=k]"; exit 2; }
 	$(BIN)/asl-sweep agent $(SWEEP) --agents $(AGENTS) $(if $(COUNT),--count $(COUNT))
+
+report: install
+	@test -n "$(SWEEP)" || { echo "usage: make report SWEEP=<id>"; exit 2; }
+	$(BIN)/asl-sweep report $(SWEEP)
+
+export: install
+	@test -n "$(SWEEP)" || { echo "usage: make export SWEEP=<id> [OUT=dir]"; exit 2; }
+	$(BIN)/asl-sweep export $(SWEEP) --out $(OUT)
+
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python bench/bench.py --minutes $(BENCH_MINUTES)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -78,7 +78,7 @@ def locate(data_dir: str | os.PathLike | None = None, *, download_ok: bool = Tru
     """Return the class root: `--data-dir`, else `ASL_SWEEP_DATA_DIR`, else the cache (downloading once)."""
     given = data_dir or os.environ.get("ASL_SWEEP_DATA_DIR")
     if given:
-        path = Path(given).expanduser()
+        path = Path(given).expanduser().resolve()
         if not path.is_dir():
             raise UserError(f"data directory does not exist: {path}")
         return class_root(path)

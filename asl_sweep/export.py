@@ -85,7 +85,9 @@ def model_card(meta: dict[str, Any], cfg: Config, swept: list[str]) -> str:
         f"Chosen as the best of the sweep's runs by **{m['name']}** ({m['goal']}): "
         f"best {m['best']:.4f} at epoch {meta['best'].get('epoch', '?')}"
         + (f", final {m['final']:.4f}" if m["final"] is not None else "") + f" after {len(meta['history'])} epochs "
-        f"({meta['state']}), wall time {meta['wall_time'] or 0:.1f} s. All numbers are in `metrics.json`.",
+        f"({meta['state']}), wall time {meta['wall_time'] or 0:.1f} s. `model.keras` holds the best epoch's "
+        "weights (restored at the end of the run), so it scores the best value; that value was selected on the "
+        "validation set and is slightly optimistic. All numbers are in `metrics.json`.",
         "",
     ]
     if meta.get("retrain"):

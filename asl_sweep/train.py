@@ -111,7 +111,7 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
             history.append(row)
             run.log(row, commit=False)
             if reporter is not None and reporter.epoch(row):
-                EpochCallback.stopped = True
+                self.stopped = True
                 self.model.stop_training = True
 
     return EpochCallback()
@@ -134,7 +134,11 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     net = compiled_model(cfg, len(tr))
     history: list[dict[str, float]] = []
     epoch_cb = _epoch_callback(run, reporter, history)
-    callbacks = [epoch_cb, keras.callbacks.TerminateOnNaN(), WandbMetricsLogger()]
+    # Keep the best epoch's weights (patience=epochs: it never stops a run), so the saved model is
+    # the one the sweep metric describes, not a noisier last epoch.
+    best_weights = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.epochs,
+                                                 restore_best_weights=True)
+    callbacks = [epoch_cb, keras.callbacks.TerminateOnNaN(), best_weights, WandbMetricsLogger()]
     onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)
     t_fit = time.perf_counter()
     net.fit(
@@ -159,7 +163,8 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
         "epochs_run": len(history),
         "best_val_accuracy": val_acc[best] if best >= 0 else None,
         "best_epoch": best + 1 if best >= 0 else None,
-        "val_accuracy": val_acc[-1] if history and math.isfinite(val_acc[-1]) else None,
+        "val_accuracy": float((preds == y_va).mean()) if state != "failed" else None,
+        "last_epoch_val_accuracy": val_acc[-1] if history and math.isfinite(val_acc[-1]) else None,
         "val_loss": history[-1].get("val_loss") if history else None,
         "param_count": int(net.count_params()),
         "fit_time": fit_time,
@@ -185,7 +190,7 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     run.summary.update({k: v for k, v in summary.items() if v is not None})
     record = {
         "run_id": run.id,
-        "sweep_id": os.environ.get("WANDB_SWEEP_ID"),
+        "sweep_id": getattr(reporter, "sweep_id", None) or os.environ.get("WANDB_SWEEP_ID"),
         "state": state,
         "config": cfg.to_dict(),
         "history": history,
@@ -223,6 +228,7 @@ def execute(
         project=os.environ.get("WANDB_PROJECT", "asl-sweep"),
         config=initial.to_dict(),
         id=run_id,
+        group=getattr(reporter, "sweep_id", None),
         dir=os.environ.get("WANDB_DIR"),
         reinit="finish_previous",
     )
@@ -258,9 +264,9 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     record = execute(values, DataCache(args.data_dir), reporter=reporter,
                      run_id=os.environ.get("WANDB_RUN_ID"), verbose="auto")
     s = record["summary"]
-    acc = f"{s['val_accuracy']:.4f}" if s["val_accuracy"] is not None else "n/a"
-    best = f"{s['best_val_accuracy']:.4f} (epoch {s['best_epoch']})" if s["best_val_accuracy"] is not None else "n/a"
-    print(f"run {record['run_id']} {record['state']}: val_accuracy {acc}, best {best}, "
+    acc = f"{s['val_accuracy']:.4f} (saved model: best epoch {s['best_epoch']})" if s["val_accuracy"] is not None else "n/a"
+    last = f"{s['last_epoch_val_accuracy']:.4f}" if s["last_epoch_val_accuracy"] is not None else "n/a"
+    print(f"run {record['run_id']} {record['state']}: val_accuracy {acc}, last epoch {last}, "
           f"{s['epochs_run']} epochs in {s['wall_time']:.1f}s")
     print(f"record: {record['paths']['record']}")
     if os.environ.get("WANDB_MODE") == "offline":

@@ -95,7 +95,8 @@ def test_in_process_agent_with_hyperband_stops_a_run(dataset_dir):
     agent.local_agent(sid, data_dir=str(dataset_dir), show_progress=False)
     weak = ledger.runs(sid)[3]
     assert weak["state"] == "stopped" and len(weak["history"]) == 1 and weak["should_stop"]
-    assert json.loads(Path(weak["record_path"]).read_text())["state"] == "stopped"
+    record = json.loads(Path(weak["record_path"]).read_text())
+    assert record["state"] == "stopped" and record["sweep_id"] == sid and record["run_id"] == weak["id"]
 
 
 def wait_for(predicate, timeout=120.0):
@@ -158,3 +159,47 @@ def test_sweep_command_creates_local_sweep_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr
     sid = proc.stdout.split()[3]
     assert Ledger().sweep(sid)["config"] == SMOKE and f"make agent SWEEP={sid}" in proc.stdout
+
+
+def test_no_run_starts_after_the_deadline():
+    ledger = Ledger()
+    sid = ledger.create_sweep(SMOKE, "d")
+    assert agent.local_agent(sid, show_progress=False, deadline=time.time() - 1) == 0
+    assert ledger.runs(sid) == []
+
+
+def test_status_and_sweeps_list_show_runs_and_best(capsys):
+    from asl_sweep import cli, controller
+
+    ledger = Ledger()
+    sid = ledger.create_sweep(SMOKE, "listed")
+    for v in (0.4, 0.7):
+        run = controller.claim_next(ledger, sid, "a")
+        ledger.append_epoch(run["id"], {"epoch": 1, "val_accuracy": v})
+        ledger.finish_run(run["id"], "finished", wandb_dir=f"wandb/run-{v}")
+    assert cli.main(["sweeps"]) == 0
+    assert sid in capsys.readouterr().out
+    assert cli.main(["status", sid]) == 0
+    out = capsys.readouterr().out
+    assert "best run: " + ledger.runs(sid)[1]["id"] in out and "val_accuracy=0.7000" in out and "wandb/run-0.7" in out
+
+
+def test_online_sweep_and_agent_hand_over_to_wandb(tmp_path, monkeypatch, capsys):
+    """The online path is W&B's own calls; here they are intercepted (W&B is unreachable offline)."""
+    import wandb
+
+    from asl_sweep import cli
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    created = {}
+    monkeypatch.setattr(wandb, "sweep", lambda config, project: created.update(config=config, project=project) or "abc123")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(SMOKE))
+    assert cli.main(["sweep", str(path)]) == 0
+    assert created == {"config": SMOKE, "project": "asl-sweep"}
+    assert "make agent SWEEP=abc123" in capsys.readouterr().out
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert cli.main(["agent", "ent/proj/abc123", "--count", "3"]) == 0
+    assert calls == [[sys.executable, "-m", "wandb", "agent", "--count", "3", "ent/proj/abc123"]]
+    assert Ledger().sweeps() == []

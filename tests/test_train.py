@@ -24,11 +24,15 @@ def test_execute_trains_logs_offline_and_writes_the_record(dataset_dir):
         assert key in record["history"][0]
     s = record["summary"]
     assert s["best_val_accuracy"] == max(h["val_accuracy"] for h in record["history"]) and s["param_count"] > 0
+    assert s["val_accuracy"] == pytest.approx(s["best_val_accuracy"], abs=1e-6)  # the saved model is the best epoch's
     run_dir = Path(record["paths"]["run_dir"])
     assert run_dir.parent == Path.cwd() / "wandb" and run_dir.name.startswith("offline-run-")
     assert list(run_dir.glob("run-*.wandb")) and Path(record["paths"]["model"]).is_file()
     assert json.loads(Path(record["paths"]["record"]).read_text())["run_id"] == record["run_id"]
     assert np.array(record["confusion_matrix"]).sum() == s["val_images"]
+    sync = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert "Would sync 1 run(s)" in sync.stdout + sync.stderr
 
 
 def test_nan_loss_stops_the_run_as_failed(dataset_dir):
