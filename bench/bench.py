@@ -57,7 +57,7 @@ def bench_overhead(runs: int) -> dict[str, Any]:
     for mode in ("inprocess", "subprocess"):
         fresh_ledger(f"overhead-{mode}")
         ledger = Ledger()
-        sid = ledger.create_sweep(grid_sweep({"epochs": 1, "seed": list(range(runs + 1))}), mode)
+        sid = ledger.create_sweep(grid_sweep({"epochs": 1, "dropout": [round(0.1 + 0.05 * i, 2) for i in range(runs + 1)]}), mode)
         agent.local_agent(sid, count=1, subprocess_mode=mode == "subprocess", show_progress=False)  # warm-up
         first = len(ledger.runs(sid))
         agent.local_agent(sid, subprocess_mode=mode == "subprocess", show_progress=False)
