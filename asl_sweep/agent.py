@@ -51,15 +51,13 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
     """`runs done / cap, running, best metric so far and its run, elapsed` from the ledger."""
     sweep = ledger.sweep(sweep_id)
     runs = ledger.runs(sweep_id)
-    name, _ = metric(sweep["config"])
+    name, goal = metric(sweep["config"])
     done = sum(r["state"] not in ("pending", "running") for r in runs)
     running = sum(r["state"] == "running" for r in runs)
     cap = sweep["config"].get("run_cap", "∞")
     best = controller.best_run(ledger, sweep_id)
     if best is not None:
-        values = [h[name] for h in best["history"] if name in h]
-        pick = max if metric(sweep["config"])[1] == "maximize" else min
-        best_txt = f"best {name} {pick(values):.4f} (run {best['id']} #{best['number']})"
+        best_txt = f"best {name} {controller.best_value(best, name, goal):.4f} (run {best['id']} #{best['number']})"
     else:
         best_txt = f"best {name} -"
     elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))

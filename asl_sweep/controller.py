@@ -10,6 +10,7 @@ epochs arrive, by the process that reports the epoch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import threading
@@ -160,14 +161,18 @@ def reporter_from_env() -> LedgerReporter | None:
     return LedgerReporter(ledger, sweep_id, run_id)
 
 
+def best_value(run: dict[str, Any], name: str, goal: str) -> float | None:
+    """A run's best finite value of the metric over its epochs (what the sweep ranks by), or None."""
+    values = [h[name] for h in run["history"]
+              if isinstance(h.get(name), (int, float)) and not isinstance(h[name], bool) and math.isfinite(h[name])]
+    return (max(values) if goal == "maximize" else min(values)) if values else None
+
+
 def best_run(ledger: Ledger, sweep_id: str) -> dict[str, Any] | None:
     """The run with the best value of the sweep's metric (its best epoch), by the sweep's goal."""
     name, goal = metric(ledger.sweep(sweep_id)["config"])
-    scored = []
-    for r in ledger.runs(sweep_id):
-        values = [h[name] for h in r["history"] if isinstance(h.get(name), (int, float)) and h[name] == h[name]]
-        if values and r["state"] in ("finished", "stopped", "running"):
-            scored.append((max(values) if goal == "maximize" else min(values), r))
+    scored = [(v, r) for r in ledger.runs(sweep_id)
+              if r["state"] in ("finished", "stopped", "running") and (v := best_value(r, name, goal)) is not None]
     if not scored:
         return None
     pick = max if goal == "maximize" else min

@@ -176,9 +176,11 @@ def swept_params(config: dict[str, Any]) -> list[str]:
 
 def metric_value(run: dict[str, Any], name: str, goal: str) -> float | None:
     """The run's best epoch value of the metric (as the controller ranks runs), else its summary value."""
-    values = [h[name] for h in run["history"] if isinstance(h.get(name), (int, float)) and math.isfinite(h[name])]
-    if values:
-        return float(max(values) if goal == "maximize" else min(values))
+    from asl_sweep.controller import best_value
+
+    value = best_value(run, name, goal)
+    if value is not None:
+        return float(value)
     v = (run.get("summary") or {}).get(name)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from asl_sweep import controller
 from asl_sweep.ledger import Ledger
 from asl_sweep.sweepfile import metric
-
-
-def _best_value(run: dict[str, Any], name: str, goal: str) -> float | None:
-    values = [h[name] for h in run["history"] if isinstance(h.get(name), (int, float))]
-    return (max(values) if goal == "maximize" else min(values)) if values else None
 
 
 def sweeps_table() -> str:
@@ -37,7 +31,7 @@ def status_table(sweep_id: str) -> str:
         lines = [f"sweep {sweep_id} ({sweep['config']['method']}, {sweep['state']}), metric {name} ({goal})",
                  f"{'#':>3} {'run':9} {'state':9} {'epochs':>6} {name:>14}  config"]
         for r in runs:
-            best = _best_value(r, name, goal)
+            best = controller.best_value(r, name, goal)
             params = " ".join(f"{k}={v}" for k, v in r["config"].items())
             shown = f"{best:.4f}" if best is not None else "-"
             lines.append(f"{r['number']:>3} {r['id']:9} {r['state']:9} {len(r['history']):>6} {shown:>14}  {params}")
@@ -56,7 +50,7 @@ def best_summary(sweep_id: str, ledger: Ledger | None = None) -> str:
         best = controller.best_run(ledger, sweep_id)
         if best is None:
             return f"sweep {sweep_id}: no run has reported {name} yet"
-        value = _best_value(best, name, goal)
+        value = controller.best_value(best, name, goal)
         where = best["wandb_dir"] or "(still running)"
         params = ", ".join(f"{k}={v}" for k, v in best["config"].items())
         return (f"best run: {best['id']} (#{best['number']}, {best['state']}) {name}={value:.4f}\n"

@@ -19,7 +19,6 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from asl_sweep import runtime
 from asl_sweep.config import Config, from_mapping, parse_overrides, read_yaml
-from asl_sweep.errors import UserError
 
 EXAMPLE_IMAGES = 48
 RESULT_FILE = "result.json"
