@@ -13,6 +13,9 @@ from typing import Callable, Sequence
 from asl_sweep.errors import UserError
 
 
+TENSORFLOW_COMMANDS = frozenset({"data", "train", "agent", "export", "predict", "evaluate"})
+
+
 def guarded(fn: Callable[[], int | None], *, debug: bool = False) -> int:
     """Run a command: UserError -> one line and exit 2, Ctrl-C -> exit 130, real bugs -> traceback."""
     try:
@@ -74,7 +77,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.run:
         print(f"next: make agent SWEEP={sweep_id}   (or: asl-sweep agent {sweep_id})")
         return 0
-    runtime.setup(debug=debug_of(args))
+    runtime.setup(debug=debug_of(args), tensorflow=True)
     from asl_sweep import agent, status
 
     agent.run_agents(sweep_id, args.agents, count=args.count, subprocess_mode=args.subprocess,
@@ -198,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from asl_sweep import runtime
 
-    runtime.setup(debug=debug)
+    runtime.setup(debug=debug, tensorflow=args.command in TENSORFLOW_COMMANDS)
     handlers: dict[str, Callable[[], int]] = {
         "data": lambda: cmd_data(args),
         "train": lambda: cmd_train(args, rest),

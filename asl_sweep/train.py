@@ -9,6 +9,7 @@ Offline `.wandb` files are binary, so every run also writes `result.json` beside
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from asl_sweep import runtime
 from asl_sweep.config import Config, from_mapping, parse_overrides, read_yaml
 
-EXAMPLE_IMAGES = 48
+EXAMPLE_IMAGES = 24  # each wandb.Image costs ~2 ms to make and log, per run
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.keras"
 
@@ -43,6 +44,7 @@ class DataCache:
         self._root: Path | None = None
         self._loaded: dict[int, Any] = {}
         self._splits: dict[tuple, tuple[Any, Any]] = {}
+        self._inputs: dict[tuple, Any] = {}
 
     def get(self, cfg: Config):
         from asl_sweep import data
@@ -61,6 +63,15 @@ class DataCache:
         if key not in self._splits:
             self._splits[key] = data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
         return self._splits[key]
+
+    def inputs(self, cfg: Config, dataset):
+        """The classifier's input for every image, preprocessed once per setting, not once per batch."""
+        from asl_sweep import model as model_lib
+
+        key = (cfg.image_size, cfg.max_per_class, cfg.color_mode)
+        if key not in self._inputs:
+            self._inputs[key] = model_lib.preprocess(cfg, dataset.x)
+        return self._inputs[key]
 
 
 def make_optimizer(cfg: Config, steps_per_epoch: int):
@@ -87,19 +98,30 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
 
 
 def compiled_model(cfg: Config, train_images: int):
-    """Seed, build and compile `cfg`'s model: the one recipe shared by sweep runs and re-training."""
+    """Seed, build and compile `cfg`'s classifier: the one recipe shared by sweep runs and re-training."""
     import keras
 
     from asl_sweep import model as model_lib
 
     keras.utils.set_random_seed(cfg.seed)
-    net = model_lib.build(cfg)
+    net = model_lib.classifier(cfg)
     net.compile(
         optimizer=make_optimizer(cfg, math.ceil(train_images / cfg.batch_size)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
     return net
+
+
+def example_indices(correct, count: int, seed: int):
+    """Which validation images to show: the mistakes first (they are what a user looks for), then a
+    random sample of correct ones, up to `count`, in dataset order."""
+    import numpy as np
+
+    wrong = np.flatnonzero(~correct)[:count]
+    right = np.flatnonzero(correct)
+    fill = np.random.default_rng(seed).choice(right, size=min(count - len(wrong), len(right)), replace=False)
+    return np.sort(np.concatenate([wrong, fill]))
 
 
 def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]]):
@@ -127,9 +149,9 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
 
 
 def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbose: int | str = "auto",
-          split: tuple[Any, Any] | None = None) -> dict[str, Any]:
-    """Fit `cfg`'s model on `dataset` (split as configured, or by the given indices), log to `run`, save;
-    return the record."""
+          split: tuple[Any, Any] | None = None, inputs=None) -> dict[str, Any]:
+    """Fit `cfg`'s model on `dataset` (split as configured, or by the given indices; `inputs` are the
+    preprocessed images when already at hand), log to `run`, save the servable model; return the record."""
     import keras
     import numpy as np
     import wandb
@@ -140,7 +162,8 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
 
     t_start = time.perf_counter()
     tr, va = split if split is not None else data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
-    x_tr, x_va = dataset.x[tr], dataset.x[va]
+    pixels = inputs if inputs is not None else model_lib.preprocess(cfg, dataset.x)
+    x_tr, x_va = pixels[tr], pixels[va]
     y_tr, y_va = dataset.y[tr], dataset.y[va]
     net = compiled_model(cfg, len(tr))
     history: list[dict[str, float]] = []
@@ -187,12 +210,11 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     files = Path(run.dir)
     model_path = files / MODEL_FILE
     if state != "failed":
-        net.save(model_path)
-        rng = np.random.default_rng(cfg.seed)
-        shown = np.sort(rng.choice(len(va), size=min(EXAMPLE_IMAGES, len(va)), replace=False))
+        model_lib.build(cfg, net).save(model_path)
+        shown = example_indices(preds == y_va, EXAMPLE_IMAGES, cfg.seed)
         table = wandb.Table(columns=["image", "true", "predicted", "confidence", "file"])
         for i in shown:
-            table.add_data(wandb.Image(x_va[i].astype("uint8")), int(y_va[i]), int(preds[i]), float(conf[i]),
+            table.add_data(wandb.Image(dataset.x[va[i]].astype("uint8")), int(y_va[i]), int(preds[i]), float(conf[i]),
                            Path(dataset.paths[va[i]]).name)
         run.log({
             "val_predictions": table,
@@ -225,6 +247,14 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     return record
 
 
+@functools.cache
+def installed_packages() -> str:
+    """`requirements.txt` as wandb writes it (name==version per line), read once per process."""
+    from wandb.util import working_set
+
+    return "".join(sorted(f"{d.key}=={d.version}\n" for d in working_set()))
+
+
 def execute(
     values: Mapping[str, Any],
     data_cache: DataCache,
@@ -244,11 +274,16 @@ def execute(
         group=getattr(reporter, "sweep_id", None),
         dir=os.environ.get("WANDB_DIR"),
         reinit="finish_previous",
+        # wandb lists the installed packages on every init (~0.1 s of metadata parsing); the list
+        # cannot change within a process, so it is read once and written to each run below.
+        settings=wandb.Settings(x_save_requirements=False),
     )
+    (Path(run.dir) / "requirements.txt").write_text(installed_packages())
     try:
         cfg = from_mapping(dict(run.config), source="wandb.config")
         dataset = data_cache.get(cfg)
-        record = train(cfg, dataset, run, reporter=reporter, verbose=verbose, split=data_cache.split(cfg, dataset))
+        record = train(cfg, dataset, run, reporter=reporter, verbose=verbose, split=data_cache.split(cfg, dataset),
+                       inputs=data_cache.inputs(cfg, dataset))
     except KeyboardInterrupt:
         run.finish(exit_code=255)
         raise
@@ -271,7 +306,7 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     values: dict[str, Any] = read_yaml(args.config) if args.config else {}
     values.update(parse_overrides(overrides))
     from_mapping(values, source=args.config or "command line")
-    runtime.setup(debug=getattr(args, "debug", False))
+    runtime.setup(debug=getattr(args, "debug", False), tensorflow=True)
     from asl_sweep.controller import reporter_from_env
 
     reporter = reporter_from_env()

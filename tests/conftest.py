@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# The same TensorFlow kernels as the product (asl_sweep.runtime.setup), before anything imports TensorFlow.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 REAL_DATA = Path(os.environ.get("ASL_SWEEP_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data/sign-language-digits"))
 TINY = {"image_size": 16, "filters_1": 4, "filters_2": 8, "dense_units": 16, "epochs": 1, "batch_size": 16}
 

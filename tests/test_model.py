@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -21,6 +22,31 @@ def test_grayscale_is_inside_the_model():
     gray = net.get_layer("grayscale")
     assert not gray.trainable
     assert np.allclose(np.asarray(gray.kernel).ravel(), model.LUMA)
+
+
+@pytest.mark.parametrize("color_mode", ["grayscale", "rgb"])
+def test_training_inputs_are_the_serving_models_own_preprocessing(color_mode):
+    """Training fits the classifier on `preprocess` output; the saved model must see the same numbers."""
+    cfg = Config().replace(image_size=16, color_mode=color_mode)
+    core = model.classifier(cfg)
+    raw = np.random.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    pixels = model.preprocess(cfg, raw, batch=3)
+    assert pixels.shape == (4, 16, 16, 1 if color_mode == "grayscale" else 3)
+    assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+    served = model.build(cfg, core)
+    assert np.allclose(np.asarray(core(pixels)), np.asarray(served(raw)), atol=1e-6)
+    assert np.array_equal(np.asarray(served(raw)), np.asarray(served(raw)))
+
+
+def test_relu_after_pooling_gives_the_textbook_block_exactly():
+    """conv -> pool -> relu is computed instead of conv -> relu -> pool; they must agree."""
+    cfg = Config().replace(image_size=16, conv_blocks=1, convs_per_block=2, dense_units=0, dropout=0.0)
+    core = model.classifier(cfg)
+    x = np.random.uniform(0, 1, (3, 16, 16, 1)).astype("float32")
+    h = core.get_layer("relu1_1")(core.get_layer("conv1_1")(x))
+    h = core.get_layer("pool1")(keras.activations.relu(core.get_layer("conv1_2")(h)))
+    expected = core.get_layer("digit")(core.get_layer("flatten")(h))
+    assert np.allclose(np.asarray(core(x)), np.asarray(expected), atol=1e-6)
 
 
 def test_too_many_blocks_for_the_image_is_an_error():

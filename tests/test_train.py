@@ -10,7 +10,7 @@ import yaml
 
 from asl_sweep import data
 from asl_sweep.config import Config
-from asl_sweep.train import DataCache, execute, train
+from asl_sweep.train import DataCache, example_indices, execute, train
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,15 +29,26 @@ def test_execute_trains_logs_offline_and_writes_the_record(dataset_dir):
     assert run_dir.parent == Path.cwd() / "wandb" and run_dir.name.startswith("offline-run-")
     assert list(run_dir.glob("run-*.wandb")) and Path(record["paths"]["model"]).is_file()
     assert json.loads(Path(record["paths"]["record"]).read_text())["run_id"] == record["run_id"]
+    requirements = (run_dir / "files" / "requirements.txt").read_text().splitlines()
+    assert any(line.startswith("wandb==") for line in requirements)  # as wandb itself would have written it
     assert np.array(record["confusion_matrix"]).sum() == s["val_images"]
     sync = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(run_dir)],
                           capture_output=True, text=True, timeout=120)
     assert "Would sync 1 run(s)" in sync.stdout + sync.stderr
 
 
+def test_example_images_show_the_mistakes_first():
+    correct = np.ones(100, dtype=bool)
+    correct[[3, 50, 97]] = False
+    shown = example_indices(correct, 10, seed=0)
+    assert len(shown) == 10 and {3, 50, 97} <= set(shown) and list(shown) == sorted(shown)
+    assert len(example_indices(np.zeros(30, dtype=bool), 10, seed=0)) == 10
+    assert len(example_indices(np.ones(4, dtype=bool), 10, seed=0)) == 4
+
+
 def test_nan_loss_stops_the_run_as_failed(dataset_dir):
     ds = data.load(data.locate(dataset_dir), 16)
-    ds.x[:] = np.nan
+    ds.x[:] = 3e38  # float32 overflow inside the network makes the loss NaN
     import wandb
 
     run = wandb.init(project="t", config={}, reinit="finish_previous")
