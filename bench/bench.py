@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -61,24 +62,28 @@ def bench_overhead(runs: int) -> dict[str, Any]:
         first = len(ledger.runs(sid))
         agent.local_agent(sid, subprocess_mode=mode == "subprocess", show_progress=False)
         values = run_overheads(ledger, sid)[first:]
-        out[mode] = {"runs": len(values), "mean_s": sum(values) / len(values), "max_s": max(values)}
+        out[mode] = {"runs": len(values), "mean_s": statistics.mean(values), "median_s": statistics.median(values),
+                     "max_s": max(values)}
     return out
 
 
-def model_flops(cfg) -> float:
-    """Forward FLOPs per image (2 x multiply-adds) of the conv and dense layers."""
+def model_flops(cfg) -> tuple[float, float]:
+    """(forward, training) FLOPs per image (2 x multiply-adds) of the conv and dense layers.
+
+    Training = forward + weight gradient (1x forward) + input gradient (1x forward), except that the
+    first layer needs no input gradient."""
     from asl_sweep import model as model_lib
 
-    net = model_lib.build(cfg)
-    total = 0.0
-    for layer in net.layers:
-        if layer.__class__.__name__ == "Conv2D" and layer.name != "grayscale":
+    layers = []
+    for layer in model_lib.classifier(cfg).layers:
+        if layer.__class__.__name__ == "Conv2D":
             _, h, w, c_out = layer.output.shape
             k = layer.kernel.shape
-            total += 2.0 * h * w * k[0] * k[1] * k[2] * c_out
+            layers.append(2.0 * h * w * k[0] * k[1] * k[2] * c_out)
         elif layer.__class__.__name__ == "Dense":
-            total += 2.0 * layer.kernel.shape[0] * layer.kernel.shape[1]
-    return total
+            layers.append(2.0 * layer.kernel.shape[0] * layer.kernel.shape[1])
+    forward = sum(layers)
+    return forward, 3 * forward - layers[0]
 
 
 def matmul_rate(n: int = 1024, repeats: int = 20) -> float:
@@ -103,14 +108,17 @@ def bench_floor() -> dict[str, Any]:
     cfg = Config()
     record = execute(SEED, DataCache(), verbose=0)
     s = record["summary"]
-    fwd = model_flops(cfg)
-    # training = forward + backward (~2x forward) on train images; validation = forward only
-    per_epoch = 3 * fwd * s["train_images"] + fwd * s["val_images"]
+    fwd, train_flops = model_flops(cfg)
+    per_epoch = train_flops * s["train_images"] + fwd * s["val_images"]  # validation: forward only
     rate = matmul_rate()
     floor = per_epoch * cfg.epochs / rate
+    # The same arithmetic in 4x fewer, 4x larger steps: how much of the gap is per-step cost.
+    big = execute({**SEED, "batch_size": 128}, DataCache(), verbose=0)["summary"]
     return {"forward_mflops_per_image": fwd / 1e6, "gflops_per_epoch": per_epoch / 1e9,
             "matmul_gflops_per_s": rate / 1e9, "floor_s": floor, "fit_s": s["fit_time"],
-            "ratio": s["fit_time"] / floor, "val_accuracy": s["val_accuracy"]}
+            "ratio": s["fit_time"] / floor, "val_accuracy": s["val_accuracy"],
+            "batch128_fit_s": big["fit_time"], "batch128_ratio": big["fit_time"] / floor,
+            "batch128_val_accuracy": big["val_accuracy"]}
 
 
 def bench_agents(runs: int, epochs: int) -> dict[str, Any]:
@@ -135,26 +143,39 @@ def best_by(events: list[tuple[float, float]], checkpoints: list[float]) -> dict
     return {f"{m:g}min": max((v for t, v in events if t <= m * 60), default=None) for m in checkpoints}
 
 
+def sweep_summary(runs: list[dict[str, Any]], start: float, checkpoints: list[float]) -> dict[str, Any]:
+    """Time to the first finished run at >= 95%, best value, winning config and best-by-checkpoint of `runs`."""
+    scored = [(r, r["ended_at"] - start, max(h["val_accuracy"] for h in r["history"]))
+              for r in runs if r["ended_at"] and r["history"]]
+    best = max(scored, key=lambda e: e[2], default=(None, None, None))
+    return {"runs": len(runs),
+            "states": {s: sum(r["state"] == s for r in runs) for s in ("finished", "stopped", "failed", "crashed")},
+            "wall_s": max((t for _, t, _ in scored), default=None),
+            "time_to_95_s": min((t for r, t, v in scored if r["state"] == "finished" and v >= 0.95), default=None),
+            "best_val_accuracy": best[2], "best_run": best[0]["id"] if best[0] else None,
+            "best_config": best[0]["config"] if best[0] else None,
+            "best_at": best_by([(t, v) for _, t, v in scored], checkpoints)}
+
+
 def bench_sweep(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
+    """The default sweep (sweeps/bayes.yaml) with its run_cap lifted so it fills the same budget as
+    Optuna; its first run_cap runs are exactly what `make sweep` runs, and are reported as such."""
     from asl_sweep import agent, sweepfile
     from asl_sweep.ledger import Ledger
 
     fresh_ledger("sweep")
     ledger = Ledger()
     config = sweepfile.load(REPO / "sweeps/bayes.yaml")
+    cap = config.pop("run_cap", None)
     sid = ledger.create_sweep(config, "bench")
     start = time.time()
     agent.local_agent(sid, deadline=start + minutes * 60, show_progress=True)
-    runs = ledger.runs(sid)
-    events = [(r["ended_at"] - start, max(h["val_accuracy"] for h in r["history"]))
-              for r in runs if r["ended_at"] and r["history"]]
-    finished95 = [t for (t, v), r in zip(events, runs) if v >= 0.95]
-    best = max(events, key=lambda e: e[1], default=(None, None))
-    best_run = next((r for r in runs if r["history"] and max(h["val_accuracy"] for h in r["history"]) == best[1]), None)
-    return {"sweep_id": sid, "runs": len(runs), "states": {s: sum(r["state"] == s for r in runs) for s in
-                                                          ("finished", "stopped", "failed", "crashed")},
-            "wall_s": time.time() - start, "time_to_95_s": min(finished95, default=None), "best_val_accuracy": best[1],
-            "best_config": best_run["config"] if best_run else None, "best_at": best_by(events, checkpoints)}
+    runs = ledger.runs(sid)  # in run-number order
+    out = {"sweep_id": sid, "budget": sweep_summary(runs, start, checkpoints)}
+    if cap:
+        out[f"default_run_cap_{cap}"] = sweep_summary(runs[:cap], start, [])
+        out[f"default_run_cap_{cap}"].pop("best_at")
+    return out
 
 
 def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
@@ -220,6 +241,7 @@ def bench_optuna(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
+    """Two columns, one row per measured number; nested sections become dotted names."""
     rows: list[tuple[str, str]] = []
 
     def fmt(v: Any) -> str:
@@ -227,14 +249,16 @@ def table(results: dict[str, Any]) -> str:
             return "-"
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    for section, values in results.items():
-        if section == "meta":
-            continue
-        for key, value in values.items():
-            if isinstance(value, dict):
-                rows += [(f"{section}.{key}.{k}", fmt(v)) for k, v in value.items()]
-            else:
-                rows.append((f"{section}.{key}", fmt(value)))
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and not prefix.endswith("best_config"):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, dict):
+            rows.append((prefix, " ".join(f"{k}={fmt(v)}" for k, v in value.items())))
+        else:
+            rows.append((prefix, fmt(value)))
+
+    walk("", {k: v for k, v in results.items() if k != "meta"})
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -244,11 +268,11 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_MINUTES", 30)),
                         help="wall-clock budget for each of the sweep and optuna sections (default 30)")
     parser.add_argument("--only", nargs="*", default=["overhead", "floor", "agents", "sweep", "optuna"])
-    parser.add_argument("--overhead-runs", type=int, default=5)
+    parser.add_argument("--overhead-runs", type=int, default=8)
     args = parser.parse_args()
     from asl_sweep import runtime
 
-    runtime.setup()
+    runtime.setup(tensorflow=True)
     checkpoints = [m for m in (10, 20, 30) if m < args.minutes] + [args.minutes]
     results: dict[str, Any] = {"meta": {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(),
                                         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
