@@ -13,7 +13,9 @@ from typing import Callable, Sequence
 from asl_sweep.errors import UserError
 
 
-TENSORFLOW_COMMANDS = frozenset({"data", "train", "agent", "export", "predict", "evaluate"})
+# Commands that always need TensorFlow import it quietly up front; agents do it in `local_agent`,
+# so a process that only starts agent processes or hands off to `wandb agent` never loads it.
+TENSORFLOW_COMMANDS = frozenset({"data", "train", "export", "predict", "evaluate"})
 
 
 def guarded(fn: Callable[[], int | None], *, debug: bool = False) -> int:
@@ -77,7 +79,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.run:
         print(f"next: make agent SWEEP={sweep_id}   (or: asl-sweep agent {sweep_id})")
         return 0
-    runtime.setup(debug=debug_of(args), tensorflow=True)
+    runtime.setup(debug=debug_of(args))
     from asl_sweep import agent, status
 
     agent.run_agents(sweep_id, args.agents, count=args.count, subprocess_mode=args.subprocess,

@@ -49,13 +49,16 @@ def setup(*, debug: bool = False, workdir: Path | None = None, tensorflow: bool 
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         logging.getLogger("absl").setLevel(logging.ERROR)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    if tensorflow and "tensorflow" not in sys.modules:
-        _import_tensorflow(quiet=not debug)
+    if tensorflow:
+        import_tensorflow(quiet=not debug)
+        set_threads()
 
 
-def _import_tensorflow(*, quiet: bool) -> None:
-    """Import TensorFlow; when quiet, its C++ banner (printed to file descriptor 2 at load, before any
-    log level applies) goes to /dev/null. Python errors still surface: they are raised after the restore."""
+def import_tensorflow(*, quiet: bool) -> None:
+    """Import TensorFlow now; when quiet, its C++ banner (printed to file descriptor 2 at load, before
+    any log level applies) goes to /dev/null. Python errors still surface: they are raised after the restore."""
+    if "tensorflow" in sys.modules:
+        return
     if not quiet:
         import tensorflow  # noqa: F401
         return
@@ -70,8 +73,10 @@ def _import_tensorflow(*, quiet: bool) -> None:
         os.close(devnull)
 
 
-def set_threads(threads: int) -> None:
-    """Pin TensorFlow's thread pools (call before the first op): one agent per core scales best."""
+def set_threads() -> None:
+    """Pin TensorFlow's thread pools to `ASL_SWEEP_THREADS` (set per agent when several share the
+    machine; call before the first op): one agent per core scales best."""
+    threads = int(os.environ.get("ASL_SWEEP_THREADS", "0") or 0)
     if threads <= 0:
         return
     import tensorflow as tf

@@ -37,7 +37,8 @@ class Reporter(Protocol):
 
 
 class DataCache:
-    """Loads the dataset once per image size and keeps it for the process (one per agent)."""
+    """Loads the dataset once per image size, with its splits and preprocessed inputs, and keeps them
+    for the process (one per agent): later runs with the same settings start from memory."""
 
     def __init__(self, data_dir: str | None = None) -> None:
         self.data_dir = data_dir
@@ -114,14 +115,15 @@ def compiled_model(cfg: Config, train_images: int):
 
 
 def example_indices(correct, count: int, seed: int):
-    """Which validation images to show: the mistakes first (they are what a user looks for), then a
-    random sample of correct ones, up to `count`, in dataset order."""
+    """Which validation images to show, in table order: mistakes first (what a user looks for; a
+    random sample when there are more than `count`), then a random sample of correct ones."""
     import numpy as np
 
-    wrong = np.flatnonzero(~correct)[:count]
-    right = np.flatnonzero(correct)
-    fill = np.random.default_rng(seed).choice(right, size=min(count - len(wrong), len(right)), replace=False)
-    return np.sort(np.concatenate([wrong, fill]))
+    rng = np.random.default_rng(seed)
+    wrong, right = np.flatnonzero(~correct), np.flatnonzero(correct)
+    wrong = np.sort(rng.choice(wrong, size=min(count, len(wrong)), replace=False))
+    fill = np.sort(rng.choice(right, size=min(count - len(wrong), len(right)), replace=False))
+    return np.concatenate([wrong, fill]).astype(int)
 
 
 def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]]):
@@ -278,8 +280,8 @@ def execute(
         # cannot change within a process, so it is read once and written to each run below.
         settings=wandb.Settings(x_save_requirements=False),
     )
-    (Path(run.dir) / "requirements.txt").write_text(installed_packages())
     try:
+        (Path(run.dir) / "requirements.txt").write_text(installed_packages())
         cfg = from_mapping(dict(run.config), source="wandb.config")
         dataset = data_cache.get(cfg)
         record = train(cfg, dataset, run, reporter=reporter, verbose=verbose, split=data_cache.split(cfg, dataset),

@@ -6,11 +6,13 @@ import json
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers_report import TINY, isolate, synthetic_sweep, tiny_trained_sweep
 
 from asl_sweep import export
+from asl_sweep import model as model_lib
 from asl_sweep.config import Config, from_mapping, read_yaml
 from asl_sweep.errors import UserError
 from asl_sweep.report import load_sweep
@@ -79,3 +81,5 @@ def test_export_of_a_trained_sweep_writes_a_usable_folder(monkeypatch, tmp_path,
     assert metrics["retrain"]["images"] == 80 and metrics["retrain"]["epochs"] == TINY["epochs"]
     assert "Re-trained on train+validation" in (out / "README.md").read_text()
     assert "re-trained on train+validation" in capsys.readouterr().out
+    served = model_lib.load(str(out / "model.keras"))  # the servable model, not the bare classifier
+    assert np.asarray(served(np.full((1, 50, 70, 3), 128.0, dtype="float32"))).shape == (1, 10)

@@ -34,6 +34,7 @@ def test_training_inputs_are_the_serving_models_own_preprocessing(color_mode):
     assert pixels.shape == (4, 16, 16, 1 if color_mode == "grayscale" else 3)
     assert 0.0 <= pixels.min() and pixels.max() <= 1.0
     served = model.build(cfg, core)
+    assert not any(isinstance(layer, keras.Model) for layer in served.layers)  # flat: see model.build
     assert np.allclose(np.asarray(core(pixels)), np.asarray(served(raw)), atol=1e-6)
     assert np.array_equal(np.asarray(served(raw)), np.asarray(served(raw)))
 
