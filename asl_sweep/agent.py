@@ -11,9 +11,11 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,20 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: dict[str, Any]) 
     return (ledger.run(run["id"]) or {}).get("state", "failed")
 
 
+def _watch_ctrl_c() -> tuple[threading.Event, Any]:
+    """Remember that Ctrl-C was pressed (then raise KeyboardInterrupt as usual): a SIGINT that lands
+    inside TensorFlow can come back as a different exception, which must not pass for a failed run."""
+    pressed = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return pressed, None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        pressed.set()
+        raise KeyboardInterrupt
+
+    return pressed, signal.signal(signal.SIGINT, on_sigint)
+
+
 def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: bool = False,
                 data_dir: str | None = None, show_progress: bool = True, deadline: float | None = None) -> int:
     """Run a local sweep's runs until it is done, `count` runs have run, or no new run may start
@@ -139,6 +155,7 @@ def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: boo
     progress = Progress(ledger, sweep_id, enabled=show_progress)
     agent = f"{os.uname().nodename}:{os.getpid()}"
     executed = failures = 0
+    ctrl_c, previous = _watch_ctrl_c()
     try:
         while (count is None or executed < count) and (deadline is None or time.time() < deadline):
             run = controller.claim_next(ledger, sweep_id, agent)
@@ -155,6 +172,9 @@ def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: boo
                 ledger.finish_run(run["id"], "stopped", error="interrupted by user (Ctrl-C)")
                 raise
             except Exception as exc:  # one bad run must not end the sweep; its error is recorded
+                if ctrl_c.is_set():  # Ctrl-C that surfaced as another error (e.g. from inside TensorFlow)
+                    ledger.finish_run(run["id"], "stopped", error="interrupted by user (Ctrl-C)")
+                    raise KeyboardInterrupt from exc
                 ledger.finish_run(run["id"], "failed", error=f"{type(exc).__name__}: {exc}")
                 state = "failed"
                 if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
@@ -165,6 +185,8 @@ def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: boo
                 last = ledger.run(run["id"]) or {}
                 raise UserError(f"{failures} runs in a row failed; last error: {last.get('error') or 'see its record'}")
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         progress.end()
         ledger.close()
     return executed

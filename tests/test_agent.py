@@ -203,3 +203,15 @@ def test_online_sweep_and_agent_hand_over_to_wandb(tmp_path, monkeypatch, capsys
     assert cli.main(["agent", "ent/proj/abc123", "--count", "3"]) == 0
     assert calls == [[sys.executable, "-m", "wandb", "agent", "--count", "3", "ent/proj/abc123"]]
     assert Ledger().sweeps() == []
+
+
+def test_ctrl_c_is_remembered_even_when_it_surfaces_as_another_error():
+    pressed, previous = agent._watch_ctrl_c()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert pressed.is_set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGINT) is previous
