@@ -145,8 +145,7 @@ def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: boo
     ledger = Ledger()
     sweep = ledger.sweep(sweep_id)
     if not subprocess_mode:  # runs in this process: load TensorFlow once, quietly, with this agent's threads
-        runtime.import_tensorflow(quiet=not os.environ.get("ASL_SWEEP_DEBUG"))
-        runtime.set_threads()
+        runtime.load_tensorflow(quiet=not os.environ.get("ASL_SWEEP_DEBUG"))
     cache = DataCache(data_dir)
     # Move everything alive now (TensorFlow, Keras, wandb modules) out of the collector's view: a
     # full collection otherwise rescans them all, ~0.2-0.4 s at unpredictable points between runs.

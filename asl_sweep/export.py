@@ -48,10 +48,11 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     from asl_sweep import model as model_lib
     from asl_sweep.train import DataCache, compiled_model
 
-    dataset = DataCache(data_dir).get(cfg)
+    cache = DataCache(data_dir)
+    dataset = cache.get(cfg)
     net = compiled_model(cfg, len(dataset.y))
     onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)[dataset.y]
-    fit = net.fit(model_lib.preprocess(cfg, dataset.x), onehot, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
+    fit = net.fit(cache.inputs(cfg, dataset), onehot, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
                   callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
     history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
                for i in range(len(fit.history.get("loss", [])))]

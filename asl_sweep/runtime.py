@@ -5,12 +5,14 @@ Must run before TensorFlow is imported, so it imports nothing heavy itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 
@@ -50,32 +52,30 @@ def setup(*, debug: bool = False, workdir: Path | None = None, tensorflow: bool 
         logging.getLogger("absl").setLevel(logging.ERROR)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if tensorflow:
-        import_tensorflow(quiet=not debug)
-        set_threads()
+        load_tensorflow(quiet=not debug)
 
 
-def import_tensorflow(*, quiet: bool) -> None:
-    """Import TensorFlow now; when quiet, its C++ banner (printed to file descriptor 2 at load, before
-    any log level applies) goes to /dev/null. Python errors still surface: they are raised after the restore."""
-    if "tensorflow" in sys.modules:
-        return
-    if not quiet:
-        import tensorflow  # noqa: F401
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+@contextlib.contextmanager
+def _stderr_fd_silenced() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside the block (C++ writes bypass sys.stderr)."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
 
 
-def set_threads() -> None:
-    """Pin TensorFlow's thread pools to `ASL_SWEEP_THREADS` (set per agent when several share the
-    machine; call before the first op): one agent per core scales best."""
+def load_tensorflow(*, quiet: bool) -> None:
+    """Import TensorFlow now and pin its thread pools to `ASL_SWEEP_THREADS` (set per agent when
+    several share the machine; one agent per core scales best). When quiet, TensorFlow's C++ banner
+    (printed to file descriptor 2 at load, before any log level applies) goes to /dev/null; Python
+    errors still surface, raised after the restore."""
+    if "tensorflow" not in sys.modules:
+        with _stderr_fd_silenced() if quiet else contextlib.nullcontext():
+            import tensorflow  # noqa: F401
     threads = int(os.environ.get("ASL_SWEEP_THREADS", "0") or 0)
     if threads <= 0:
         return

@@ -110,14 +110,15 @@ def bench_floor() -> dict[str, Any]:
 
     fresh_ledger("floor")
     cfg = Config()
-    record = execute(SEED, DataCache(), verbose=0)
+    cache = DataCache()
+    record = execute(SEED, cache, verbose=0)
     s = record["summary"]
     fwd, train_flops = model_flops(cfg)
     per_epoch = train_flops * s["train_images"] + fwd * s["val_images"]  # validation: forward only
     rate = matmul_rate()
     floor = per_epoch * cfg.epochs / rate
     # The same arithmetic in 4x fewer, 4x larger steps: how much of the gap is per-step cost.
-    big = execute({**SEED, "batch_size": 128}, DataCache(), verbose=0)["summary"]
+    big = execute({**SEED, "batch_size": 128}, cache, verbose=0)["summary"]
     return {"forward_mflops_per_image": fwd / 1e6, "gflops_per_epoch": per_epoch / 1e9,
             "matmul_gflops_per_s": rate / 1e9, "floor_s": floor, "fit_s": s["fit_time"],
             "ratio": s["fit_time"] / floor, "val_accuracy": s["val_accuracy"],
