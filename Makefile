@@ -7,7 +7,8 @@ SWEEP   ?=
 COUNT   ?=
 AGENTS  ?= 1
 OUT     ?= exports/$(SWEEP)
-export ASL_SWEEP_DATA_DIR ?= $(wildcard ../shared/data/sign-language-digits)
+# absolute: tests and agents run in other folders, where a relative path would find nothing
+export ASL_SWEEP_DATA_DIR ?= $(abspath $(wildcard ../shared/data/sign-language-digits))
 
 BENCH_MINUTES ?= 30
 

@@ -11,6 +11,7 @@ from argparse import Namespace
 import pytest
 from PIL import Image
 
+from tests.conftest import skip_unless_ci
 from tests.helpers_report import isolate, synthetic_sweep, tiny_trained_sweep
 
 from asl_sweep import report
@@ -144,8 +145,9 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="no chromium/chrome on PATH (apt-get install chromium)")
 def test_page_renders_in_headless_chromium_with_network_off(monkeypatch, tmp_path):
+    if _chromium() is None:
+        skip_unless_ci("no chromium/chrome on PATH (apt-get install chromium)")
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, runs=6)
     report.run(Namespace(sweep_id=sweep_id, out="rep"))
