@@ -8,6 +8,7 @@ value is one `UserError` that names it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -26,6 +27,7 @@ def _choices(*values: str) -> dict:
 
 
 MAX_BLOCKS = 4
+MAX_YAML_BYTES = 10_000_000  # a config or sweep file is a few kB; a bigger one is a wrong path
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             num = float(value) if isinstance(value, str) else value
         except ValueError:
             raise bad("expected an integer") from None
-        if not isinstance(num, (int, float)) or num != int(num):
+        if not isinstance(num, (int, float)) or not math.isfinite(num) or num != int(num):
             raise bad("expected an integer")
         out = int(num)
     elif kind == "float":
@@ -112,7 +114,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             out = float(value)
         except (TypeError, ValueError):
             raise bad("expected a number") from None
-        if out != out or out in (float("inf"), float("-inf")):
+        if not math.isfinite(out):
             raise bad("expected a finite number")
     else:
         if not isinstance(value, str):
@@ -162,14 +164,28 @@ def parse_overrides(args: Iterable[str]) -> dict[str, str]:
 
 
 def load_yaml_file(path: str | Path, what: str) -> Any:
-    """Parse a YAML file; a missing file or a syntax error is one line naming the `what` and the path."""
+    """Parse a YAML file; a missing, unreadable, binary, huge or malformed file is one line naming
+    the `what` and the path (the same reader serves config files and sweep files)."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
-    except (FileNotFoundError, IsADirectoryError):
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)  # bounded: a wrong path may be a huge file or /dev/zero
+    except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise UserError(f"{what} {path} is over {MAX_YAML_BYTES // 1_000_000} MB: too large to be a YAML file")
+    try:
+        return yaml.safe_load(raw)  # bytes: YAML's own encoding detection (UTF-8, or UTF-16 with a BOM)
+    except yaml.reader.ReaderError as exc:
+        raise UserError(f"{what} {path} is not a text file (binary, or not UTF-8): {exc.reason} at byte {exc.position}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to be a config") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -178,7 +194,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must be a mapping of key: value")
+        raise UserError(f"config file {path} must be a mapping of key: value, not a {type(raw).__name__}")
     return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
 
 

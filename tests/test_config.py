@@ -55,3 +55,44 @@ def test_yaml_round_trip_and_config_defaults_form(tmp_path):
     (tmp_path / "bad.yaml").write_text("- a list\n")
     with pytest.raises(UserError, match="mapping"):
         read_yaml(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", float("inf"), float("nan")])
+def test_infinite_or_nan_integers_name_the_key(value):
+    with pytest.raises(UserError, match="'epochs'.*expected an integer"):
+        from_mapping({"epochs": value})
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (bytes(range(256)) * 8, "is not a text file"),  # a binary file given as --config
+        (b"epochs: 3\x00\x01", "is not a text file"),
+        ("épochs: 3".encode("latin-1"), "is not a text file"),
+        (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+        (b"epochs: [1, 2", "is not valid YAML"),
+        (b"- a list\n", "must be a mapping of key: value, not a list"),
+        (b"just words\n", "must be a mapping of key: value, not a str"),
+    ],
+)
+def test_bad_config_files_are_one_line_naming_the_file(tmp_path, content, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=fragment) as info:
+        read_yaml(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_paths_that_are_not_files(tmp_path):
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        read_yaml(tmp_path)
+    (tmp_path / "f").write_text("epochs: 3")
+    with pytest.raises(UserError, match="not found"):
+        read_yaml(tmp_path / "f" / "c.yaml")
+    with pytest.raises(UserError, match="over 10 MB"):
+        read_yaml("/dev/zero")  # endless: read with a bound, not whole
+
+
+def test_utf16_yaml_with_a_byte_order_mark_still_reads(tmp_path):
+    (tmp_path / "c.yaml").write_bytes("epochs: 4\n".encode("utf-16"))
+    assert read_yaml(tmp_path / "c.yaml") == {"epochs": 4}
