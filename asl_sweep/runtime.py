@@ -73,11 +73,11 @@ def load_tensorflow(*, quiet: bool) -> None:
     several share the machine; one agent per core scales best). When quiet, TensorFlow's C++ banner
     (printed to file descriptor 2 at load, before any log level applies) goes to /dev/null; Python
     errors still surface, raised after the restore."""
+    threads = int(env_number("ASL_SWEEP_THREADS", 0, integer=True, minimum=0))  # checked before the slow import
     if "tensorflow" not in sys.modules:
         with _stderr_fd_silenced() if quiet else contextlib.nullcontext():
             import tensorflow  # noqa: F401
-    threads = int(os.environ.get("ASL_SWEEP_THREADS", "0") or 0)
-    if threads <= 0:
+    if threads == 0:
         return
     import tensorflow as tf
 
@@ -86,3 +86,25 @@ def load_tensorflow(*, quiet: bool) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
     except RuntimeError:
         pass  # already initialised in this process: the first setting stays, which is what we want.
+
+
+def env_number(name: str, default: float, *, integer: bool = False, minimum: float | None = None) -> float:
+    """One of our numeric environment variables (`default` when unset or empty); a value that is not
+    a (whole, finite) number or is below `minimum` is one clear line naming the variable, not a traceback."""
+    import math
+
+    from asl_sweep.errors import UserError
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    kind = "a whole number" if integer else "a number"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan  # refused just below, with infinities and fractions where a whole number is due
+    if not math.isfinite(value) or (integer and value != int(value)):
+        raise UserError(f"environment variable {name} must be {kind}, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise UserError(f"environment variable {name} must be {kind} of at least {minimum:g}, got {raw!r}")
+    return int(value) if integer else value
