@@ -15,17 +15,22 @@ Why each step is the way it is:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import struct
+import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 import numpy as np
 
@@ -62,9 +67,68 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("asl-sweep"))
 
 
+def cache_subfolder(name: str) -> Path:
+    """`cache_dir()/name`, refused up front (one line) when a file stands where a folder must be."""
+    what = "cache folder (ASL_SWEEP_CACHE_DIR)" if os.environ.get("ASL_SWEEP_CACHE_DIR") else "cache folder"
+    folder = cache_dir() / name
+    check_folder(folder, what)
+    return folder
+
+
+def check_folder(folder: Path, what: str) -> None:
+    """Refuse, as one line, a `folder` that cannot be one because it, or the nearest of its parents that
+    exists, is a file (`--out some_file/sub`) or a broken link. Callers run it before any work is done."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{what} {folder} is not a folder" + ("" if p == folder else f": {p} is a file"))
+            return
+        if p.is_symlink():
+            raise UserError(f"{what} {folder}: {p} is a broken symbolic link")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Write `path` all or nothing: a temporary file in the same folder, flushed to disk, renamed over
+    the target, the folder synced; a crash or power cut never leaves a half-written file in its place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A problem that costs speed, not results (the cache): one line on stderr, once per process."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"asl-sweep: warning: {message}", file=sys.stderr)
+
+
+def listing(folder: Path) -> list[Path]:
+    """A folder's entries, sorted; an unreadable folder is one line naming it."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot read folder {folder}: {exc.strerror or exc}") from None
+
+
 def class_root(path: Path) -> Path:
     """The folder that holds `0..9`: `path/Dataset`, `path` itself, or `<top>/Dataset` in an unpacked archive."""
-    candidates = [path / "Dataset", path] + sorted(p / "Dataset" for p in path.iterdir() if p.is_dir())
+    candidates = [path / "Dataset", path] + [p / "Dataset" for p in listing(path) if p.is_dir()]
     for c in candidates:
         if c.is_dir() and any((c / k).is_dir() for k in CLASSES):
             missing = [k for k in CLASSES if not (c / k).is_dir()]
@@ -74,15 +138,23 @@ def class_root(path: Path) -> Path:
     raise UserError(f"no dataset layout under {path}: expected Dataset/0..9 or 0..9")
 
 
+def data_folder(given: str | os.PathLike, source: str = "--data-dir") -> Path:
+    """A user-given dataset folder, resolved; a missing path or a file is one line naming `source`."""
+    path = Path(given).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"data directory ({source}) is a file, not a folder: {path}")
+    if not path.is_dir():
+        raise UserError(f"data directory ({source}) does not exist: {path}")
+    return path
+
+
 def locate(data_dir: str | os.PathLike | None = None, *, download_ok: bool = True) -> Path:
     """Return the class root: `--data-dir`, else `ASL_SWEEP_DATA_DIR`, else the cache (downloading once)."""
-    given = data_dir or os.environ.get("ASL_SWEEP_DATA_DIR")
-    if given:
-        path = Path(given).expanduser().resolve()
-        if not path.is_dir():
-            raise UserError(f"data directory does not exist: {path}")
-        return class_root(path)
-    target = cache_dir() / "sign-language-digits"
+    if data_dir:
+        return class_root(data_folder(data_dir))
+    if os.environ.get("ASL_SWEEP_DATA_DIR"):
+        return class_root(data_folder(os.environ["ASL_SWEEP_DATA_DIR"], "ASL_SWEEP_DATA_DIR"))
+    target = cache_subfolder("sign-language-digits")
     if not target.is_dir():
         if not download_ok:
             raise UserError(f"dataset not found at {target}; run 'asl-sweep data' to download it")
@@ -113,7 +185,10 @@ def download(url: str, target: Path) -> None:
     """Download the dataset archive with a progress bar, unpack it safely, verify, then move into place."""
     from tqdm import tqdm
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the cache folder {target.parent}: {exc.strerror or exc}") from None
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
         archive = Path(tmp) / "dataset.zip"
         try:
@@ -139,9 +214,11 @@ def list_images(root: Path) -> list[tuple[Path, int]]:
         folder = root / name
         if not folder.is_dir():
             raise UserError(f"missing class folder: {folder}")
-        files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        files = [p for p in listing(folder) if not p.name.startswith(".")]
         for p in files:
-            if p.is_dir() or p.suffix.lower() not in IMAGE_SUFFIXES:
+            if p.is_symlink() and not p.exists():
+                raise UserError(f"broken symbolic link in dataset: {p} -> {os.readlink(p)}")
+            if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise UserError(f"not an image file in dataset: {p}")
         if not files:
             raise UserError(f"class folder is empty: {folder}")
@@ -156,14 +233,20 @@ def image_number(path: Path) -> int:
 
 
 def decode(path: Path) -> np.ndarray:
-    """Decode one image file to an RGB uint8 array; a corrupt file is an error naming it."""
+    """Decode one image file to an RGB uint8 array; a corrupt file, or one so large it looks like a
+    decompression bomb (Pillow's pixel limit, refused from the header before any pixel is decoded),
+    is an error naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UserError(f"cannot decode image {path}: {exc}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"image {path} is too large to decode: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise UserError(f"cannot decode image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
 def batches_by_shape(images: list[np.ndarray], size: int) -> Iterator[tuple[list[int], np.ndarray]]:
@@ -193,31 +276,60 @@ def content_key(items: list[tuple[Path, int]], root: Path, image_size: int) -> s
     h = hashlib.blake2b(f"{CACHE_VERSION}|size={image_size}".encode(), digest_size=16)
     for path, label in items:
         h.update(f"|{path.relative_to(root)}|{label}|".encode())
-        h.update(path.read_bytes())
+        try:
+            h.update(path.read_bytes())
+        except OSError as exc:
+            raise UserError(f"cannot read image file {path}: {exc.strerror or exc}") from None
     return h.hexdigest()
+
+
+def read_cached(cache_file: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached decoded images, or None when absent; a damaged file (truncated, empty, garbage, a bare
+    `.npy`) or one whose array does not fit the dataset is reported once and rebuilt, never trusted."""
+    try:
+        with np.load(cache_file, allow_pickle=False) as cached:  # a bare .npy array: TypeError (no `with`)
+            x = cached["x"]
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
+        warn_once(f"decoded-image cache {cache_file} is damaged ({type(exc).__name__}); rebuilding it")
+        return None
+    if x.shape != shape or x.dtype != np.float32:
+        warn_once(f"decoded-image cache {cache_file} holds {x.dtype} {x.shape}, not this dataset's "
+                  f"float32 {shape}; rebuilding it")
+        return None
+    return x
+
+
+def write_cached(cache_file: Path, x: np.ndarray) -> None:
+    """Store decoded images atomically; a cache that cannot be written (read-only, full disk) costs
+    speed only, so training goes on without it after one warning."""
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(cache_file) as fh:
+            np.savez(fh, x=x)
+    except OSError as exc:
+        warn_once(f"cannot write the decoded-image cache in {cache_file.parent} ({exc.strerror or exc}); "
+                  "continuing without it")
 
 
 def load(root: Path, image_size: int, *, use_cache: bool = True) -> Dataset:
     """Decode all images under `root` at `image_size`, reading/writing the content-keyed cache."""
+    from asl_sweep.config import from_mapping
+
+    from_mapping({"image_size": image_size}, source="--image-size")  # the model's own range, before any work
+    folder = cache_subfolder("arrays") if use_cache else None
     items = list_images(root)
     key = content_key(items, root, image_size)
-    cache_file = cache_dir() / "arrays" / f"{key}.npz"
     paths = [str(p) for p, _ in items]
     y = np.array([label for _, label in items], dtype=np.int64)
     numbers = np.array([image_number(p) for p, _ in items], dtype=np.int64)
-    if use_cache and cache_file.is_file():
-        try:
-            with np.load(cache_file) as cached:
-                return Dataset(cached["x"], y, numbers, paths)
-        except (OSError, ValueError, KeyError):
-            cache_file.unlink(missing_ok=True)
-    x = resize_batch([decode(p) for p, _ in items], image_size)
-    if use_cache:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, x=x)
-        os.replace(tmp, cache_file)
+    cache_file = folder / f"{key}.npz" if folder else None
+    x = read_cached(cache_file, (len(items), image_size, image_size, 3)) if cache_file else None
+    if x is None:
+        x = resize_batch([decode(p) for p, _ in items], image_size)
+        if cache_file:
+            write_cached(cache_file, x)
     return Dataset(x, y, numbers, paths)
 
 

@@ -1,8 +1,11 @@
 import functools
 import http.server
 import shutil
+import struct
+import tempfile
 import threading
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +173,135 @@ def test_real_data_signers(real_data_dir):
     tr, va = data.split(ds, "signer", 0.2, seed=0)
     assert not set(groups[tr]) & set(groups[va])
     assert 0.15 < len(va) / len(ds.y) < 0.25
+
+
+def bomb_png(path: Path, side: int) -> Path:
+    """A PNG whose header claims side x side pixels but holds almost no data: a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _cache_file() -> Path:
+    (found,) = (data.cache_dir() / "arrays").glob("*.npz")
+    return found
+
+
+def _fresh_warnings(monkeypatch):
+    monkeypatch.setattr(data, "_warned", set())
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "bare_npy", "wrong_shape", "folder"])
+def test_damaged_cache_is_rebuilt_not_trusted(dataset_dir, damage, monkeypatch, capsys):
+    root = dataset_dir / "Dataset"
+    good = data.load(root, 16)
+    cache = _cache_file()
+    whole = cache.read_bytes()
+    _fresh_warnings(monkeypatch)
+    if damage == "empty":
+        cache.write_bytes(b"")
+    elif damage == "truncated":
+        cache.write_bytes(whole[: len(whole) // 2])
+    elif damage == "garbage":
+        cache.write_bytes(b"\x93NUMPY garbage" * 50)
+    elif damage == "bare_npy":
+        np.save(cache.with_suffix(".tmp.npy"), good.x)
+        cache.with_suffix(".tmp.npy").replace(cache)
+    elif damage == "wrong_shape":
+        np.savez(cache, x=good.x[:5])
+    else:
+        cache.unlink()
+        cache.mkdir()
+    again = data.load(root, 16)
+    assert np.array_equal(again.x, good.x)
+    err = capsys.readouterr().err
+    assert str(cache) in err and "Traceback" not in err
+    if damage == "folder":  # a folder in the way is left alone: it cannot be read, nor replaced
+        assert err.count("asl-sweep: warning:") == 2 and "cannot write the decoded-image cache" in err
+    else:  # a damaged file is replaced
+        assert err.count("asl-sweep: warning:") == 1
+        assert cache.read_bytes() == whole
+        assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cache_write_is_atomic(dataset_dir, monkeypatch):
+    """A failure while writing (here: the disk fills up) leaves the previous cache file untouched and no temp file."""
+    root = dataset_dir / "Dataset"
+    data.load(root, 16)
+    cache = _cache_file()
+    before = cache.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    _fresh_warnings(monkeypatch)
+    data.write_cached(cache, np.zeros((1, 16, 16, 3), dtype=np.float32))
+    assert cache.read_bytes() == before
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]
+
+
+def test_unwritable_cache_warns_once_and_training_data_still_loads(dataset_dir, monkeypatch, capsys):
+    root = dataset_dir / "Dataset"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    _fresh_warnings(monkeypatch)
+    first = data.load(root, 16)
+    second = data.load(root, 16)
+    assert np.array_equal(first.x, second.x) and first.x.shape == (60, 16, 16, 3)
+    err = capsys.readouterr().err
+    assert err.count("cannot write the decoded-image cache") == 1 and "Permission denied" in err
+
+
+@pytest.mark.parametrize("blocked", ["cache", "arrays"])
+def test_cache_folder_that_is_a_file_is_one_line_before_decoding(dataset_dir, tmp_path, monkeypatch, blocked):
+    if blocked == "cache":
+        monkeypatch.setenv("ASL_SWEEP_CACHE_DIR", str(tmp_path / "cache-file"))
+        (tmp_path / "cache-file").write_text("not a folder")
+    else:  # conftest points ASL_SWEEP_CACHE_DIR at this test's own folder
+        data.cache_dir().mkdir(parents=True)
+        (data.cache_dir() / "arrays").write_text("not a folder")
+    monkeypatch.setattr(data, "decode", lambda p: pytest.fail("decoded before the cache folder was checked"))
+    with pytest.raises(UserError, match="cache folder .*ASL_SWEEP_CACHE_DIR.* is not a folder") as info:
+        data.load(dataset_dir / "Dataset", 16)
+    assert "\n" not in str(info.value)
+    if blocked == "cache":
+        with pytest.raises(UserError, match="is not a folder"):
+            data.locate()  # the download target lives in the same cache folder
+
+
+def test_data_folder_faults_are_named(dataset_dir, tmp_path):
+    root = dataset_dir / "Dataset"
+    (root / "2" / "IMG_5000.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(UserError, match="broken symbolic link in dataset: .*IMG_5000.png"):
+        data.list_images(root)
+    (root / "2" / "IMG_5000.png").unlink()
+    (root / "2" / "IMG_5001.png").mkdir()
+    with pytest.raises(UserError, match="not an image file in dataset: .*IMG_5001.png"):
+        data.list_images(root)
+    (root / "2" / "IMG_5001.png").rmdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match=r"data directory \(--data-dir\) is a file"):
+        data.locate(a_file)
+
+
+@pytest.mark.parametrize("side", [20_000, 10_000])  # over Pillow's hard limit, and over its warning limit
+def test_decompression_bomb_is_refused_from_its_header(dataset_dir, side):
+    root = dataset_dir / "Dataset"
+    bomb = bomb_png(root / "6" / "IMG_7777.png", side)
+    with pytest.raises(UserError, match=f"image {bomb} is too large to decode"):
+        data.load(root, 16)
+
+
+def test_image_size_out_of_range_is_refused_before_decoding(dataset_dir, monkeypatch):
+    monkeypatch.setattr(data, "decode", lambda p: pytest.fail("decoded before image_size was checked"))
+    with pytest.raises(UserError, match=r"'image_size' from --image-size: must be in \[8, 128\], got 0"):
+        data.load(dataset_dir / "Dataset", 0)
