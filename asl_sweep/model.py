@@ -5,17 +5,26 @@ are used, so it loads in Keras' safe mode with no custom objects."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
 from keras import layers
 
 from asl_sweep.config import Config
 from asl_sweep.errors import UserError
+from asl_sweep.runtime import env_number
 
 NUM_CLASSES = 10
 LUMA = (0.299, 0.587, 0.114)
 # Keras' default 0.99 leaves the moving variance ~1e2 too large after the few hundred steps a run
 # on this small dataset takes (measured: val accuracy 0.36 vs train 0.96); 0.9 settles in ~50 steps.
 BN_MOMENTUM = 0.9
+FLOAT_BYTES = 4
+COPIES_PER_PARAMETER = 4  # weights, gradients and Adam's two moment slots
+ACTIVATION_FACTOR = 3  # feature maps kept for the backward pass, plus their gradients and workspace
+MEMORY_LIMIT_ENV = "ASL_SWEEP_MEMORY_LIMIT_MB"
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's own memory limit, below the host's MemAvailable
 
 
 def resize_layer(image_size: int) -> layers.Resizing:
@@ -44,6 +53,67 @@ def preprocess(cfg: Config, images, batch: int = 512):
     return np.concatenate([np.asarray(pre(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
+def memory_estimate(cfg: Config) -> tuple[int, int]:
+    """(parameters, bytes) that training `cfg` needs, from the config alone: float32 weights, gradients
+    and Adam slots, plus one batch's conv feature maps (x3 for the backward pass). Rough, but within a
+    small factor, which is enough to refuse a model that could never fit before it is built."""
+    channels = 1 if cfg.color_mode == "grayscale" else 3
+    size, params, maps = cfg.image_size, 0, 0
+    for filters in cfg.filters:
+        for _ in range(cfg.convs_per_block):
+            params += channels * cfg.kernel_size**2 * filters + (4 if cfg.batch_norm else 1) * filters
+            maps += size * size * filters
+            channels = filters
+        size //= 2
+    features = channels if cfg.pooling == "global_avg" else size * size * channels
+    if cfg.dense_units:
+        params += (features + 1) * cfg.dense_units
+        features = cfg.dense_units
+    params += (features + 1) * NUM_CLASSES
+    need = params * FLOAT_BYTES * COPIES_PER_PARAMETER + maps * cfg.batch_size * FLOAT_BYTES * ACTIVATION_FACTOR
+    return params, need
+
+
+def available_memory() -> int | None:
+    """Bytes a new model may use: `ASL_SWEEP_MEMORY_LIMIT_MB` when set, else the kernel's MemAvailable
+    (free plus reclaimable) capped by a container's cgroup headroom; None where neither can be read."""
+    limit_mb = env_number(MEMORY_LIMIT_ENV, 0, minimum=0)
+    if limit_mb:
+        return int(limit_mb * 2**20)
+    found: list[int] = []
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        found.append(int(meminfo["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        try:
+            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        cap = (CGROUP / "memory.max").read_text().strip()
+        if cap != "max":
+            found.append(int(cap) - int((CGROUP / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_memory(cfg: Config) -> None:
+    """Refuse, as one line, a config whose model cannot fit in this machine's memory, before building it
+    (a 128x128x512 flatten into dense 4096 alone is 34 G parameters: minutes of swapping, then a kill)."""
+    params, need = memory_estimate(cfg)
+    have = available_memory()
+    if have is not None and need > have:
+        raise UserError(
+            f"model too large for this machine: training it needs about {_gib(need)} ({params / 1e6:,.1f} M "
+            f"parameters, batch_size {cfg.batch_size}) but {_gib(have)} of memory is available; lower filters, "
+            f"dense_units, image_size or batch_size, or use global_avg pooling ({MEMORY_LIMIT_ENV} sets the limit)")
+
+
 def classifier(cfg: Config) -> keras.Model:
     """Preprocessed images -> digit probabilities: augmentation, conv blocks, head.
 
@@ -51,6 +121,7 @@ def classifier(cfg: Config) -> keras.Model:
     pooled map costs a quarter of the work in both passes."""
     if cfg.image_size < 2**cfg.conv_blocks:
         raise UserError(f"image_size {cfg.image_size} is too small for {cfg.conv_blocks} pooling blocks")
+    check_memory(cfg)
     channels = 1 if cfg.color_mode == "grayscale" else 3
     inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, channels), name="pixels")
     x = inputs
@@ -93,8 +164,6 @@ def build(cfg: Config, trained: keras.Model | None = None) -> keras.Model:
 
 def load(path: str) -> keras.Model:
     """Load a saved model in safe mode; a missing, truncated or foreign file is one clear error."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"model file not found: {p}")

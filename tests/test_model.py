@@ -69,3 +69,37 @@ def test_bad_model_files_are_one_clear_error(tmp_path):
     (tmp_path / "junk.keras").write_bytes(b"definitely not a zip")
     with pytest.raises(UserError, match="cannot load model"):
         model.load(str(tmp_path / "junk.keras"))
+
+
+@pytest.mark.parametrize("changes", [{}, {"color_mode": "rgb", "batch_norm": True, "conv_blocks": 4, "convs_per_block": 2,
+                                          "kernel_size": 5}, {"pooling": "global_avg", "dense_units": 0}])
+def test_memory_estimate_counts_the_parameters_keras_builds(changes):
+    cfg = Config().replace(**changes)
+    params, need = model.memory_estimate(cfg)
+    assert params == model.classifier(cfg).count_params()
+    assert need > params * 16  # weights, gradients, two Adam slots, plus activations
+
+
+def test_a_model_far_too_large_is_refused_before_it_is_built(monkeypatch):
+    monkeypatch.setattr(model.layers, "Conv2D", lambda *a, **k: pytest.fail("built before the memory check"))
+    huge = Config().replace(image_size=128, filters_1=512, filters_2=512, dense_units=4096, batch_size=4096)
+    with pytest.raises(UserError, match=r"model too large for this machine: .* GiB .* GiB of memory") as info:
+        model.classifier(huge)
+    assert "\n" not in str(info.value)
+
+
+def test_memory_limit_comes_from_the_environment_then_the_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASL_SWEEP_MEMORY_LIMIT_MB", "1")
+    assert model.available_memory() == 2**20
+    with pytest.raises(UserError, match="ASL_SWEEP_MEMORY_LIMIT_MB"):
+        model.classifier(Config())  # the seed CNN needs ~26 MiB
+    monkeypatch.setenv("ASL_SWEEP_MEMORY_LIMIT_MB", "lots")
+    with pytest.raises(UserError, match="environment variable ASL_SWEEP_MEMORY_LIMIT_MB must be a number, got 'lots'"):
+        model.classifier(Config())
+    monkeypatch.delenv("ASL_SWEEP_MEMORY_LIMIT_MB")
+    monkeypatch.setattr(model, "CGROUP", tmp_path)  # a container allowed 512 MiB, 100 MiB of it in use
+    (tmp_path / "memory.max").write_text(f"{512 * 2**20}\n")
+    (tmp_path / "memory.current").write_text(f"{100 * 2**20}\n")
+    assert model.available_memory() == 412 * 2**20
+    (tmp_path / "memory.max").write_text("max\n")
+    assert model.available_memory() > 412 * 2**20
