@@ -10,23 +10,75 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from asl_sweep.config import Config, from_mapping, write_yaml
+from asl_sweep.data import check_folder
 from asl_sweep.errors import UserError
 
 FILES = ("model.keras", "config.yaml", "metrics.json", "README.md")
 
 
+def is_export(folder: Path) -> bool:
+    """A folder an earlier export wrote: plain files only, among them a model and its metrics."""
+    entries = list(folder.iterdir())
+    return (all(p.is_file() and not p.is_symlink() for p in entries)
+            and {"model.keras", "metrics.json"} <= {p.name for p in entries})
+
+
 def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse to mix an export into a folder that already holds something, unless forced."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    """Refuse to mix an export into a folder that already holds something, unless forced; even forced,
+    replace only a previous export, never a folder of other things (`--out .` or `--out ~`)."""
+    check_folder(out, "output folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
         raise UserError(f"output folder {out} is not empty; pass --force to overwrite it")
+    if not is_export(out):
+        raise UserError(f"output folder {out} is not a previous export (model.keras and metrics.json, no "
+                        "subfolders); refusing to replace it, even with --force")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_folder(out: Path, fill: Callable[[Path], None]) -> None:
+    """Build the export in a new sibling folder (`fill` writes into it), flushed to disk, then swap it in
+    whole: a failure midway leaves the previous export as it was, and a forced export leaves none of the
+    previous export's files beside the new ones."""
+    out = out.resolve()
+    token = secrets.token_hex(4)
+    new, old = out.parent / f".{out.name}.new-{token}", out.parent / f".{out.name}.old-{token}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        new.mkdir()
+        fill(new)
+        for p in new.iterdir():
+            _fsync(p)
+        _fsync(new)
+        if out.exists():
+            out.rename(old)
+        new.rename(out)
+    except BaseException as exc:
+        if old.exists() and not out.exists():
+            old.rename(out)
+        shutil.rmtree(new, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write the export to {out}: {exc.strerror or exc}; "
+                            "any previous export there is unchanged") from None
+        raise
+    _fsync(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def best_epoch(history: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
@@ -178,14 +230,16 @@ def run(args: argparse.Namespace) -> int:
         meta["retrain"] = {"images": images, "epochs": len(re_history), "history": re_history,
                            "final_accuracy": re_history[-1].get("accuracy"), "final_loss": re_history[-1]["loss"]}
 
-    out.mkdir(parents=True, exist_ok=True)
-    if retrained is not None:
-        retrained.save(out / "model.keras")
-    else:
-        shutil.copyfile(model_path, out / "model.keras")
-    write_yaml(cfg, out / "config.yaml")
-    (out / "metrics.json").write_text(json.dumps(meta, indent=1))
-    (out / "README.md").write_text(model_card(meta, cfg, swept_params(data.config)))
+    def fill(folder: Path) -> None:
+        if retrained is not None:
+            retrained.save(folder / "model.keras")
+        else:
+            shutil.copyfile(model_path, folder / "model.keras")
+        write_yaml(cfg, folder / "config.yaml")
+        (folder / "metrics.json").write_text(json.dumps(meta, indent=1))
+        (folder / "README.md").write_text(model_card(meta, cfg, swept_params(data.config)))
+
+    write_folder(out, fill)
     print(f"exported run {best['id']} of sweep {data.sweep_id} ({data.metric_name} {meta['metric']['best']:.4f}"
           f"{', re-trained on train+validation' if retrained is not None else ''}) to {out}: {', '.join(FILES)} "
           f"({time.perf_counter() - t0:.1f}s)")

@@ -43,9 +43,11 @@ def predict_files(net, paths: list[Path]) -> np.ndarray:
 
 def predict_cmd(args: argparse.Namespace) -> int:
     """`asl-sweep predict DIR IMAGE...`: one line per file, digit and confidence."""
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        raise UserError(f"image file not found: {missing[0]}")
+    for p in map(Path, args.images):
+        if p.is_dir():
+            raise UserError(f"image {p} is a folder, not a file")
+        if not p.is_file():
+            raise UserError(f"image file not found: {p}")
     net = load_model(args.model_dir)
     probs = predict_files(net, [Path(p) for p in args.images])
     width = max(len(p) for p in args.images)
@@ -58,12 +60,9 @@ def evaluate(net, data_dir: str | Path) -> dict[str, Any]:
     """Accuracy, per-class accuracy and confusion matrix on a folder in the dataset's layout."""
     from sklearn.metrics import confusion_matrix
 
-    from asl_sweep.data import CLASSES, class_root, list_images
+    from asl_sweep.data import CLASSES, class_root, data_folder, list_images
 
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise UserError(f"data directory does not exist: {path}")
-    root = class_root(path)
+    root = class_root(data_folder(data_dir))
     items = list_images(root)
     y = np.array([label for _, label in items])
     pred = predict_files(net, [p for p, _ in items]).argmax(axis=1)
@@ -76,12 +75,24 @@ def evaluate(net, data_dir: str | Path) -> dict[str, Any]:
 
 
 def evaluate_cmd(args: argparse.Namespace) -> int:
-    """`asl-sweep evaluate DIR --data-dir PATH [--out FILE]`: print the scores and write them as JSON."""
+    """`asl-sweep evaluate DIR --data-dir PATH [--out FILE]`: print the scores and write them as JSON.
+
+    Where the JSON goes is checked before the model is loaded or any image predicted, and the file is
+    replaced atomically, so a bad `--out` costs nothing and an earlier evaluation is never half-overwritten."""
+    from asl_sweep.data import atomic_file, check_folder
+
+    out = Path(args.out) if args.out else model_file(args.model_dir).parent / "evaluation.json"
+    check_folder(out.parent, f"output file {out}: folder")
+    if out.is_dir():
+        raise UserError(f"output file {out} is a folder; give a file name such as {out / 'evaluation.json'}")
     net = load_model(args.model_dir)
     result = evaluate(net, args.data_dir)
-    out = Path(args.out) if args.out else model_file(args.model_dir).parent / "evaluation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(model_file(args.model_dir)), **result}, indent=1))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out) as fh:
+            fh.write(json.dumps({"model": str(model_file(args.model_dir)), **result}, indent=1).encode())
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     print(f"{result['images']} images in {result['data_dir']}: accuracy {result['accuracy']:.4f}")
     print("per class: " + "  ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}"
                                     for c, v in result["per_class_accuracy"].items()))

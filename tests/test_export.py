@@ -83,3 +83,61 @@ def test_export_of_a_trained_sweep_writes_a_usable_folder(monkeypatch, tmp_path,
     assert "re-trained on train+validation" in capsys.readouterr().out
     served = model_lib.load(str(out / "model.keras"))  # the servable model, not the bare classifier
     assert np.asarray(served(np.full((1, 50, 70, 3), 128.0, dtype="float32"))).shape == (1, 10)
+
+
+def _previous_export(folder: Path) -> dict[str, bytes]:
+    folder.mkdir(parents=True)
+    for name in (*export.FILES, "evaluation.json", "stale-from-an-older-version.txt"):
+        (folder / name).write_bytes(f"old {name}".encode())
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_forced_export_replaces_the_folder_whole(tmp_path):
+    out = tmp_path / "exports" / "export"
+    _previous_export(out)
+    export.check_out_dir(out, force=True)  # a previous export: forced replacement is allowed
+
+    def fill(folder: Path) -> None:
+        for name in export.FILES:
+            (folder / name).write_text(f"new {name}")
+
+    export.write_folder(out, fill)
+    assert sorted(p.name for p in out.iterdir()) == sorted(export.FILES)  # no stale file left beside them
+    assert (out / "metrics.json").read_text() == "new metrics.json"
+    assert [p.name for p in out.parent.iterdir()] == ["export"]  # no temporary sibling left
+
+
+def test_a_failure_midway_leaves_the_previous_export_intact(tmp_path):
+    out = tmp_path / "exports" / "export"
+    before = _previous_export(out)
+
+    def fill(folder: Path) -> None:
+        (folder / "model.keras").write_text("half")
+        raise RuntimeError("killed while saving")
+
+    with pytest.raises(RuntimeError):
+        export.write_folder(out, fill)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in out.parent.iterdir()] == ["export"]
+
+    def disk_full(folder: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match="No space left on device; any previous export there is unchanged"):
+        export.write_folder(out, disk_full)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_out_folders_that_cannot_be_exported_to(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="a-file/sub is not a folder: .*a-file is a file"):
+        export.check_out_dir(tmp_path / "a-file" / "sub", force=False)
+    with pytest.raises(UserError, match="a-file is not a folder"):
+        export.check_out_dir(tmp_path / "a-file", force=True)
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    (home / "model.keras").write_text("x")
+    (home / "metrics.json").write_text("{}")
+    with pytest.raises(UserError, match="not a previous export .* even with --force"):
+        export.check_out_dir(home, force=True)  # a subfolder: not ours to delete
+    export.check_out_dir(tmp_path / "new" / "deeper", force=False)  # missing folders are created later

@@ -102,3 +102,17 @@ def test_evaluate_rejects_a_folder_without_the_layout(tmp_path):
         predict.evaluate(net, tmp_path / "empty")
     with pytest.raises(UserError, match="does not exist"):
         predict.evaluate(net, tmp_path / "missing")
+
+
+def test_evaluate_checks_where_it_writes_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setattr(predict, "load_model", lambda d: pytest.fail("model loaded before --out was checked"))
+    for out, fragment in ((tmp_path / "a-file" / "e.json", "e.json: folder .*a-file is not a folder"),
+                          (tmp_path, "is a folder; give a file name")):
+        with pytest.raises(UserError, match=fragment):
+            predict.evaluate_cmd(Namespace(model_dir=str(tmp_path / "model"), data_dir=str(tmp_path), out=str(out)))
+
+
+def test_predict_names_a_folder_given_as_an_image(tmp_path):
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        predict.predict_cmd(Namespace(model_dir=str(tmp_path), images=[str(tmp_path)]))
