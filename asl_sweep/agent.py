@@ -1,13 +1,31 @@
 """Agents: take runs from a sweep and execute them until it is done.
 
-Local sweeps run here, in-process by default (TensorFlow and the data loaded once per agent,
-a fresh `wandb.init` per run) or as one subprocess per run that expands the YAML's `command`
-macros and sets the environment `wandb agent` sets - the proof the YAML works under W&B's agent.
-W&B sweeps are handed to `wandb agent` itself.
+How a run of a local sweep travels, from `asl-sweep sweep FILE --run` (or `asl-sweep agent ID`)
+to its ledger row:
+
+    cli.sweep_cmd / cli.agent_cmd
+      -> run_agents: one agent here, or k agent processes (`python -m asl_sweep agent ID --quiet`)
+      -> local_agent: preflight (sweep file, data), then per run:
+           controller.claim_next      one ledger transaction: reap, cap/target, sweeps.next_run, insert
+           in-process (default)       train.execute(config) in this process, TensorFlow and data loaded
+                                      once; controller.LedgerReporter writes each epoch, asks
+                                      sweeps.stop_runs (hyperband) and relays stop requests
+           or subprocess (--subprocess)
+                                      expand_command: the YAML's `command`, exactly as W&B's agent
+                                      expands it; the child gets W&B's agent environment plus
+                                      ASL_SWEEP_SWEEP_ID / ASL_SWEEP_LEDGER, and its
+                                      `python -m asl_sweep.train` reports through
+                                      controller.reporter_from_env
+      -> ledger row: history per epoch, then a final state, summary and the run's files.
+
+Debug mode (`asl-sweep --debug`) sets ASL_SWEEP_DEBUG=1 in the environment, which every child
+(agent processes and subprocess runs) inherits. W&B sweeps are handed to `wandb agent` itself,
+with this install's interpreter first on PATH.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -17,37 +35,121 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from asl_sweep import controller
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger
-from asl_sweep.sweepfile import DEFAULT_COMMAND, metric
-
-MAX_CONSECUTIVE_FAILURES = 3
+from asl_sweep.sweepfile import DEFAULT_COMMAND, metric, wandb_target
 
 
-def expand_command(config: dict[str, Any], params: dict[str, Any], param_file: str) -> list[str]:
-    """W&B's command macros (${env}, ${interpreter}, ${program}, ${args}, ...), as `wandb agent` expands them."""
-    args = [f"--{k}={v}" for k, v in params.items()]
-    macros: dict[str, list[str]] = {
-        "${env}": ["/usr/bin/env"],
-        "${interpreter}": [sys.executable],
-        "${program}": [config.get("program", "")],
-        "${args}": args,
-        "${args_no_hyphens}": [a[2:] for a in args],
-        "${args_no_boolean_flags}": [f"--{k}={v}" for k, v in params.items() if not isinstance(v, bool)]
-        + [f"--{k}" for k, v in params.items() if v is True],
-        "${args_json}": [json.dumps(params)],
-        "${args_json_file}": [param_file + ".json"],
-    }
+@dataclass(frozen=True)
+class AgentOptions:
+    """What `asl-sweep agent` takes besides the sweep id (W&B's agent flags where W&B has them)."""
+
+    count: int | None = None
+    subprocess_mode: bool = False
+    data_dir: str | None = None
+    minutes: float | None = None
+    project: str | None = None
+    entity: str | None = None
+    max_consecutive_failed_runs: int | None = None
+    show_progress: bool = True
+
+
+class FailurePolicy:
+    """When an agent gives up on failing runs, decided as W&B's agent decides it (`wandb_agent.Agent`):
+    `--max-consecutive-failed-runs` (default: never), WANDB_AGENT_MAX_INITIAL_FAILURES (default 5:
+    stop once failures reach it and outnumber the other runs), and flapping (3 failures within the
+    agent's first 60 s; WANDB_AGENT_DISABLE_FLAPPING=true turns that off)."""
+
+    FLAPPING_MAX_SECONDS = 60
+    FLAPPING_MAX_FAILURES = 3
+    MAX_INITIAL_FAILURES = 5
+
+    def __init__(self, max_consecutive_failed_runs: int | None = None) -> None:
+        from wandb import env as wandb_env
+
+        self.started = time.time()
+        self.failed = self.finished = self.consecutive = 0
+        self.max_consecutive = max_consecutive_failed_runs or float("inf")
+        self.max_initial = wandb_env.get_agent_max_initial_failures(self.MAX_INITIAL_FAILURES)
+        self.flapping_off = os.getenv(wandb_env.AGENT_DISABLE_FLAPPING) == "true"
+
+    def record(self, failed: bool) -> str | None:
+        """Count one ended run; the reason to shut the agent down, or None to go on."""
+        self.consecutive = self.consecutive + 1 if failed else 0
+        self.failed += int(failed)
+        reason = None
+        if self.consecutive >= self.max_consecutive:
+            reason = f"{self.consecutive} consecutive failed runs (--max-consecutive-failed-runs)"
+        elif failed and not self.flapping_off and time.time() < self.started + self.FLAPPING_MAX_SECONDS \
+                and self.failed >= self.FLAPPING_MAX_FAILURES:
+            reason = (f"{self.FLAPPING_MAX_FAILURES} failed runs in the first {self.FLAPPING_MAX_SECONDS} seconds "
+                      "(WANDB_AGENT_DISABLE_FLAPPING=true turns this check off)")
+        elif failed and self.failed >= self.finished and self.failed >= self.max_initial:
+            reason = f"{self.max_initial} failed runs in a row (WANDB_AGENT_MAX_INITIAL_FAILURES changes this)"
+        self.finished += 1
+        return reason
+
+
+@functools.cache
+def interpreter_dir() -> Path:
+    """A folder whose `python` is this interpreter: W&B's agent runs `${interpreter}` as the word `python`
+    through PATH, so this folder goes first on PATH (a venv's bin/, else a folder with a link)."""
+    here = Path(sys.executable).parent
+    python = here / "python"
+    if python.exists() and os.path.samefile(python, sys.executable):
+        return here
+    shim = Path(tempfile.mkdtemp(prefix="asl-sweep-python-"))
+    (shim / "python").symlink_to(sys.executable)
+    return shim
+
+
+def run_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with `extra` set and this install's `python` first on PATH."""
+    env = {**os.environ, **(extra or {})}
+    env["PATH"] = os.pathsep.join(p for p in (str(interpreter_dir()), env.get("PATH", "")) if p)
+    return env
+
+
+def param_files(sweep_id: str, run_id: str) -> tuple[Path, Path]:
+    """Where W&B's agent writes a run's parameters (YAML for WANDB_SWEEP_PARAM_PATH, JSON for ${args_json_file})."""
+    folder = Path(os.environ.get("WANDB_DIR", "")) / "wandb" / f"sweep-{sweep_id}"
+    return folder / f"config-{run_id}.yaml", folder / f"config-{run_id}.json"
+
+
+def expand_command(config: dict[str, Any], params: dict[str, Any], *, sweep_id: str, run_id: str) -> list[str]:
+    """The run's command line exactly as W&B's agent builds it (`Agent._command_run`), from W&B's own
+    helpers: `${envvar:NAME}` is the variable's value (NAME when unset), `${interpreter}` the word
+    `python`, every args format W&B has, and unknown `${...}` tokens dropped."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    command = sweep_utils.create_sweep_command(list(config.get("command") or DEFAULT_COMMAND))
+    values = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    values.update(interpreter=["python"], program=[config.get("program")], env=["/usr/bin/env"],
+                  args_json_file=[str(param_files(sweep_id, run_id)[1])])
     out: list[str] = []
-    for token in config.get("command", DEFAULT_COMMAND):
-        out.extend(macros.get(token, [token]))
-    if "${args_json_file}" in config.get("command", []):
-        Path(param_file + ".json").write_text(json.dumps(params))
+    for token in map(str, command):
+        if token.startswith("${") and token.endswith("}"):
+            out += values.get(token[2:-1]) or []
+        else:
+            out.append(token)
     return out
+
+
+def write_param_files(config: dict[str, Any], params: dict[str, Any], sweep_id: str, run_id: str) -> Path:
+    """Write the run's parameter files as W&B's agent does; returns the YAML path."""
+    from wandb.sdk.lib import config_util
+
+    yaml_path, json_path = param_files(sweep_id, run_id)
+    yaml_path.parent.mkdir(parents=True, exist_ok=True)
+    config_util.save_config_file_from_dict(str(yaml_path), {k: {"value": v} for k, v in params.items()})
+    if "${args_json_file}" in (config.get("command") or DEFAULT_COMMAND):
+        json_path.write_text(json.dumps(params))
+    return yaml_path
 
 
 def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
@@ -64,7 +166,8 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
     else:
         best_txt = f"best {name} -"
     elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))
-    return f"[{sweep_id}] {done}/{cap} runs done, {running} running, {best_txt}, {elapsed} elapsed"
+    paused = ", paused" if sweep["state"] == "paused" else ""
+    return f"[{sweep_id}] {done}/{cap} runs done, {running} running, {best_txt}, {elapsed} elapsed{paused}"
 
 
 class Progress:
@@ -88,32 +191,45 @@ class Progress:
             print()
 
 
-def _run_in_process(ledger: Ledger, sweep_id: str, run: dict[str, Any], cache, progress: Progress) -> str:
+def _run_in_process(ledger: Ledger, sweep_id: str, run: dict[str, Any], cache, progress: Progress,
+                    target: tuple[str, str | None]) -> str:
     from asl_sweep.train import execute
 
     reporter = controller.LedgerReporter(ledger, sweep_id, run["id"], on_epoch=progress.show)
     try:
-        record = execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0)
+        record = execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0,
+                         project=target[0], entity=target[1])
     finally:
         reporter.close()
     return record["state"]
 
 
-def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: dict[str, Any]) -> str:
-    import yaml
+def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: dict[str, Any], opts: AgentOptions,
+                    target: tuple[str, str | None]) -> str:
+    """One run as W&B's agent starts it: the YAML's command in W&B's agent environment, except that the
+    local sweep id goes in ASL_SWEEP_SWEEP_ID (a WANDB_SWEEP_ID unknown to W&B would block `wandb sync`)."""
+    from asl_sweep.train import LOCAL_SWEEP_ENV
 
-    with tempfile.TemporaryDirectory(prefix="asl-sweep-run-") as tmp:
-        param_file = str(Path(tmp) / "sweep-params.yaml")
-        Path(param_file).write_text(yaml.safe_dump({k: {"value": v} for k, v in run["config"].items()}))
-        cmd = expand_command(sweep["config"], run["config"], param_file)
-        env = {**os.environ, "WANDB_SWEEP_ID": sweep["id"], "WANDB_RUN_ID": run["id"],
-               "WANDB_SWEEP_PARAM_PATH": param_file, "ASL_SWEEP_LEDGER": str(ledger.path.resolve())}
+    param_path = write_param_files(sweep["config"], run["config"], sweep["id"], run["id"])
+    cmd = expand_command(sweep["config"], run["config"], sweep_id=sweep["id"], run_id=run["id"])
+    extra = {LOCAL_SWEEP_ENV: sweep["id"], "WANDB_RUN_ID": run["id"], "WANDB_SWEEP_PARAM_PATH": str(param_path),
+             "ASL_SWEEP_LEDGER": str(ledger.path.resolve()), "WANDB_PROJECT": target[0]}
+    if target[1]:
+        extra["WANDB_ENTITY"] = target[1]
+    if opts.data_dir:
+        extra["ASL_SWEEP_DATA_DIR"] = str(Path(opts.data_dir).resolve())
+    env = run_environment(extra)
+    env.pop("WANDB_SWEEP_ID", None)
+    try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            _, err = proc.communicate()
-        except KeyboardInterrupt:
-            proc.wait()
-            raise
+    except OSError as exc:
+        ledger.finish_run(run["id"], "failed", error=f"cannot start {cmd[0]!r}: {exc.strerror}")
+        return "failed"
+    try:
+        _, err = proc.communicate()
+    except KeyboardInterrupt:
+        proc.wait()
+        raise
     after = ledger.run(run["id"])
     if after and after["state"] in ("pending", "running"):
         last = (err.strip().splitlines() or ["no output"])[-1]
@@ -135,95 +251,123 @@ def _watch_ctrl_c() -> tuple[threading.Event, Any]:
     return pressed, signal.signal(signal.SIGINT, on_sigint)
 
 
-def local_agent(sweep_id: str, *, count: int | None = None, subprocess_mode: bool = False,
-                data_dir: str | None = None, show_progress: bool = True, deadline: float | None = None) -> int:
-    """Run a local sweep's runs until it is done, `count` runs have run, or no new run may start
-    after `deadline` (a `time.time()` value); returns the number of runs executed."""
+def preflight(sweep: dict[str, Any], opts: AgentOptions) -> None:
+    """Everything that can be checked before a run is claimed: a bad data folder or a sweep config the
+    engine cannot run would otherwise fail run after run, using up `run_cap`."""
+    from asl_sweep import data, sweepfile
+
+    sweepfile.validate(sweep["config"], source=f"sweep {sweep['id']}")
+    data.list_images(data.locate(opts.data_dir))
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a run's error field: the message's first line."""
+    text = str(exc).strip().splitlines()
+    head = text[0][:300] if text else ""
+    return head if isinstance(exc, UserError) else f"{type(exc).__name__}: {head}"
+
+
+def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
+    """Run a local sweep's runs until it is done, `opts.count` runs have run, or `opts.minutes` have
+    passed (no new run starts after that); waits while the sweep is paused. Returns runs executed."""
     from asl_sweep import runtime
     from asl_sweep.train import DataCache
 
-    ledger = Ledger()
-    sweep = ledger.sweep(sweep_id)
-    if not subprocess_mode:  # runs in this process: load TensorFlow once, quietly, with this agent's threads
-        runtime.load_tensorflow(quiet=not os.environ.get("ASL_SWEEP_DEBUG"))
-    cache = DataCache(data_dir)
-    # Move everything alive now (TensorFlow, Keras, wandb modules) out of the collector's view: a
-    # full collection otherwise rescans them all, ~0.2-0.4 s at unpredictable points between runs.
-    gc.collect()
-    gc.freeze()
-    progress = Progress(ledger, sweep_id, enabled=show_progress)
-    agent = f"{os.uname().nodename}:{os.getpid()}"
-    executed = failures = 0
-    ctrl_c, previous = _watch_ctrl_c()
-    try:
-        while (count is None or executed < count) and (deadline is None or time.time() < deadline):
-            run = controller.claim_next(ledger, sweep_id, agent)
-            if run is None:
-                break
-            executed += 1
-            progress.show(force=True)
-            try:
-                if subprocess_mode:
-                    state = _run_subprocess(ledger, sweep, run)
-                else:
-                    state = _run_in_process(ledger, sweep_id, run, cache, progress)
-            except KeyboardInterrupt:
-                ledger.finish_run(run["id"], "stopped", error="interrupted by user (Ctrl-C)")
-                raise
-            except Exception as exc:  # one bad run must not end the sweep; its error is recorded
-                if ctrl_c.is_set():  # Ctrl-C that surfaced as another error (e.g. from inside TensorFlow)
+    deadline = time.time() + opts.minutes * 60 if opts.minutes else None
+    with Ledger(create=False) as ledger:
+        sweep = ledger.sweep(sweep_id)
+        preflight(sweep, opts)
+        target = wandb_target(sweep["config"], opts.project, opts.entity)
+        if not opts.subprocess_mode:  # runs in this process: load TensorFlow once, quietly, with this agent's threads
+            runtime.load_tensorflow(quiet=not os.environ.get("ASL_SWEEP_DEBUG"))
+        cache = DataCache(opts.data_dir)
+        # Move everything alive now (TensorFlow, Keras, wandb modules) out of the collector's view: a
+        # full collection otherwise rescans them all, ~0.2-0.4 s at unpredictable points between runs.
+        gc.collect()
+        gc.freeze()
+        progress = Progress(ledger, sweep_id, enabled=opts.show_progress)
+        agent = f"{os.uname().nodename}:{os.getpid()}"
+        executed, waiting = 0, False
+        policy = FailurePolicy(opts.max_consecutive_failed_runs)
+        ctrl_c, previous = _watch_ctrl_c()
+        try:
+            while (opts.count is None or executed < opts.count) and (deadline is None or time.time() < deadline):
+                run = controller.claim_next(ledger, sweep_id, agent)
+                if run is None:
+                    if ledger.sweep(sweep_id)["state"] != "paused":
+                        break
+                    if not waiting and opts.show_progress:
+                        print(f"sweep {sweep_id} is paused: waiting (asl-sweep sweep --resume {sweep_id})", flush=True)
+                    waiting = True
+                    time.sleep(controller.heartbeat_interval())
+                    continue
+                waiting = False
+                executed += 1
+                progress.show(force=True)
+                try:
+                    if opts.subprocess_mode:
+                        state = _run_subprocess(ledger, sweep, run, opts, target)
+                    else:
+                        state = _run_in_process(ledger, sweep_id, run, cache, progress, target)
+                except KeyboardInterrupt:
                     ledger.finish_run(run["id"], "stopped", error="interrupted by user (Ctrl-C)")
-                    raise KeyboardInterrupt from exc
-                ledger.finish_run(run["id"], "failed", error=f"{type(exc).__name__}: {exc}")
-                state = "failed"
-                if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
                     raise
-            failures = failures + 1 if state == "failed" else 0
-            progress.show(force=True)
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                last = ledger.run(run["id"]) or {}
-                raise UserError(f"{failures} runs in a row failed; last error: {last.get('error') or 'see its record'}")
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        progress.end()
-        ledger.close()
+                except Exception as exc:  # one bad run (even out of memory) must not end the sweep; its error is recorded
+                    if ctrl_c.is_set():  # Ctrl-C that surfaced as another error (e.g. from inside TensorFlow)
+                        ledger.finish_run(run["id"], "stopped", error="interrupted by user (Ctrl-C)")
+                        raise KeyboardInterrupt from exc
+                    ledger.finish_run(run["id"], "failed", error=error_line(exc))
+                    state = "failed"
+                    if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
+                        raise
+                progress.show(force=True)
+                reason = policy.record(state == "failed")
+                if reason:
+                    last = ledger.run(run["id"]) or {}
+                    raise UserError(f"agent shut down after {reason}; last error: {last.get('error') or 'see its record'}")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            progress.end()
     return executed
 
 
-def run_agents(sweep_id: str, agents: int, *, count: int | None = None, subprocess_mode: bool = False,
-               data_dir: str | None = None, minutes: float | None = None) -> None:
-    """Start `agents` agent processes on this machine (threads split between them) and show progress."""
+def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) -> None:
+    """Run `agents` agents for a local sweep on this machine: here when one, else as processes (threads
+    split between them) with one progress line."""
     if agents <= 1:
-        deadline = time.time() + minutes * 60 if minutes else None
-        local_agent(sweep_id, count=count, subprocess_mode=subprocess_mode, data_dir=data_dir, deadline=deadline)
+        local_agent(sweep_id, opts)
         return
     threads = max(1, (os.cpu_count() or 1) // agents)
     cmd = [sys.executable, "-m", "asl_sweep", "agent", sweep_id, "--quiet"]
-    cmd += (["--count", str(count)] if count else []) + (["--subprocess"] if subprocess_mode else [])
-    cmd += ["--data-dir", data_dir] if data_dir else []
-    cmd += ["--minutes", str(minutes)] if minutes else []
+    flags = {"--count": opts.count, "--data-dir": opts.data_dir, "--minutes": opts.minutes, "--project": opts.project,
+             "--entity": opts.entity, "--max-consecutive-failed-runs": opts.max_consecutive_failed_runs}
+    cmd += [part for flag, value in flags.items() if value for part in (flag, str(value))]
+    cmd += ["--subprocess"] if opts.subprocess_mode else []
     env = {**os.environ, "ASL_SWEEP_THREADS": str(threads)}
     procs = [subprocess.Popen(cmd, env=env) for _ in range(agents)]
-    ledger = Ledger()
-    progress = Progress(ledger, sweep_id)
-    try:
-        while any(p.poll() is None for p in procs):
-            progress.show()
-            time.sleep(1)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.wait()
-        raise
-    finally:
-        progress.show(force=True)
-        progress.end()
-        ledger.close()
+    with Ledger(create=False) as ledger:
+        progress = Progress(ledger, sweep_id, enabled=opts.show_progress)
+        try:
+            while any(p.poll() is None for p in procs):
+                progress.show()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            for p in procs:
+                p.wait()
+            raise
+        finally:
+            progress.show(force=True)
+            progress.end()
     if any(p.returncode for p in procs):
         raise UserError(f"{sum(1 for p in procs if p.returncode)} of {agents} agents exited with an error")
 
 
-def wandb_agent(sweep_id: str, count: int | None) -> int:
-    """Hand a W&B sweep to W&B's own agent (it runs the YAML's `command`)."""
-    cmd = [sys.executable, "-m", "wandb", "agent"] + (["--count", str(count)] if count else []) + [sweep_id]
-    return subprocess.call(cmd)
+def wandb_agent(sweep_id: str, opts: AgentOptions) -> int:
+    """Hand a W&B sweep to W&B's own agent (it runs the YAML's `command`), with this install's `python`
+    first on PATH so that `${interpreter}` runs it even when the venv is not activated."""
+    flags = {"--count": opts.count, "--project": opts.project, "--entity": opts.entity,
+             "--max-consecutive-failed-runs": opts.max_consecutive_failed_runs}
+    cmd = [sys.executable, "-m", "wandb", "agent"]
+    cmd += [part for flag, value in flags.items() if value for part in (flag, str(value))] + [sweep_id]
+    return subprocess.call(cmd, env=run_environment())

@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
-import traceback
 from importlib import import_module
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from asl_sweep.errors import UserError
+from asl_sweep.errors import UserError, guarded
+
+if TYPE_CHECKING:
+    from asl_sweep.agent import AgentOptions
 
 
 # Commands that always need TensorFlow import it quietly up front; agents do it in `local_agent`,
 # so a process that only starts agent processes or hands off to `wandb agent` never loads it.
 TENSORFLOW_COMMANDS = frozenset({"data", "train", "export", "predict", "evaluate"})
-
-
-def guarded(fn: Callable[[], int | None], *, debug: bool = False) -> int:
-    """Run a command: UserError -> one line and exit 2, Ctrl-C -> exit 130, real bugs -> traceback."""
-    try:
-        return int(fn() or 0)
-    except UserError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"asl-sweep: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nasl-sweep: interrupted", file=sys.stderr)
-        return 130
 
 
 def debug_of(args: argparse.Namespace) -> bool:
@@ -59,22 +48,74 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     return run_from_args(args, rest)
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from asl_sweep import runtime, sweepfile
+def is_local_sweep(sweep_id: str) -> bool:
+    """True when the local ledger (if there is one) knows this id."""
+    from asl_sweep.ledger import Ledger, default_path
 
-    config = sweepfile.load(args.file)
-    name = args.name or config.get("name") or os.path.splitext(os.path.basename(args.file))[0]
-    if not args.local and runtime.wandb_mode() == "online":
-        import wandb
+    if not default_path().is_file():
+        return False
+    with Ledger(create=False) as ledger:
+        return ledger.find_sweep(sweep_id) is not None
 
-        sweep_id = wandb.sweep(config, project=os.environ.get("WANDB_PROJECT", "asl-sweep"))
-        print(f"created W&B sweep {sweep_id}\nnext: make agent SWEEP={sweep_id}")
-        return 0
+
+def unknown_sweep(sweep_id: str) -> UserError:
+    from asl_sweep.ledger import default_path
+
+    return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {default_path()}, "
+                     "and W&B is offline (no API key) so it cannot be a W&B sweep")
+
+
+def agent_options(args: argparse.Namespace) -> AgentOptions:
+    from asl_sweep.agent import AgentOptions
+
+    return AgentOptions(count=args.count, subprocess_mode=args.subprocess, data_dir=args.data_dir,
+                        minutes=args.minutes, project=args.project, entity=args.entity,
+                        max_consecutive_failed_runs=args.max_consecutive_failed_runs,
+                        show_progress=not getattr(args, "quiet", False))
+
+
+def control_sweep(sweep_id: str, action: str, args: argparse.Namespace) -> int:
+    """`--pause/--resume/--stop/--cancel`: on the local ledger, or handed to `wandb sweep` for a W&B sweep."""
+    from asl_sweep import runtime
     from asl_sweep.ledger import Ledger
 
-    ledger = Ledger()
-    sweep_id = ledger.create_sweep(config, name)
-    ledger.close()
+    if is_local_sweep(sweep_id):
+        with Ledger(create=False) as ledger:
+            state = ledger.control(sweep_id, action)
+        print(f"sweep {sweep_id}: {state}")
+        return 0
+    if runtime.wandb_mode() != "online":
+        raise unknown_sweep(sweep_id)
+    runtime.require_wandb_key()
+    flags = [part for flag, value in (("--project", args.project), ("--entity", args.entity)) if value
+             for part in (flag, value)]
+    return subprocess.call([sys.executable, "-m", "wandb", "sweep", f"--{action}", *flags, sweep_id])
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from asl_sweep import runtime, sweepfile
+    from asl_sweep.ledger import CONTROL, Ledger
+
+    action = next((a for a in CONTROL if getattr(args, a)), None)
+    if action:
+        return control_sweep(args.file, action, args)
+    config = sweepfile.load(args.file)
+    if config.get("metric") and "goal" not in config["metric"]:
+        print(f"note: metric.goal is not set, so W&B (and this sweep) will minimize {config['metric']['name']}",
+              file=sys.stderr)
+    name = args.name or config.get("name") or os.path.splitext(os.path.basename(args.file))[0]
+    if not (args.local or sweepfile.uses_local_controller(config)) and runtime.wandb_mode() == "online":
+        import wandb
+
+        runtime.require_wandb_key()
+        project, entity = sweepfile.wandb_target(config, args.project, args.entity)
+        sweep_id = wandb.sweep(config, project=project, entity=entity)
+        path = "/".join(p for p in (entity, project, sweep_id) if p)
+        print(f"created W&B sweep {path}\nnext: make agent SWEEP={path}")
+        return 0
+    stored = {**config, **{k: v for k, v in (("project", args.project), ("entity", args.entity)) if v}}
+    with Ledger() as ledger:
+        sweep_id = ledger.create_sweep(stored, name)
     print(f"created local sweep {sweep_id} ({config['method']}, {name}) in {ledger.path}")
     if not args.run:
         print(f"next: make agent SWEEP={sweep_id}   (or: asl-sweep agent {sweep_id})")
@@ -82,40 +123,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runtime.setup(debug=debug_of(args))
     from asl_sweep import agent, status
 
-    agent.run_agents(sweep_id, args.agents, count=args.count, subprocess_mode=args.subprocess,
-                     data_dir=args.data_dir, minutes=args.minutes)
+    agent.run_agents(sweep_id, args.agents, agent_options(args))
     print(status.best_summary(sweep_id))
     return 0
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from asl_sweep import agent, runtime
-    from asl_sweep.ledger import Ledger, default_path
 
     runtime.setup(debug=debug_of(args))
-    if default_path().is_file():
-        ledger = Ledger()
-        local = ledger.find_sweep(args.sweep_id) is not None
-        ledger.close()
-    else:
-        local = False
-    if local:
-        if args.agents > 1:
-            agent.run_agents(args.sweep_id, args.agents, count=args.count, subprocess_mode=args.subprocess,
-                             data_dir=args.data_dir, minutes=args.minutes)
-        else:
-            deadline = time.time() + args.minutes * 60 if args.minutes else None
-            agent.local_agent(args.sweep_id, count=args.count, subprocess_mode=args.subprocess,
-                              data_dir=args.data_dir, show_progress=not args.quiet, deadline=deadline)
+    if is_local_sweep(args.sweep_id):
+        agent.run_agents(args.sweep_id, args.agents, agent_options(args))
         if not args.quiet:
             from asl_sweep import status
 
             print(status.best_summary(args.sweep_id))
         return 0
-    if runtime.wandb_mode() == "online":
-        return agent.wandb_agent(args.sweep_id, args.count)
-    raise UserError(f"unknown sweep id '{args.sweep_id}': not a local sweep in {default_path()}, "
-                    "and W&B is offline (no API key) so it cannot be a W&B sweep")
+    if runtime.wandb_mode() != "online":
+        raise unknown_sweep(args.sweep_id)
+    runtime.require_wandb_key()
+    return agent.wandb_agent(args.sweep_id, agent_options(args))
 
 
 def cmd_sweeps(args: argparse.Namespace) -> int:
@@ -132,12 +159,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from asl_sweep import sync
+
+    print(sync.sync_sweep(args.sweep_id, project=args.project, entity=args.entity))
+    return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """W&B's --project/--entity, with `wandb sweep`'s precedence over WANDB_PROJECT/WANDB_ENTITY and the YAML."""
+    p.add_argument("--project", "-p", help="W&B project of the runs (default: WANDB_PROJECT, the YAML's, asl-sweep)")
+    p.add_argument("--entity", "-e", help="W&B entity of the runs (default: WANDB_ENTITY, the YAML's, yours)")
+
+
 def add_agent_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--count", type=int, help="stop after this many runs")
-    p.add_argument("--agents", type=int, default=1, help="agent processes on this machine")
+    p.add_argument("--count", type=positive_int, help="stop after this many runs")
+    p.add_argument("--agents", type=positive_int, default=1, help="agent processes on this machine")
     p.add_argument("--subprocess", action="store_true", help="one process per run via the YAML's command")
-    p.add_argument("--minutes", type=float, help="start no new run after this many minutes")
+    p.add_argument("--minutes", type=positive_float, help="start no new run after this many minutes")
+    p.add_argument("--max-consecutive-failed-runs", type=positive_int,
+                   help="shut the agent down once this many runs failed back to back (as wandb agent)")
     p.add_argument("--data-dir")
+    add_target_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,8 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one run (extra --key=value set config values)", allow_abbrev=False)
     add_train_arguments(p)
 
-    p = sub.add_parser("sweep", help="create a sweep from a W&B sweep YAML (on W&B when online)")
-    p.add_argument("file")
+    p = sub.add_parser("sweep", help="create a sweep from a W&B sweep YAML (on W&B when online), or control one")
+    p.add_argument("file", help="sweep YAML; with --pause/--resume/--stop/--cancel, a sweep id")
+    control = p.add_mutually_exclusive_group()
+    control.add_argument("--pause", action="store_true", help="agents start no new run until --resume")
+    control.add_argument("--resume", action="store_true", help="resume a paused sweep")
+    control.add_argument("--stop", action="store_true", help="no new runs; running runs finish")
+    control.add_argument("--cancel", action="store_true", help="no new runs; running runs stop at their next epoch")
     p.add_argument("--local", action="store_true", help="use the embedded local controller even when online")
     p.add_argument("--name")
     p.add_argument("--run", action="store_true", help="local: start agents right away and wait for the end")
@@ -169,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sweeps", help="list local sweeps")
     p = sub.add_parser("status", help="runs of a local sweep and the best so far")
     p.add_argument("sweep_id")
+
+    p = sub.add_parser("sync", help="upload a local sweep's runs to W&B and continue it there as a W&B sweep")
+    p.add_argument("sweep_id")
+    add_target_arguments(p)
 
     p = sub.add_parser("report", help="HTML report (parallel coordinates, importance, curves) of a sweep")
     p.add_argument("sweep_id")
@@ -211,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "agent": lambda: cmd_agent(args),
         "sweeps": lambda: cmd_sweeps(args),
         "status": lambda: cmd_status(args),
+        "sync": lambda: cmd_sync(args),
         "report": lambda: import_module("asl_sweep.report").run(args),
         "export": lambda: import_module("asl_sweep.export").run(args),
         "predict": lambda: import_module("asl_sweep.predict").predict_cmd(args),

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from asl_sweep.ledger import Ledger, default_path, new_id, run_from_row
-from asl_sweep.sweepfile import metric
+from asl_sweep.sweepfile import engine_config, metric, target
 
 # ledger state -> the engine's RunState; an early-stopped run is "finished" to W&B as well
 ENGINE_STATE = {"pending": "pending", "running": "running", "finished": "finished", "stopped": "finished",
@@ -70,8 +70,19 @@ def reap_stale(db, sweep_id: str, timeout: float) -> int:
     return cur.rowcount
 
 
+def target_reached(config: dict[str, Any], runs: list[dict[str, Any]]) -> bool:
+    """True once any run has reached `metric.target` (W&B: the sweep then finishes)."""
+    goal_value = target(config)
+    if goal_value is None:
+        return False
+    name, goal = metric(config)
+    values = [v for r in runs if (v := best_value(r, name, goal)) is not None]
+    return any(v >= goal_value if goal == "maximize" else v <= goal_value for v in values)
+
+
 def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> dict[str, Any] | None:
-    """Atomically pick the next configuration and record it as a running run; None when the sweep is done."""
+    """Atomically pick the next configuration and record it as a running run; None when the sweep gives
+    no run now (done, capped, target reached, paused, stopped or canceled: the sweep's state says which)."""
     import sweeps
 
     sweep = ledger.sweep(sweep_id)
@@ -84,7 +95,8 @@ def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> dict[str, Any] | No
         runs = [run_from_row(r) for r in db.execute("SELECT * FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,))]
         cap = config.get("run_cap")
         fresh_entropy()
-        suggestion = None if cap is not None and len(runs) >= cap else sweeps.next_run(config, engine_runs(runs))
+        done = (cap is not None and len(runs) >= cap) or target_reached(config, runs)
+        suggestion = None if done else sweeps.next_run(engine_config(config), engine_runs(runs))
         if suggestion is None:
             if not any(r["state"] in ("pending", "running") for r in runs):
                 db.execute("UPDATE sweeps SET state = 'finished' WHERE id = ?", (sweep_id,))
@@ -106,7 +118,7 @@ def apply_early_termination(ledger: Ledger, sweep_id: str) -> list[str]:
     if not config.get("early_terminate"):
         return []
     runs = ledger.runs(sweep_id)
-    to_stop = [r.name for r in sweeps.stop_runs(config, engine_runs(runs))]
+    to_stop = [r.name for r in sweeps.stop_runs(engine_config(config), engine_runs(runs))]
     running = {r["id"] for r in runs if r["state"] == "running" and not r["should_stop"]}
     flagged = [r for r in to_stop if r in running]
     ledger.request_stop(flagged)
@@ -149,8 +161,10 @@ class LedgerReporter:
 
 
 def reporter_from_env() -> LedgerReporter | None:
-    """In a run launched for a local sweep (WANDB_SWEEP_ID in our ledger), report to the ledger."""
-    sweep_id, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    """In a run launched for a local sweep (ASL_SWEEP_SWEEP_ID in our ledger), report to the ledger."""
+    from asl_sweep.train import LOCAL_SWEEP_ENV
+
+    sweep_id, run_id = os.environ.get(LOCAL_SWEEP_ENV), os.environ.get("WANDB_RUN_ID")
     path = default_path()
     if not (sweep_id and run_id and path.is_file()):
         return None

@@ -21,6 +21,15 @@ from asl_sweep.errors import UserError
 
 ACTIVE = ("pending", "running")
 TERMINAL = ("finished", "failed", "crashed", "stopped")
+# Sweep states, as W&B names them (lower case): `wandb sweep --pause/--resume/--stop/--cancel`.
+SWEEP_STATES = ("running", "paused", "finished", "canceled")
+# control action -> (states it applies to, new state)
+CONTROL = {
+    "pause": (("running",), "paused"),
+    "resume": (("paused",), "running"),
+    "stop": (("running", "paused"), "finished"),
+    "cancel": (("running", "paused"), "canceled"),
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -70,31 +79,67 @@ def run_from_row(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-class Ledger:
-    """Thin typed access to the SQLite file; each method is one transaction."""
+def ledger_error(path: Path, exc: sqlite3.Error) -> UserError:
+    """One line naming the ledger file, what is wrong with it and what to do."""
+    text = str(exc)
+    if "not a database" in text:
+        why = "is not an asl-sweep ledger (not a SQLite database); point ASL_SWEEP_LEDGER at another file"
+    elif "readonly" in text or "read-only" in text:
+        why = "is read-only; make it (and its folder) writable, or copy it somewhere writable"
+    elif "locked" in text:
+        why = "is locked by another process for too long; try again"
+    else:
+        why = f"cannot be used: {text}"
+    return UserError(f"ledger {path} {why}")
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+
+class Ledger:
+    """Thin typed access to the SQLite file; each method is one transaction. A context manager."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True) -> None:
         self.path = Path(path) if path else default_path()
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        if self.path.is_dir():
+            raise UserError(f"ledger {self.path} is a folder, not a file; point ASL_SWEEP_LEDGER at a file")
+        if not self.path.parent.is_dir():
+            raise UserError(f"ledger {self.path}: folder {self.path.parent} does not exist")
+        if not create and not self.path.is_file():
+            raise UserError(f"no ledger at {self.path}: no local sweep was created here "
+                            "(asl-sweep sweep FILE --local), or set ASL_SWEEP_LEDGER")
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise ledger_error(self.path, exc) from None
 
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction: writers queue here, so read-decide-write steps are atomic."""
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise ledger_error(self.path, exc) from None
         try:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise ledger_error(self.path, exc) from None
 
     # sweeps
     def create_sweep(self, config: dict[str, Any], name: str) -> str:
@@ -127,6 +172,22 @@ class Ledger:
     def set_sweep_state(self, sweep_id: str, state: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE sweeps SET state = ? WHERE id = ?", (state, sweep_id))
+
+    def control(self, sweep_id: str, action: str) -> str:
+        """Pause, resume, stop or cancel a sweep (W&B's meanings); cancel also asks every active run to
+        stop at its next epoch boundary. Returns the new state; a transition that does not apply is an error."""
+        allowed, new = CONTROL[action]
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+            if row is None:
+                raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.path}; 'asl-sweep sweeps' lists them)")
+            if row["state"] not in allowed:
+                raise UserError(f"cannot {action} sweep {sweep_id}: it is {row['state']}")
+            db.execute("UPDATE sweeps SET state = ? WHERE id = ?", (new, sweep_id))
+            if action == "cancel":
+                db.execute("UPDATE runs SET should_stop = 1 WHERE sweep_id = ? AND state IN (?, ?)",
+                           (sweep_id, *ACTIVE))
+        return new
 
     # runs
     def runs(self, sweep_id: str) -> list[dict[str, Any]]:

@@ -1,18 +1,20 @@
-"""Plain-text views of the ledger for the terminal: sweeps list, one sweep's runs, the best run."""
+"""Plain-text views of the ledger for the terminal: sweeps list, one sweep's runs, the best run.
+They only read: a ledger that does not exist is reported, never created."""
 
 from __future__ import annotations
 
 import time
 
 from asl_sweep import controller
-from asl_sweep.ledger import Ledger
+from asl_sweep.ledger import Ledger, default_path
 from asl_sweep.sweepfile import metric
 
 
 def sweeps_table() -> str:
-    ledger = Ledger()
-    rows = ledger.sweeps()
-    ledger.close()
+    if not default_path().is_file():
+        return f"no local sweeps in {default_path()}"
+    with Ledger(create=False) as ledger:
+        rows = ledger.sweeps()
     if not rows:
         return f"no local sweeps in {ledger.path}"
     lines = [f"{'id':10} {'name':14} {'method':7} {'state':9} {'runs':>4}  created"]
@@ -23,8 +25,7 @@ def sweeps_table() -> str:
 
 
 def status_table(sweep_id: str) -> str:
-    ledger = Ledger()
-    try:
+    with Ledger(create=False) as ledger:
         sweep = ledger.sweep(sweep_id)
         runs = ledger.runs(sweep_id)
         name, goal = metric(sweep["config"])
@@ -37,24 +38,19 @@ def status_table(sweep_id: str) -> str:
             lines.append(f"{r['number']:>3} {r['id']:9} {r['state']:9} {len(r['history']):>6} {shown:>14}  {params}")
         lines.append(best_summary(sweep_id, ledger))
         return "\n".join(lines)
-    finally:
-        ledger.close()
 
 
 def best_summary(sweep_id: str, ledger: Ledger | None = None) -> str:
     """One paragraph: the best run, its value and where its files are."""
-    own = ledger is None
-    ledger = ledger or Ledger()
-    try:
-        name, goal = metric(ledger.sweep(sweep_id)["config"])
-        best = controller.best_run(ledger, sweep_id)
-        if best is None:
-            return f"sweep {sweep_id}: no run has reported {name} yet"
-        value = controller.best_value(best, name, goal)
-        where = best["wandb_dir"] or "(still running)"
-        params = ", ".join(f"{k}={v}" for k, v in best["config"].items())
-        return (f"best run: {best['id']} (#{best['number']}, {best['state']}) {name}={value:.4f}\n"
-                f"  config: {params}\n  files: {where}")
-    finally:
-        if own:
-            ledger.close()
+    if ledger is None:
+        with Ledger(create=False) as own:
+            return best_summary(sweep_id, own)
+    name, goal = metric(ledger.sweep(sweep_id)["config"])
+    best = controller.best_run(ledger, sweep_id)
+    if best is None:
+        return f"sweep {sweep_id}: no run has reported {name} yet"
+    value = controller.best_value(best, name, goal)
+    where = best["wandb_dir"] or "(still running)"
+    params = ", ".join(f"{k}={v}" for k, v in best["config"].items())
+    return (f"best run: {best['id']} (#{best['number']}, {best['state']}) {name}={value:.4f}\n"
+            f"  config: {params}\n  files: {where}")

@@ -2,7 +2,9 @@
 
 This module is also the program a W&B sweep's `command` launches:
 `python -m asl_sweep.train --key=value ...` (W&B's `${args}`), with the agent's environment
-(`WANDB_SWEEP_ID`, `WANDB_RUN_ID`, `WANDB_SWEEP_PARAM_PATH`) read by `wandb.init` itself.
+(`WANDB_SWEEP_ID` from W&B's agent, `WANDB_RUN_ID`, `WANDB_SWEEP_PARAM_PATH`, `WANDB_PROJECT`)
+read by `wandb.init` itself. A local sweep's runs get `ASL_SWEEP_SWEEP_ID` instead of
+`WANDB_SWEEP_ID`: W&B's servers do not know a local id, and `wandb sync` would be refused.
 Offline `.wandb` files are binary, so every run also writes `result.json` beside its model.
 """
 
@@ -21,6 +23,9 @@ from typing import Any, Mapping, Protocol, Sequence
 from asl_sweep import runtime
 from asl_sweep.config import Config, from_mapping, parse_overrides, read_yaml
 
+# What a sweep's `metric.name` can be: the per-epoch keys every run logs (plain names, as W&B sees them).
+LOGGED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "learning_rate", "epoch_time")
+LOCAL_SWEEP_ENV = "ASL_SWEEP_SWEEP_ID"
 EXAMPLE_IMAGES = 24  # each wandb.Image costs ~2 ms to make and log, per run
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.keras"
@@ -227,7 +232,8 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     run.summary.update({k: v for k, v in summary.items() if v is not None})
     record = {
         "run_id": run.id,
-        "sweep_id": getattr(reporter, "sweep_id", None) or os.environ.get("WANDB_SWEEP_ID"),
+        "sweep_id": (getattr(reporter, "sweep_id", None) or os.environ.get(LOCAL_SWEEP_ENV)
+                     or os.environ.get("WANDB_SWEEP_ID")),
         "state": state,
         "config": cfg.to_dict(),
         "history": history,
@@ -264,16 +270,22 @@ def execute(
     reporter: Reporter | None = None,
     run_id: str | None = None,
     verbose: int | str = "auto",
+    project: str | None = None,
+    entity: str | None = None,
 ) -> dict[str, Any]:
-    """One run's whole life: `wandb.init(config=values)` -> Config from `wandb.config` -> train -> finish."""
+    """One run's whole life: `wandb.init(config=values)` -> Config from `wandb.config` -> train -> finish.
+    `project`/`entity` default to W&B's environment variables, as a run launched by `wandb agent` reads them."""
     import wandb
+
+    from asl_sweep.sweepfile import DEFAULT_PROJECT
 
     initial = from_mapping(values, source="config")
     run = wandb.init(
-        project=os.environ.get("WANDB_PROJECT", "asl-sweep"),
+        project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+        entity=entity or os.environ.get("WANDB_ENTITY") or None,
         config=initial.to_dict(),
         id=run_id,
-        group=getattr(reporter, "sweep_id", None),
+        group=getattr(reporter, "sweep_id", None) or os.environ.get(LOCAL_SWEEP_ENV),
         dir=os.environ.get("WANDB_DIR"),
         reinit="finish_previous",
         # wandb lists the installed packages on every init (~0.1 s of metadata parsing); the list
@@ -326,7 +338,7 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from asl_sweep.cli import guarded
+    from asl_sweep.errors import guarded
 
     parser = argparse.ArgumentParser(prog="python -m asl_sweep.train", description="Train one run.", allow_abbrev=False)
     add_train_arguments(parser)

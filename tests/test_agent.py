@@ -37,15 +37,6 @@ def env(**extra):
     return {**os.environ, "PYTHONPATH": str(REPO), **extra}
 
 
-def test_command_macros_expand_like_wandb_agent(tmp_path):
-    params = {"epochs": 2, "batch_norm": True}
-    cmd = agent.expand_command(SMOKE, params, str(tmp_path / "p.yaml"))
-    assert cmd == ["/usr/bin/env", sys.executable, "-m", "asl_sweep.train", "--epochs=2", "--batch_norm=True"]
-    cfg = {"program": "train.py", "command": ["${interpreter}", "${program}", "${args_no_hyphens}", "${args_json}"]}
-    assert agent.expand_command(cfg, params, "x")[1:] == ["train.py", "epochs=2", "batch_norm=True", json.dumps(params)]
-    assert agent.expand_command({"program": "t.py"}, {"a": 1}, "x") == ["/usr/bin/env", sys.executable, "t.py", "--a=1"]
-
-
 @pytest.mark.parametrize("agents", [2, 4])
 def test_concurrent_agents_no_duplicates_and_exact_cap(agents):
     ledger = Ledger()
@@ -69,7 +60,7 @@ def test_subprocess_mode_runs_the_yaml_command_with_agent_env(dataset_dir, monke
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     ledger = Ledger()
     sid = ledger.create_sweep(SMOKE, "s")
-    assert agent.local_agent(sid, subprocess_mode=True, show_progress=False) == 2
+    assert agent.local_agent(sid, agent.AgentOptions(subprocess_mode=True, show_progress=False)) == 2
     runs = ledger.runs(sid)
     assert [r["state"] for r in runs] == ["finished", "finished"]
     for r in runs:
@@ -92,7 +83,7 @@ def test_in_process_agent_with_hyperband_stops_a_run(dataset_dir):
         for v in (1.0, 1.0, 1.0):
             ledger.append_epoch(strong["id"], {"val_accuracy": v})
         ledger.finish_run(strong["id"], "finished")
-    agent.local_agent(sid, data_dir=str(dataset_dir), show_progress=False)
+    agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False))
     weak = ledger.runs(sid)[3]
     assert weak["state"] == "stopped" and len(weak["history"]) == 1 and weak["should_stop"]
     record = json.loads(Path(weak["record_path"]).read_text())
@@ -161,10 +152,11 @@ def test_sweep_command_creates_local_sweep_offline(tmp_path):
     assert Ledger().sweep(sid)["config"] == SMOKE and f"make agent SWEEP={sid}" in proc.stdout
 
 
-def test_no_run_starts_after_the_deadline():
+def test_no_run_starts_after_the_deadline(dataset_dir, monkeypatch):
+    monkeypatch.setenv("ASL_SWEEP_DATA_DIR", str(dataset_dir))
     ledger = Ledger()
     sid = ledger.create_sweep(SMOKE, "d")
-    assert agent.local_agent(sid, show_progress=False, deadline=time.time() - 1) == 0
+    assert agent.local_agent(sid, agent.AgentOptions(minutes=1e-9, show_progress=False)) == 0
     assert ledger.runs(sid) == []
 
 
@@ -191,18 +183,22 @@ def test_online_sweep_and_agent_hand_over_to_wandb(tmp_path, monkeypatch, capsys
     from asl_sweep import cli
 
     monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     created = {}
-    monkeypatch.setattr(wandb, "sweep", lambda config, project: created.update(config=config, project=project) or "abc123")
+    monkeypatch.setattr(wandb, "sweep", lambda config, project, entity: created.update(
+        config=config, project=project, entity=entity) or "abc123")
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(SMOKE))
     assert cli.main(["sweep", str(path)]) == 0
-    assert created == {"config": SMOKE, "project": "asl-sweep"}
-    assert "make agent SWEEP=abc123" in capsys.readouterr().out
+    assert created == {"config": SMOKE, "project": "asl-sweep", "entity": None}
+    assert "make agent SWEEP=asl-sweep/abc123" in capsys.readouterr().out
     calls = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
     assert cli.main(["agent", "ent/proj/abc123", "--count", "3"]) == 0
-    assert calls == [[sys.executable, "-m", "wandb", "agent", "--count", "3", "ent/proj/abc123"]]
-    assert Ledger().sweeps() == []
+    [(cmd, child_env)] = calls
+    assert cmd == [sys.executable, "-m", "wandb", "agent", "--count", "3", "ent/proj/abc123"]
+    assert child_env["PATH"].split(os.pathsep)[0] == str(agent.interpreter_dir())
+    assert not Path("asl-sweep.db").exists()
 
 
 def test_ctrl_c_is_remembered_even_when_it_surfaces_as_another_error():
