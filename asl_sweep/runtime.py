@@ -32,6 +32,15 @@ def wandb_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if has_wandb_key() else "offline")
 
 
+def require_wandb_key() -> None:
+    """Online work needs credentials: without them wandb would stop to prompt for a login."""
+    from asl_sweep.errors import UserError
+
+    if not has_wandb_key():
+        raise UserError("W&B is online (WANDB_MODE=online) but no API key is set: run 'wandb login', "
+                        "set WANDB_API_KEY, or use WANDB_MODE=offline for a local sweep")
+
+
 def setup(*, debug: bool = False, workdir: Path | None = None, tensorflow: bool = False) -> None:
     """Silence start-up noise unless debugging, keep every wandb file under the working directory, and
     turn on TensorFlow's oneDNN kernels; `tensorflow=True` imports it now, quietly, for commands that train."""
