@@ -211,3 +211,115 @@ def test_ctrl_c_is_remembered_even_when_it_surfaces_as_another_error():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def _fake_runs(monkeypatch, ran):
+    """Runs that finish at once (no TensorFlow): what is under test is the agent loop."""
+    def fake(ledger, sweep_id, run, cache, progress, target):
+        ran.append(run["id"])
+        ledger.append_epoch(run["id"], {"val_accuracy": 0.5})
+        ledger.finish_run(run["id"], "finished")
+        return "finished"
+
+    monkeypatch.setattr(agent, "_run_in_process", fake)
+    monkeypatch.setattr("asl_sweep.runtime.load_tensorflow", lambda quiet: None)
+
+
+def test_agent_waits_while_paused_and_goes_on_after_resume(dataset_dir, monkeypatch):
+    import threading
+
+    from asl_sweep import cli
+
+    ran = []
+    _fake_runs(monkeypatch, ran)
+    monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_S", "0.05")
+    ledger = Ledger()
+    sid = ledger.create_sweep({**SMOKE, "run_cap": 3}, "p")
+    assert cli.main(["sweep", "--pause", sid]) == 0
+    worker = threading.Thread(target=agent.local_agent,
+                              args=(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False)))
+    worker.start()
+    time.sleep(1.0)
+    assert ran == [] and worker.is_alive()
+    assert cli.main(["sweep", "--resume", sid]) == 0
+    worker.join(timeout=60)
+    assert not worker.is_alive() and len(ran) == 3 and ledger.sweep(sid)["state"] == "finished"
+
+
+def test_stopped_sweep_starts_no_run_and_status_shows_the_state(dataset_dir, monkeypatch, capsys):
+    from asl_sweep import cli
+
+    ran = []
+    _fake_runs(monkeypatch, ran)
+    ledger = Ledger()
+    sid = ledger.create_sweep(SMOKE, "s")
+    assert cli.main(["sweep", "--stop", sid]) == 0
+    assert agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False)) == 0
+    assert cli.main(["status", sid]) == 0
+    assert f"sweep {sid} (random, finished)" in capsys.readouterr().out
+    assert cli.main(["sweep", "--resume", sid]) == 2
+    assert f"cannot resume sweep {sid}: it is finished" in capsys.readouterr().err
+
+
+def test_control_of_a_wandb_sweep_is_handed_to_wandb_sweep(monkeypatch):
+    from asl_sweep import cli
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert cli.main(["sweep", "--cancel", "ent/proj/abc123"]) == 0
+    assert cli.main(["sweep", "--pause", "abc123", "--project", "p"]) == 0
+    assert calls == [[sys.executable, "-m", "wandb", "sweep", "--cancel", "ent/proj/abc123"],
+                     [sys.executable, "-m", "wandb", "sweep", "--pause", "--project", "p", "abc123"]]
+
+
+def test_controller_local_in_the_yaml_selects_the_embedded_controller_online(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    from asl_sweep import cli
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(wandb, "sweep", lambda *a, **k: pytest.fail("must not create a W&B sweep"))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**SMOKE, "controller": {"type": "local"}}))
+    assert cli.main(["sweep", str(path), "--project", "mine"]) == 0
+    [sweep] = Ledger().sweeps()
+    assert sweep["config"]["project"] == "mine" and "created local sweep" in capsys.readouterr().out
+
+
+def test_online_without_an_api_key_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(SMOKE))
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep", "sweep", str(path)], capture_output=True, text=True,
+                          env=env(WANDB_MODE="online", HOME=str(home), WANDB_API_KEY=""), timeout=120)
+    assert proc.returncode == 2 and "no API key" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags, extra_env, runs", [
+    ([], {}, 3),  # W&B's flapping rule: 3 failures in the agent's first minute
+    (["--max-consecutive-failed-runs", "2"], {}, 2),
+    ([], {"WANDB_AGENT_DISABLE_FLAPPING": "true", "WANDB_AGENT_MAX_INITIAL_FAILURES": "4"}, 4),
+])
+def test_failing_runs_stop_the_agent_by_wandbs_rules(dataset_dir, flags, extra_env, runs):
+    ledger = Ledger()
+    params = {**SMOKE["parameters"], "conv_blocks": {"value": 4}, "image_size": {"value": 8}}  # too small: fails
+    sid = ledger.create_sweep({**SMOKE, "run_cap": 10, "parameters": params}, "f")
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep", "agent", sid, "--quiet", *flags],
+                          env=env(ASL_SWEEP_DATA_DIR=str(dataset_dir), **extra_env),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "agent shut down after" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "too small" in proc.stderr
+    assert [r["state"] for r in ledger.runs(sid)] == ["failed"] * runs
+
+
+def test_a_bad_data_folder_is_found_before_any_run_is_claimed(tmp_path):
+    ledger = Ledger()
+    sid = ledger.create_sweep(SMOKE, "d")
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep", "agent", sid, "--data-dir", str(tmp_path / "typo")],
+                          env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "typo" in proc.stderr
+    assert ledger.runs(sid) == []

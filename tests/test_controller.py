@@ -110,3 +110,63 @@ def test_unknown_sweep_is_a_clear_error():
 
     with pytest.raises(UserError, match="unknown sweep id 'nope'"):
         controller.claim_next(Ledger(), "nope", "a")
+
+
+def test_metric_target_finishes_the_sweep_once_a_run_reaches_it():
+    ledger = Ledger()
+    sid = ledger.create_sweep({**BAYES, "method": "random", "metric": {**BAYES["metric"], "target": 0.9}}, "t")
+    finish(ledger, controller.claim_next(ledger, sid, "a"), [0.5, 0.8])
+    running = controller.claim_next(ledger, sid, "a")
+    ledger.append_epoch(running["id"], {"val_accuracy": 0.95})
+    assert controller.claim_next(ledger, sid, "a") is None and ledger.sweep(sid)["state"] == "running"
+    ledger.finish_run(running["id"], "finished")
+    assert controller.claim_next(ledger, sid, "a") is None and ledger.sweep(sid)["state"] == "finished"
+
+
+def test_minimized_target_and_default_goal_is_minimize():
+    ledger = Ledger()
+    sid = ledger.create_sweep({**BAYES, "metric": {"name": "val_loss", "target": 0.2}}, "t")
+    finish_loss = controller.claim_next(ledger, sid, "a")
+    ledger.append_epoch(finish_loss["id"], {"val_loss": 0.5})
+    ledger.append_epoch(finish_loss["id"], {"val_loss": 0.1})
+    ledger.finish_run(finish_loss["id"], "finished")
+    assert controller.claim_next(ledger, sid, "a") is None
+
+
+@pytest.mark.parametrize("action, before, after", [
+    ("pause", "running", "paused"), ("resume", "paused", "running"), ("stop", "running", "finished"),
+    ("stop", "paused", "finished"), ("cancel", "running", "canceled"),
+])
+def test_sweep_control_transitions(action, before, after):
+    ledger = Ledger()
+    sid = ledger.create_sweep(BAYES, "c")
+    ledger.set_sweep_state(sid, before)
+    assert ledger.control(sid, action) == after and ledger.sweep(sid)["state"] == after
+
+
+@pytest.mark.parametrize("action, state", [("resume", "running"), ("pause", "finished"), ("cancel", "canceled")])
+def test_sweep_control_refuses_what_does_not_apply(action, state):
+    from asl_sweep.errors import UserError
+
+    ledger = Ledger()
+    sid = ledger.create_sweep(BAYES, "c")
+    ledger.set_sweep_state(sid, state)
+    with pytest.raises(UserError, match=f"cannot {action} sweep {sid}: it is {state}"):
+        ledger.control(sid, action)
+
+
+def test_paused_stopped_and_canceled_sweeps_give_no_run_and_cancel_stops_running_ones():
+    ledger = Ledger()
+    sid = ledger.create_sweep({**BAYES, "method": "random"}, "c")
+    running = controller.claim_next(ledger, sid, "a")
+    ledger.control(sid, "pause")
+    assert controller.claim_next(ledger, sid, "a") is None and ledger.sweep(sid)["state"] == "paused"
+    ledger.control(sid, "resume")
+    assert controller.claim_next(ledger, sid, "a") is not None
+    ledger.control(sid, "cancel")
+    assert controller.claim_next(ledger, sid, "a") is None and ledger.should_stop(running["id"])
+    reporter = controller.LedgerReporter(ledger, sid, running["id"])
+    try:
+        assert reporter.epoch({"val_accuracy": 0.5}) is True  # the run ends at this epoch boundary
+    finally:
+        reporter.close()

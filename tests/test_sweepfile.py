@@ -29,7 +29,8 @@ def _write(tmp_path, config):
 
 
 BASE = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
-        "parameters": {"dropout": {"values": [0.1, 0.2]}}}
+        "parameters": {"dropout": {"values": [0.1, 0.2]}},
+        "command": ["${env}", "${interpreter}", "-m", "asl_sweep.train", "${args}"]}
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -43,6 +44,36 @@ BASE = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize
 def test_bad_sweep_files_are_one_clear_error(tmp_path, change, fragment):
     with pytest.raises(UserError, match=fragment):
         sweepfile.load(_write(tmp_path, {**BASE, **change}))
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"method": "custom"}, "'method: custom' needs W&B's servers"),
+    ({"scheduler": {"engine": "wandb"}}, "'scheduler'"),
+    ({"method": "custom", "metric": None, "metrics": [{"name": "val_accuracy"}, {"name": "val_loss"}]},
+     "'method: custom' needs W&B's servers"),
+    ({"job": "me/proj/job:v1"}, "'job'"),
+    ({"image_uri": "docker.io/x"}, "'image_uri'"),
+    ({"metric": {"name": "val_acc", "goal": "maximize"}}, "metric 'val_acc' is never logged"),
+    ({"method": "bayes", "metric": None}, "the search engine cannot run this sweep"),
+    ({"method": "grid", "parameters": {"dropout": {"min": 0.1, "max": 0.3}}}, "the search engine cannot run"),
+    ({"metric": None, "early_terminate": {"type": "hyperband", "min_iter": 2}}, "the search engine cannot run"),
+    ({"command": ["${env}", "${interpreter}", "${program}", "${args}"]}, "has no 'program'"),
+])
+def test_what_the_schema_accepts_but_cannot_run_is_refused(tmp_path, change, fragment):
+    config = {**BASE, **change}
+    config = {k: v for k, v in config.items() if v is not None}
+    with pytest.raises(UserError, match=fragment):
+        sweepfile.load(_write(tmp_path, config))
+
+
+def test_runnable_schema_keys_are_accepted_and_goal_defaults_like_wandb(tmp_path):
+    config = {**BASE, "metric": {"name": "val_loss", "target": 0.1, "impute": "worst"}, "apiVersion": "1",
+              "description": "d", "controller": {"type": "local"}, "project": "p", "entity": "e",
+              "program": "train.py", "command": ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]}
+    loaded = sweepfile.load(_write(tmp_path, config))
+    assert sweepfile.metric(loaded) == ("val_loss", "minimize") and sweepfile.target(loaded) == 0.1
+    assert sweepfile.uses_local_controller(loaded)
+    assert sweepfile.engine_config(loaded)["metric"]["goal"] == "minimize" and "goal" not in loaded["metric"]
 
 
 def test_unreadable_files(tmp_path):
