@@ -58,9 +58,10 @@ def bench_overhead(runs: int) -> dict[str, Any]:
         fresh_ledger(f"overhead-{mode}")
         ledger = Ledger()
         sid = ledger.create_sweep(grid_sweep({"epochs": 1, "dropout": [round(0.1 + 0.05 * i, 2) for i in range(runs + 1)]}), mode)
-        agent.local_agent(sid, count=1, subprocess_mode=mode == "subprocess", show_progress=False)  # warm-up
+        agent.local_agent(sid, agent.AgentOptions(count=1, subprocess_mode=mode == "subprocess",
+                                                  show_progress=False))  # warm-up
         first = len(ledger.runs(sid))
-        agent.local_agent(sid, subprocess_mode=mode == "subprocess", show_progress=False)
+        agent.local_agent(sid, agent.AgentOptions(subprocess_mode=mode == "subprocess", show_progress=False))
         values = run_overheads(ledger, sid)[first:]
         out[mode] = {"runs": len(values), "mean_s": statistics.mean(values), "median_s": statistics.median(values),
                      "max_s": max(values)}
@@ -174,7 +175,7 @@ def bench_sweep(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
     cap = config.pop("run_cap", None)
     sid = ledger.create_sweep(config, "bench")
     start = time.time()
-    agent.local_agent(sid, deadline=start + minutes * 60, show_progress=True)
+    agent.local_agent(sid, agent.AgentOptions(minutes=minutes))
     runs = ledger.runs(sid)  # in run-number order
     out = {"sweep_id": sid, "budget": sweep_summary(runs, start, checkpoints)}
     if cap:
