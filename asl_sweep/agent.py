@@ -252,12 +252,14 @@ def _watch_ctrl_c() -> tuple[threading.Event, Any]:
 
 
 def preflight(sweep: dict[str, Any], opts: AgentOptions) -> None:
-    """Everything that can be checked before a run is claimed: a bad data folder or a sweep config the
-    engine cannot run would otherwise fail run after run, using up `run_cap`."""
+    """Everything that can be checked before a run is claimed: a bad data folder, a sweep config the
+    engine cannot run or a bad setting would otherwise fail run after run, using up `run_cap`."""
     from asl_sweep import data, sweepfile
 
     sweepfile.validate(sweep["config"], source=f"sweep {sweep['id']}")
     data.list_images(data.locate(opts.data_dir))
+    controller.heartbeat_interval()
+    controller.heartbeat_timeout()
 
 
 def error_line(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from asl_sweep.ledger import Ledger, default_path, new_id, run_from_row
+from asl_sweep.runtime import env_number
 from asl_sweep.sweepfile import engine_config, metric, target
 
 # ledger state -> the engine's RunState; an early-stopped run is "finished" to W&B as well
@@ -28,12 +29,12 @@ ENGINE_STATE = {"pending": "pending", "running": "running", "finished": "finishe
 
 
 def heartbeat_interval() -> float:
-    return float(os.environ.get("ASL_SWEEP_HEARTBEAT_S", "5"))
+    return env_number("ASL_SWEEP_HEARTBEAT_S", 5.0, minimum=0.01)
 
 
 def heartbeat_timeout() -> float:
     """Seconds without a heartbeat after which a running run is declared crashed."""
-    return float(os.environ.get("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", "60"))
+    return env_number("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", 60.0, minimum=0.01)
 
 
 def engine_runs(runs: list[dict[str, Any]]):

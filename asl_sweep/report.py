@@ -94,15 +94,12 @@ def load_local(sweep_id: str) -> SweepData | None:
 
     if not default_path().is_file():
         return None
-    ledger = Ledger()
-    try:
+    with Ledger(create=False) as ledger:
         sweep = ledger.find_sweep(sweep_id)
         if sweep is None:
             return None
         runs = ledger.runs(sweep_id)
         best = controller.best_run(ledger, sweep_id)
-    finally:
-        ledger.close()
     for r in runs:
         r["wall_time"] = wall_time(r)
     return SweepData(sweep_id, sweep["name"], sweep["state"], sweep["config"], runs, best, str(ledger.path))
@@ -631,9 +628,12 @@ def write_report(data: SweepData, out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """`asl-sweep report SWEEP_ID [--out DIR]`."""
+    from asl_sweep.data import check_folder
+
     t0 = time.perf_counter()
-    data = load_sweep(args.sweep_id)
     out = Path(args.out or Path("reports") / args.sweep_id)
+    check_folder(out, "output folder")
+    data = load_sweep(args.sweep_id)
     page = write_report(data, out)
     size = page.stat().st_size / 1e6
     print(f"report of {len(data.runs)} runs: {page} ({size:.1f} MB, self-contained) and "

@@ -323,3 +323,23 @@ def test_a_bad_data_folder_is_found_before_any_run_is_claimed(tmp_path):
                           env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "typo" in proc.stderr
     assert ledger.runs(sid) == []
+
+
+def test_a_run_out_of_memory_is_recorded_as_failed_and_the_agent_goes_on(dataset_dir, monkeypatch):
+    ran = []
+
+    def fake(ledger, sweep_id, run, cache, progress, target):
+        ran.append(run["id"])
+        if len(ran) == 1:
+            raise MemoryError("Unable to allocate 34.2 GiB for an array with shape (128, 128, 512, 4096)\nmore")
+        ledger.finish_run(run["id"], "finished")
+        return "finished"
+
+    monkeypatch.setattr(agent, "_run_in_process", fake)
+    monkeypatch.setattr("asl_sweep.runtime.load_tensorflow", lambda quiet: None)
+    ledger = Ledger()
+    sid = ledger.create_sweep({**SMOKE, "run_cap": 3}, "m")
+    assert agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False)) == 3
+    runs = ledger.runs(sid)
+    assert [r["state"] for r in runs] == ["failed", "finished", "finished"]
+    assert runs[0]["error"] == "MemoryError: Unable to allocate 34.2 GiB for an array with shape (128, 128, 512, 4096)"
