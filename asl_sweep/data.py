@@ -187,9 +187,11 @@ def download(url: str, target: Path) -> None:
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        work = tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-")
     except OSError as exc:
-        raise UserError(f"cannot create the cache folder {target.parent}: {exc.strerror or exc}") from None
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        raise UserError(f"cannot download into the cache folder {target.parent} ({exc.strerror or exc}); "
+                        "set ASL_SWEEP_CACHE_DIR to a writable folder, or pass --data-dir") from None
+    with work as tmp:
         archive = Path(tmp) / "dataset.zip"
         try:
             with urllib.request.urlopen(url, timeout=60) as resp, archive.open("wb") as out:
@@ -201,10 +203,12 @@ def download(url: str, target: Path) -> None:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise UserError(f"could not download dataset from {url}: {getattr(exc, 'reason', exc)}") from None
         unpacked = Path(tmp) / "unpacked"
-        safe_extract(archive, unpacked)
-        root = class_root(unpacked)
-        list_images(root)
-        shutil.move(str(unpacked), str(target))
+        try:
+            safe_extract(archive, unpacked)
+            list_images(class_root(unpacked))
+            shutil.move(str(unpacked), str(target))
+        except OSError as exc:  # a full disk while unpacking: nothing is moved into place
+            raise UserError(f"could not unpack the dataset into {target.parent}: {exc.strerror or exc}") from None
 
 
 def list_images(root: Path) -> list[tuple[Path, int]]:

@@ -305,3 +305,15 @@ def test_image_size_out_of_range_is_refused_before_decoding(dataset_dir, monkeyp
     monkeypatch.setattr(data, "decode", lambda p: pytest.fail("decoded before image_size was checked"))
     with pytest.raises(UserError, match=r"'image_size' from --image-size: must be in \[8, 128\], got 0"):
         data.load(dataset_dir / "Dataset", 0)
+
+
+def test_download_into_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
+    archive = make_zip(make_dataset(tmp_path / "src", signers=1), tmp_path / "ds.zip")
+    monkeypatch.setenv("ASL_SWEEP_DATA_URL", archive.as_uri())
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refused)
+    with pytest.raises(UserError, match="cannot download into the cache folder .*Permission denied.*--data-dir"):
+        data.locate()
