@@ -181,7 +181,8 @@ def load_yaml_file(path: str | Path, what: str) -> Any:
     try:
         return yaml.safe_load(raw)  # bytes: YAML's own encoding detection (UTF-8, or UTF-16 with a BOM)
     except yaml.reader.ReaderError as exc:
-        raise UserError(f"{what} {path} is not a text file (binary, or not UTF-8): {exc.reason} at byte {exc.position}") from None
+        raise UserError(f"{what} {path} is not a text file (binary, or not UTF-8): "
+                        f"{exc.reason} at byte {exc.position}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:

@@ -71,8 +71,9 @@ def test_bad_model_files_are_one_clear_error(tmp_path):
         model.load(str(tmp_path / "junk.keras"))
 
 
-@pytest.mark.parametrize("changes", [{}, {"color_mode": "rgb", "batch_norm": True, "conv_blocks": 4, "convs_per_block": 2,
-                                          "kernel_size": 5}, {"pooling": "global_avg", "dense_units": 0}])
+@pytest.mark.parametrize("changes", [{}, {"color_mode": "rgb", "batch_norm": True, "conv_blocks": 4,
+                                          "convs_per_block": 2, "kernel_size": 5},
+                                     {"pooling": "global_avg", "dense_units": 0}])
 def test_memory_estimate_counts_the_parameters_keras_builds(changes):
     cfg = Config().replace(**changes)
     params, need = model.memory_estimate(cfg)
