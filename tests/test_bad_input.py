@@ -1,0 +1,354 @@
+"""Every mistake a user can make is one clear line, before it costs a run (issue 10).
+
+One row per mistake: the command, a setup that plants the mistake in a fresh world (a dataset, a
+warm cache, a previous export, a ledger with a sweep), and words the error line must contain. Every
+row checks the same contract: exit code 2, no traceback, at most 3 lines on stderr, the words,
+nothing already recorded lost or changed (the export folder's and the cache's files byte for byte,
+the ledger's rows), and no W&B run started. Rows marked `subprocess` run the real `python -m ...`
+(the contract end to end, ~5 s each for TensorFlow's import); the others call the same entry point
+in this process.
+
+To add a case, append a `Case` to CASES; `World` has the paths and a few helpers to plant mistakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_dataset
+from tests.helpers_report import synthetic_sweep
+from tests.test_data import bomb_png
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORT_FILES = ("model.keras", "config.yaml", "metrics.json", "README.md")
+
+
+@dataclass
+class World:
+    """A user's machine after some work: what a mistake must not damage, and where to plant one."""
+
+    root: Path
+    work: Path  # the working directory commands run in
+    data: Path  # a valid dataset (Dataset/0..9)
+    cache: Path  # ASL_SWEEP_CACHE_DIR, holding a decoded-array entry
+    export: Path  # a previous export folder
+    ledger: Path  # ASL_SWEEP_LEDGER, holding `sweep_id`
+    sweep_id: str
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the command
+
+    @property
+    def classes(self) -> Path:
+        return self.data / "Dataset"
+
+    def file(self, name: str, content: bytes = b"just a file\n") -> str:
+        """A file in the working directory (to stand where a folder, or a YAML, is expected)."""
+        path = self.work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return str(path)
+
+    def folder(self, name: str) -> str:
+        path = self.work / name
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def bare_sweep(self) -> str:
+        """A second sweep whose runs have no result record (still running, or lost)."""
+        return synthetic_sweep(self.ledger, runs=2)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: Callable[[World], list[str]]  # the command's arguments
+    expect: tuple[str, ...]  # words the error output must contain
+    plant: Callable[[World], object] | None = None  # plants the mistake before the command runs
+    subprocess: bool = False  # run `python -m <module>` for real, not the entry point in-process
+    module: str = "asl_sweep"  # or "asl_sweep.train": the program a sweep's `command` launches
+    xfail: str | None = None  # a known gap and the fix it waits for (strict: once fixed, the row says so)
+    starts_run: str | None = None  # known: a W&B run starts before the mistake is found (the fix it waits for)
+
+
+def bad_png(w: World, digit: str = "4") -> Path:
+    path = w.classes / digit / "IMG_9999.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return path
+
+
+def empty_class(w: World) -> None:
+    for p in (w.classes / "7").iterdir():
+        p.unlink()
+
+
+def arrays_is_a_file(w: World) -> None:
+    shutil.rmtree(w.cache / "arrays")
+    (w.cache / "arrays").write_text("x")
+
+
+def data(w: World, *more: str) -> list[str]:
+    return ["data", "--data-dir", str(w.data), *more]
+
+
+def image(w: World) -> str:
+    return str(w.classes / "0" / "IMG_1000.png")
+
+
+def binary(w: World, name: str) -> str:
+    return w.file(name, bytes(range(256)) * 64)
+
+
+HUGE = ["--image_size=128", "--filters_1=512", "--filters_2=512", "--dense_units=4096", "--batch_size=4096"]
+TRAIN_CHECKS_AFTER_INIT = ("train.run_from_args starts wandb.init before it locates the data and checks the "
+                           "model's memory: do both first")
+CLI_SETUP_OUTSIDE_GUARD = ("cli.main calls runtime.setup(tensorflow=True) before guarded(): a UserError from "
+                           "start-up is a traceback")
+
+CASES: list[Case] = [
+    # ---- data: where the images come from
+    Case("data-dir missing", lambda w: ["data", "--data-dir", str(w.work / "nope")], ("does not exist", "nope"),
+         subprocess=True),
+    Case("data-dir is a file", lambda w: ["data", "--data-dir", w.file("photos.zip")],
+         ("--data-dir", "is a file, not a folder")),
+    Case("ASL_SWEEP_DATA_DIR is a file", lambda w: ["data"], ("ASL_SWEEP_DATA_DIR", "is a file"),
+         plant=lambda w: w.env.update(ASL_SWEEP_DATA_DIR=w.file("data.txt"))),
+    Case("data-dir without the layout", lambda w: ["data", "--data-dir", w.folder("empty")], ("no dataset layout",)),
+    Case("class folder missing", data, ("missing class folder", "3"), plant=lambda w: shutil.rmtree(w.classes / "3")),
+    Case("class folder empty", data, ("class folder is empty", "7"), plant=empty_class),
+    Case("non-image file in a class folder", data, ("not an image file", "notes.txt"),
+         plant=lambda w: (w.classes / "2" / "notes.txt").write_text("hi")),
+    Case("corrupt image", data, ("cannot decode image", "IMG_9999.png"), plant=bad_png, subprocess=True),
+    Case("broken symbolic link in a class folder", data, ("broken symbolic link", "IMG_8888.png"),
+         plant=lambda w: (w.classes / "5" / "IMG_8888.png").symlink_to(w.root / "gone.png")),
+    Case("decompression bomb", data, ("IMG_7777.png", "too large to decode", "decompression bomb"),
+         plant=lambda w: bomb_png(w.classes / "6" / "IMG_7777.png", 30_000), subprocess=True),
+    Case("image size out of range", lambda w: data(w, "--image-size", "0"), ("image_size", "[8, 128]")),
+    Case("image size not a number", lambda w: data(w, "--image-size", "big"), ("--image-size", "invalid int value")),
+    # ---- the cache
+    Case("cache folder is a file", data, ("ASL_SWEEP_CACHE_DIR", "cache-file is a file"),
+         plant=lambda w: w.env.update(ASL_SWEEP_CACHE_DIR=w.file("cache-file"))),
+    Case("cache arrays folder is a file", data, ("cache folder", "arrays is not a folder"), plant=arrays_is_a_file,
+         subprocess=True),
+    # ---- our environment variables
+    Case("ASL_SWEEP_THREADS not a number (train entry point)", lambda w: ["--epochs=1", "--data-dir", str(w.data)],
+         ("ASL_SWEEP_THREADS", "whole number", "'abc'"), plant=lambda w: w.env.update(ASL_SWEEP_THREADS="abc"),
+         subprocess=True, module="asl_sweep.train"),
+    Case("ASL_SWEEP_THREADS fractional", lambda w: ["--epochs=1"], ("ASL_SWEEP_THREADS", "whole number", "'2.5'"),
+         plant=lambda w: w.env.update(ASL_SWEEP_THREADS="2.5"), module="asl_sweep.train"),
+    Case("ASL_SWEEP_THREADS not a number (asl-sweep command)", data, ("ASL_SWEEP_THREADS", "whole number"),
+         plant=lambda w: w.env.update(ASL_SWEEP_THREADS="abc"), subprocess=True, xfail=CLI_SETUP_OUTSIDE_GUARD),
+    # ---- train: config file and --key=value
+    Case("config file is binary", lambda w: ["train", "--config", binary(w, "model.bin")],
+         ("config file", "model.bin", "not a text file"), subprocess=True),
+    Case("config file missing", lambda w: ["train", "--config", str(w.work / "nope.yaml")],
+         ("config file not found", "nope.yaml")),
+    Case("config file is a folder", lambda w: ["train", "--config", w.folder("configs")],
+         ("config file", "configs", "is a folder")),
+    Case("config file below a file", lambda w: ["train", "--config", w.file("a-file") + "/c.yaml"],
+         ("config file not found",)),
+    Case("config file is a list", lambda w: ["train", "--config", w.file("list.yaml", b"- epochs: 3\n")],
+         ("list.yaml", "must be a mapping", "not a list")),
+    Case("config file is not YAML", lambda w: ["train", "--config", w.file("bad.yaml", b"epochs: [1, 2\n")],
+         ("bad.yaml", "not valid YAML")),
+    Case("config file too deep", lambda w: ["train", "--config", w.file("deep.yaml", b"[" * 50_000 + b"]" * 50_000)],
+         ("deep.yaml", "nested too deeply")),
+    Case("config file with an unknown key", lambda w: ["train", "--config", w.file("c.yaml", b"learnin_rate: 0.1\n")],
+         ("unknown config key 'learnin_rate'", "c.yaml")),
+    Case("config file with a bad value", lambda w: ["train", "--config", w.file("c.yaml", b"epochs: many\n")],
+         ("'epochs'", "c.yaml", "expected an integer")),
+    Case("override not a number", lambda w: ["train", "--epochs=abc"], ("'epochs'", "expected an integer")),
+    Case("override infinite", lambda w: ["train", "--epochs=inf"], ("'epochs'", "expected an integer"),
+         subprocess=True),
+    Case("override nan", lambda w: ["train", "--learning_rate=nan"], ("'learning_rate'", "finite")),
+    Case("override unknown key", lambda w: ["train", "--lr=3"], ("unknown config key 'lr'",)),
+    Case("override without =", lambda w: ["train", "--epochs", "3"], ("--key=value",)),
+    Case("override out of range", lambda w: ["train", "--dropout=2"], ("'dropout'", "must be in")),
+    Case("override not a choice", lambda w: ["train", "--optimizer=lion"], ("'optimizer'", "must be one of")),
+    Case("train data-dir is a file", lambda w: ["train", "--epochs=1", "--data-dir", w.file("photos.zip")],
+         ("--data-dir", "is a file, not a folder"), subprocess=True, starts_run=TRAIN_CHECKS_AFTER_INIT),
+    Case("model far too large for memory", lambda w: ["train", *HUGE, "--data-dir", str(w.data)],
+         ("model too large for this machine", "GiB", "batch_size 4096"), subprocess=True,
+         starts_run=TRAIN_CHECKS_AFTER_INIT),
+    # ---- export
+    Case("export out below a file", lambda w: ["export", w.sweep_id, "--out", w.file("a-file") + "/sub"],
+         ("a-file is a file",), subprocess=True),
+    Case("export out is a file", lambda w: ["export", w.sweep_id, "--out", w.file("a-file")], ("is not a folder",)),
+    Case("export over a previous export without --force", lambda w: ["export", w.sweep_id, "--out", str(w.export)],
+         ("not empty", "--force")),
+    Case("export --force over the working folder", lambda w: ["export", w.sweep_id, "--out", ".", "--force"],
+         ("not a previous export", "even with --force")),
+    Case("export unknown sweep", lambda w: ["export", "zzzz9999", "--out", str(w.work / "new")],
+         ("unknown sweep id 'zzzz9999'",)),
+    Case("export sweep without records", lambda w: ["export", w.bare_sweep(), "--out", str(w.work / "new")],
+         ("no result record yet",)),
+    Case("export sweep whose model is damaged", lambda w: ["export", w.sweep_id, "--out", str(w.work / "new")],
+         ("cannot load model",), plant=lambda w: (w.root / "runs" / "model.keras").write_bytes(b"not a model")),
+    Case("export --retrain with a missing data-dir",
+         lambda w: ["export", w.sweep_id, "--out", str(w.export), "--force", "--retrain", "--data-dir", "nope"],
+         ("--data-dir", "does not exist")),
+    # ---- predict
+    Case("predict with no model", lambda w: ["predict", str(w.work / "nowhere"), image(w)], ("model file not found",)),
+    Case("predict with a damaged model", lambda w: ["predict", str(w.export), image(w)], ("cannot load model",),
+         plant=lambda w: (w.export / "model.keras").write_bytes(b"PK garbage"), subprocess=True),
+    Case("predict a missing image", lambda w: ["predict", str(w.export), str(w.work / "nope.jpg")],
+         ("image file not found", "nope.jpg")),
+    Case("predict a folder", lambda w: ["predict", str(w.export), w.folder("photos")], ("photos", "is a folder")),
+    Case("predict a corrupt image", lambda w: ["predict", str(w.export), str(bad_png(w))],
+         ("cannot decode image", "IMG_9999.png")),
+    Case("predict a decompression bomb",
+         lambda w: ["predict", str(w.export), str(bomb_png(w.work / "huge.png", 30_000))],
+         ("huge.png", "too large to decode")),
+    # ---- evaluate
+    Case("evaluate out below a file",
+         lambda w: ["evaluate", str(w.export), "--data-dir", str(w.data), "--out", w.file("a-file") + "/e.json"],
+         ("a-file is not a folder",), subprocess=True),
+    Case("evaluate out is a folder",
+         lambda w: ["evaluate", str(w.export), "--data-dir", str(w.data), "--out", w.folder("results")],
+         ("results is a folder",)),
+    Case("evaluate data-dir missing", lambda w: ["evaluate", str(w.export), "--data-dir", str(w.work / "nope")],
+         ("does not exist",)),
+    Case("evaluate data-dir is a file", lambda w: ["evaluate", str(w.export), "--data-dir", w.file("photos.zip")],
+         ("is a file, not a folder",)),
+    Case("evaluate a folder with a corrupt image", lambda w: ["evaluate", str(w.export), "--data-dir", str(w.data)],
+         ("cannot decode image", "IMG_9999.png"), plant=lambda w: bad_png(w, "1")),
+    # ---- sweep files go through the same YAML reader as config files
+    Case("sweep file is binary", lambda w: ["sweep", binary(w, "sweep.bin")],
+         ("sweep file", "sweep.bin", "not a text file")),
+    Case("sweep file is a folder", lambda w: ["sweep", w.folder("sweeps")], ("sweep file", "is a folder")),
+]
+
+
+@pytest.fixture(scope="module")
+def model_bytes(tmp_path_factory) -> bytes:
+    """A real (tiny, untrained) servable model file, built once."""
+    from asl_sweep import model
+    from asl_sweep.config import Config
+
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.build(Config().replace(image_size=16, filters_1=4, filters_2=8, dense_units=16)).save(path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def world(tmp_path: Path, isolated: Path, model_bytes: bytes) -> World:
+    """A fresh world per row; conftest's `isolated` already points the cache and ledger at tmp_path."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "model.keras").write_bytes(model_bytes)
+
+    def record(run: dict, value: float) -> str:
+        path = runs / f"{run['id']}.json"
+        path.write_text(json.dumps({"config": run["config"], "state": "finished", "summary": {},
+                                    "history": [{"epoch": 1, "val_accuracy": value}],
+                                    "paths": {"model": str(runs / "model.keras")}}))
+        return str(path)
+
+    ledger = Path(os.environ["ASL_SWEEP_LEDGER"])
+    cache = Path(os.environ["ASL_SWEEP_CACHE_DIR"])
+    (cache / "arrays").mkdir(parents=True)
+    np.savez(cache / "arrays" / "0123abcd.npz", x=np.zeros((2, 8, 8, 3), dtype=np.float32))
+    export = tmp_path / "previous-export"
+    export.mkdir()
+    (export / "model.keras").write_bytes(model_bytes)
+    for name in EXPORT_FILES[1:]:
+        (export / name).write_text(f"previous {name}\n")
+    return World(root=tmp_path, work=isolated, data=make_dataset(tmp_path / "data"), cache=cache,
+                 export=export, ledger=ledger, sweep_id=synthetic_sweep(ledger, runs=2, record_for=record))
+
+
+def recorded(w: World) -> dict[str, str]:
+    """What a failed command must not lose or change: export folder and cache (bytes), ledger (rows)."""
+    state: dict[str, str] = {}
+    for base in (w.export, w.cache):
+        for p in ([base] if base.is_file() else sorted(base.rglob("*"))):
+            state[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+    if w.ledger.exists():
+        with contextlib.closing(sqlite3.connect(w.ledger)) as con:
+            state["ledger rows"] = "\n".join(con.iterdump())
+    return state
+
+
+def run_subprocess(case: Case, argv: list[str], w: World) -> tuple[int, str]:
+    env = {**os.environ, **w.env, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", case.module, *argv], cwd=w.work, env=env, capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def run_in_process(case: Case, argv: list[str], w: World, monkeypatch, capsys) -> tuple[int, str]:
+    """The same entry point as `python -m`, minus interpreter start-up; an exception escaping it is what a
+    user would see as a traceback, so it is reported as one."""
+    from asl_sweep import cli, train
+
+    for key, value in w.env.items():
+        monkeypatch.setenv(key, value)
+    entry = train.main if case.module == "asl_sweep.train" else cli.main
+    capsys.readouterr()
+    try:
+        code = entry(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        return 1, capsys.readouterr().err + traceback.format_exc()
+    return code, capsys.readouterr().err
+
+
+def _param(case: Case):
+    marks = [pytest.mark.xfail(reason=case.xfail, strict=True)] if case.xfail else []
+    if case.subprocess:
+        marks.append(pytest.mark.slow)
+    return pytest.param(case, id=case.name, marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+def test_a_mistake_is_one_clear_line_and_damages_nothing(case: Case, world: World, monkeypatch, capsys):
+    if case.plant:
+        case.plant(world)
+    argv = case.argv(world)
+    before = recorded(world)
+    if case.subprocess:
+        code, err = run_subprocess(case, argv, world)
+    else:
+        code, err = run_in_process(case, argv, world, monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err
+    assert code == 2, err
+    assert 1 <= len(lines) <= 3, err
+    assert any(line.startswith(("asl-sweep: error:", "usage:")) for line in lines), err
+    assert all(word in err for word in case.expect), f"expected {case.expect} in: {err}"
+    after = recorded(world)
+    assert {k: after.get(k) for k in before} == before  # new cache entries may appear; nothing old changes
+    runs = list((world.work / "wandb").glob("*run-*"))
+    if case.starts_run:
+        assert runs, f"fixed: no run starts any more; drop starts_run from row {case.name!r}"
+        pytest.xfail(case.starts_run)
+    assert not runs, "a W&B run was started before the mistake was found"
+
+
+@pytest.mark.slow
+def test_a_damaged_cache_is_rebuilt_with_one_warning(world: World):
+    """Not a mistake but damage (a power cut mid-write): the command succeeds, rebuilding the entry."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "asl_sweep", "data", "--data-dir", str(world.data), "--image-size", "16"]
+    first = subprocess.run(args, cwd=world.work, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    entry = max((world.cache / "arrays").glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    whole = entry.read_bytes()
+    entry.write_bytes(whole[: len(whole) // 3])
+    again = subprocess.run(args, cwd=world.work, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert again.stderr.count("asl-sweep: warning:") == 1 and "damaged" in again.stderr
+    assert entry.read_bytes() == whole
