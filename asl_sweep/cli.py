@@ -269,7 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from asl_sweep import runtime
 
-    runtime.setup(debug=debug, tensorflow=args.command in TENSORFLOW_COMMANDS)
     handlers: dict[str, Callable[[], int]] = {
         "data": lambda: cmd_data(args),
         "train": lambda: cmd_train(args, rest),
@@ -283,7 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": lambda: import_module("asl_sweep.predict").predict_cmd(args),
         "evaluate": lambda: import_module("asl_sweep.predict").evaluate_cmd(args),
     }
-    return guarded(handlers[args.command], debug=debug)
+
+    def command() -> int:
+        runtime.setup(debug=debug, tensorflow=args.command in TENSORFLOW_COMMANDS)  # start-up errors are one line too
+        return handlers[args.command]()
+
+    return guarded(command, debug=debug)
 
 
 if __name__ == "__main__":
