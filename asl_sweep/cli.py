@@ -10,7 +10,7 @@ import time
 from importlib import import_module
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from asl_sweep.errors import UserError, guarded
+from asl_sweep.errors import OneLineParser, UserError, guarded
 
 if TYPE_CHECKING:
     from asl_sweep.agent import AgentOptions
@@ -200,7 +200,7 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from asl_sweep.train import add_train_arguments
 
-    parser = argparse.ArgumentParser(prog="asl-sweep", description=__doc__, allow_abbrev=False)
+    parser = OneLineParser(prog="asl-sweep", description=__doc__, allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", default=False, help="full tracebacks and library logs")
     sub = parser.add_subparsers(dest="command", required=True)
 

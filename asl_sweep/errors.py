@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, NoReturn
 
 
 class UserError(Exception):
@@ -23,3 +24,11 @@ def guarded(fn: Callable[[], int | None], *, debug: bool = False) -> int:
     except KeyboardInterrupt:
         print("\nasl-sweep: interrupted", file=sys.stderr)
         return 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (the usage block is what --help is for), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"asl-sweep: error: {command}{message} (see: {self.prog} --help)\n")

@@ -76,11 +76,11 @@ def sync_sweep(sweep_id: str, *, project: str | None = None, entity: str | None 
     if active:
         raise UserError(f"sweep {sweep_id} has {len(active)} run(s) still running; sync once they end "
                         f"(or: asl-sweep sweep --cancel {sweep_id})")
+    check_reachable()
     found, missing = run_folders(runs)
     if not found:
         raise UserError(f"sweep {sweep_id} has no run with an offline run folder to upload")
     project, entity = wandb_target(sweep["config"], project, entity)
-    check_reachable()
     import wandb
 
     upload([folder for _, folder in found], project, entity)

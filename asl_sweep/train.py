@@ -319,9 +319,13 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     """`asl-sweep train` and `python -m asl_sweep.train`: defaults <- --config <- --key=value."""
     values: dict[str, Any] = read_yaml(args.config) if args.config else {}
     values.update(parse_overrides(overrides))
-    from_mapping(values, source=args.config or "command line")
+    cfg = from_mapping(values, source=args.config or "command line")
     runtime.setup(debug=getattr(args, "debug", False), tensorflow=True)
+    from asl_sweep import data, model
     from asl_sweep.controller import reporter_from_env
+
+    data.locate(args.data_dir)  # what can be checked before a W&B run starts is checked first
+    model.check_memory(cfg)
 
     reporter = reporter_from_env()
     record = execute(values, DataCache(args.data_dir), reporter=reporter,
@@ -338,9 +342,9 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from asl_sweep.errors import guarded
+    from asl_sweep.errors import OneLineParser, guarded
 
-    parser = argparse.ArgumentParser(prog="python -m asl_sweep.train", description="Train one run.", allow_abbrev=False)
+    parser = OneLineParser(prog="python -m asl_sweep.train", description="Train one run.", allow_abbrev=False)
     add_train_arguments(parser)
     args, rest = parser.parse_known_args(argv)
     return guarded(lambda: run_from_args(args, rest), debug=getattr(args, "debug", False))
