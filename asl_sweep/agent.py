@@ -115,6 +115,11 @@ def run_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def cli_flags(flags: dict[str, Any]) -> list[str]:
+    """`--flag value` pairs for the flags that are set, to pass an agent's options on to another command."""
+    return [part for flag, value in flags.items() if value for part in (flag, str(value))]
+
+
 def param_files(sweep_id: str, run_id: str) -> tuple[Path, Path]:
     """Where W&B's agent writes a run's parameters (YAML for WANDB_SWEEP_PARAM_PATH, JSON for ${args_json_file})."""
     folder = Path(os.environ.get("WANDB_DIR", "")) / "wandb" / f"sweep-{sweep_id}"
@@ -344,8 +349,7 @@ def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) 
     cmd = [sys.executable, "-m", "asl_sweep", "agent", sweep_id, "--quiet"]
     flags = {"--count": opts.count, "--data-dir": opts.data_dir, "--minutes": opts.minutes, "--project": opts.project,
              "--entity": opts.entity, "--max-consecutive-failed-runs": opts.max_consecutive_failed_runs}
-    cmd += [part for flag, value in flags.items() if value for part in (flag, str(value))]
-    cmd += ["--subprocess"] if opts.subprocess_mode else []
+    cmd += cli_flags(flags) + (["--subprocess"] if opts.subprocess_mode else [])
     env = {**os.environ, "ASL_SWEEP_THREADS": str(threads)}
     procs = [subprocess.Popen(cmd, env=env) for _ in range(agents)]
     with Ledger(create=False) as ledger:
@@ -371,5 +375,5 @@ def wandb_agent(sweep_id: str, opts: AgentOptions) -> int:
     flags = {"--count": opts.count, "--project": opts.project, "--entity": opts.entity,
              "--max-consecutive-failed-runs": opts.max_consecutive_failed_runs}
     cmd = [sys.executable, "-m", "wandb", "agent"]
-    cmd += [part for flag, value in flags.items() if value for part in (flag, str(value))] + [sweep_id]
+    cmd += cli_flags(flags) + [sweep_id]
     return subprocess.call(cmd, env=run_environment())

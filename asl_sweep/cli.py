@@ -10,7 +10,7 @@ import time
 from importlib import import_module
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from asl_sweep.errors import OneLineParser, UserError, guarded
+from asl_sweep.errors import OneLineParser, guarded
 
 if TYPE_CHECKING:
     from asl_sweep.agent import AgentOptions
@@ -48,23 +48,6 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     return run_from_args(args, rest)
 
 
-def is_local_sweep(sweep_id: str) -> bool:
-    """True when the local ledger (if there is one) knows this id."""
-    from asl_sweep.ledger import Ledger, default_path
-
-    if not default_path().is_file():
-        return False
-    with Ledger(create=False) as ledger:
-        return ledger.find_sweep(sweep_id) is not None
-
-
-def unknown_sweep(sweep_id: str) -> UserError:
-    from asl_sweep.ledger import default_path
-
-    return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {default_path()}, "
-                     "and W&B is offline (no API key) so it cannot be a W&B sweep")
-
-
 def agent_options(args: argparse.Namespace) -> AgentOptions:
     from asl_sweep.agent import AgentOptions
 
@@ -77,7 +60,8 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
 def control_sweep(sweep_id: str, action: str, args: argparse.Namespace) -> int:
     """`--pause/--resume/--stop/--cancel`: on the local ledger, or handed to `wandb sweep` for a W&B sweep."""
     from asl_sweep import runtime
-    from asl_sweep.ledger import Ledger
+    from asl_sweep.agent import cli_flags
+    from asl_sweep.ledger import Ledger, is_local_sweep, unknown_sweep
 
     if is_local_sweep(sweep_id):
         with Ledger(create=False) as ledger:
@@ -87,8 +71,7 @@ def control_sweep(sweep_id: str, action: str, args: argparse.Namespace) -> int:
     if runtime.wandb_mode() != "online":
         raise unknown_sweep(sweep_id)
     runtime.require_wandb_key()
-    flags = [part for flag, value in (("--project", args.project), ("--entity", args.entity)) if value
-             for part in (flag, value)]
+    flags = cli_flags({"--project": args.project, "--entity": args.entity})
     return subprocess.call([sys.executable, "-m", "wandb", "sweep", f"--{action}", *flags, sweep_id])
 
 
@@ -130,6 +113,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from asl_sweep import agent, runtime
+    from asl_sweep.ledger import is_local_sweep, unknown_sweep
 
     runtime.setup(debug=debug_of(args))
     if is_local_sweep(args.sweep_id):

@@ -66,6 +66,20 @@ def default_path() -> Path:
     return Path(os.environ.get("ASL_SWEEP_LEDGER", "asl-sweep.db"))
 
 
+def is_local_sweep(sweep_id: str) -> bool:
+    """True when the local ledger (if there is one) knows this id; never creates a ledger."""
+    if not default_path().is_file():
+        return False
+    with Ledger(create=False) as ledger:
+        return ledger.find_sweep(sweep_id) is not None
+
+
+def unknown_sweep(sweep_id: str) -> UserError:
+    """The error for an id that is not local while W&B is offline, so it cannot be a W&B sweep either."""
+    return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {default_path()}, "
+                     "and W&B is offline (no API key) so it cannot be a W&B sweep")
+
+
 def new_id(length: int = 8) -> str:
     """W&B-style short lowercase id."""
     alphabet = string.ascii_lowercase + string.digits

@@ -90,14 +90,12 @@ def read_record(run: dict[str, Any] | None) -> dict[str, Any] | None:
 def load_local(sweep_id: str) -> SweepData | None:
     """The sweep from the local ledger, or None when the ledger does not know the id."""
     from asl_sweep import controller
-    from asl_sweep.ledger import Ledger, default_path
+    from asl_sweep.ledger import Ledger, is_local_sweep
 
-    if not default_path().is_file():
+    if not is_local_sweep(sweep_id):
         return None
     with Ledger(create=False) as ledger:
-        sweep = ledger.find_sweep(sweep_id)
-        if sweep is None:
-            return None
+        sweep = ledger.sweep(sweep_id)
         runs = ledger.runs(sweep_id)
         best = controller.best_run(ledger, sweep_id)
     for r in runs:
@@ -148,15 +146,14 @@ def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
 def load_sweep(sweep_id: str, *, with_model: bool = False) -> SweepData:
     """Local ledger first; a W&B sweep when online; else one clear error."""
     from asl_sweep import runtime
-    from asl_sweep.ledger import default_path
+    from asl_sweep.ledger import unknown_sweep
 
     local = load_local(sweep_id)
     if local is not None:
         return local
     if runtime.wandb_mode() == "online":
         return load_wandb(sweep_id, with_model=with_model)
-    raise UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {default_path()}, "
-                    "and W&B is offline so it cannot be read from W&B")
+    raise unknown_sweep(sweep_id)
 
 
 # ---------------------------------------------------------------- analysis
