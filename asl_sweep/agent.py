@@ -41,7 +41,8 @@ from typing import Any
 
 from asl_sweep import controller
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import Ledger
+from asl_sweep.ledger import Ledger, RunState
+from asl_sweep.results import best_run, best_value
 from asl_sweep.sweepfile import DEFAULT_COMMAND, metric, wandb_target
 
 
@@ -162,12 +163,12 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
     sweep = ledger.sweep(sweep_id)
     runs = ledger.runs(sweep_id)
     name, goal = metric(sweep["config"])
-    done = sum(r["state"] not in ("pending", "running") for r in runs)
-    running = sum(r["state"] == "running" for r in runs)
+    done = sum(r["state"].is_final for r in runs)
+    running = sum(r["state"] == RunState.RUNNING for r in runs)
     cap = sweep["config"].get("run_cap", "∞")
-    best = controller.best_run(ledger, sweep_id)
+    best = best_run(runs, name, goal)
     if best is not None:
-        best_txt = f"best {name} {controller.best_value(best, name, goal):.4f} (run {best['id']} #{best['number']})"
+        best_txt = f"best {name} {best_value(best, name, goal):.4f} (run {best['id']} #{best['number']})"
     else:
         best_txt = f"best {name} -"
     elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))
@@ -197,27 +198,22 @@ class Progress:
 
 
 def _run_in_process(ledger: Ledger, sweep_id: str, run: dict[str, Any], cache, progress: Progress,
-                    target: tuple[str, str | None]) -> str:
+                    target: tuple[str, str | None]) -> RunState:
     from asl_sweep.train import execute
 
-    reporter = controller.LedgerReporter(ledger, sweep_id, run["id"], on_epoch=progress.show)
-    try:
+    with controller.LedgerReporter(ledger, sweep_id, run["id"], on_epoch=progress.show) as reporter:
         record = execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0,
                          project=target[0], entity=target[1])
-    finally:
-        reporter.close()
-    return record["state"]
+    return RunState(record["state"])
 
 
 def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: dict[str, Any], opts: AgentOptions,
-                    target: tuple[str, str | None]) -> str:
+                    target: tuple[str, str | None]) -> RunState:
     """One run as W&B's agent starts it: the YAML's command in W&B's agent environment, except that the
     local sweep id goes in ASL_SWEEP_SWEEP_ID (a WANDB_SWEEP_ID unknown to W&B would block `wandb sync`)."""
-    from asl_sweep.train import LOCAL_SWEEP_ENV
-
     param_path = write_param_files(sweep["config"], run["config"], sweep["id"], run["id"])
     cmd = expand_command(sweep["config"], run["config"], sweep_id=sweep["id"], run_id=run["id"])
-    extra = {LOCAL_SWEEP_ENV: sweep["id"], "WANDB_RUN_ID": run["id"], "WANDB_SWEEP_PARAM_PATH": str(param_path),
+    extra = {controller.LOCAL_SWEEP_ENV: sweep["id"], "WANDB_RUN_ID": run["id"], "WANDB_SWEEP_PARAM_PATH": str(param_path),
              "ASL_SWEEP_LEDGER": str(ledger.path.resolve()), "WANDB_PROJECT": target[0]}
     if target[1]:
         extra["WANDB_ENTITY"] = target[1]
@@ -228,18 +224,18 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: dict[str, Any], 
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
-        ledger.finish_run(run["id"], "failed", error=f"cannot start {cmd[0]!r}: {exc.strerror}")
-        return "failed"
+        ledger.finish_run(run["id"], RunState.FAILED, error=f"cannot start {cmd[0]!r}: {exc.strerror}")
+        return RunState.FAILED
     try:
         _, err = proc.communicate()
     except KeyboardInterrupt:
         proc.wait()
         raise
     after = ledger.run(run["id"])
-    if after and after["state"] in ("pending", "running"):
+    if after and after["state"].is_active:
         last = (err.strip().splitlines() or ["no output"])[-1]
-        ledger.finish_run(run["id"], "failed", error=f"exit code {proc.returncode}: {last}")
-    return (ledger.run(run["id"]) or {}).get("state", "failed")
+        ledger.finish_run(run["id"], RunState.FAILED, error=f"exit code {proc.returncode}: {last}")
+    return (ledger.run(run["id"]) or {}).get("state", RunState.FAILED)
 
 
 def _watch_ctrl_c() -> tuple[threading.Event, Any]:
@@ -278,7 +274,7 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
     """Run a local sweep's runs until it is done, `opts.count` runs have run, or `opts.minutes` have
     passed (no new run starts after that); waits while the sweep is paused. Returns runs executed."""
     from asl_sweep import runtime
-    from asl_sweep.train import DataCache
+    from asl_sweep.data import DataCache
 
     deadline = time.time() + opts.minutes * 60 if opts.minutes else None
     with Ledger(create=False) as ledger:
@@ -317,18 +313,18 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                     else:
                         state = _run_in_process(ledger, sweep_id, run, cache, progress, target)
                 except KeyboardInterrupt:
-                    ledger.finish_run(run["id"], "stopped", error="interrupted by user (Ctrl-C)")
+                    ledger.finish_run(run["id"], RunState.STOPPED, error="interrupted by user (Ctrl-C)")
                     raise
                 except Exception as exc:  # one bad run (even out of memory) must not end the sweep; its error is recorded
                     if ctrl_c.is_set():  # Ctrl-C that surfaced as another error (e.g. from inside TensorFlow)
-                        ledger.finish_run(run["id"], "stopped", error="interrupted by user (Ctrl-C)")
+                        ledger.finish_run(run["id"], RunState.STOPPED, error="interrupted by user (Ctrl-C)")
                         raise KeyboardInterrupt from exc
-                    ledger.finish_run(run["id"], "failed", error=error_line(exc))
-                    state = "failed"
+                    ledger.finish_run(run["id"], RunState.FAILED, error=error_line(exc))
+                    state = RunState.FAILED
                     if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
                         raise
                 progress.show(force=True)
-                reason = policy.record(state == "failed")
+                reason = policy.record(state == RunState.FAILED)
                 if reason:
                     last = ledger.run(run["id"]) or {}
                     raise UserError(f"agent shut down after {reason}; last error: {last.get('error') or 'see its record'}")

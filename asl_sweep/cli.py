@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from importlib import import_module
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from asl_sweep.errors import OneLineParser, guarded
@@ -150,6 +149,52 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from asl_sweep.report import build_report
+
+    t0 = time.perf_counter()
+    data, page = build_report(args.sweep_id, args.out)
+    pngs = len(list(page.parent.glob("*.png")))
+    print(f"report of {len(data.runs)} runs: {page} ({page.stat().st_size / 1e6:.1f} MB, self-contained) and "
+          f"{pngs} PNG figures in {page.parent} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from asl_sweep.export import FILES, export_best
+
+    t0 = time.perf_counter()
+    meta = export_best(args.sweep_id, args.out, force=args.force, retrain=args.retrain, data_dir=args.data_dir)
+    m = meta["metric"]
+    print(f"exported run {meta['run_id']} of sweep {meta['sweep_id']} ({m['name']} {m['best']:.4f}"
+          f"{', re-trained on train+validation' if meta['retrain'] else ''}) to {args.out}: {', '.join(FILES)} "
+          f"({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from asl_sweep.predict import predict_images
+
+    width = max(len(p) for p in args.images)
+    for path, digit, confidence in predict_images(args.model_dir, args.images):
+        print(f"{path:<{width}}  digit {digit}  confidence {confidence:.3f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from asl_sweep.predict import evaluate_to_file
+
+    result, out = evaluate_to_file(args.model_dir, args.data_dir, args.out)
+    print(f"{result['images']} images in {result['data_dir']}: accuracy {result['accuracy']:.4f}")
+    print("per class: " + "  ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}"
+                                    for c, v in result["per_class_accuracy"].items()))
+    print("confusion matrix (rows true 0-9, columns predicted 0-9):")
+    for i, row in enumerate(result["confusion_matrix"]):
+        print(f"  {i} " + " ".join(f"{v:4d}" for v in row))
+    print(f"written: {out}")
+    return 0
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -212,20 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_agent_arguments(p)
 
+    def sweep_command(name: str, help: str) -> argparse.ArgumentParser:
+        """A subcommand about one sweep (local id, or a W&B id where W&B is reachable)."""
+        command = sub.add_parser(name, help=help)
+        command.add_argument("sweep_id")
+        return command
+
     sub.add_parser("sweeps", help="list local sweeps")
-    p = sub.add_parser("status", help="runs of a local sweep and the best so far")
-    p.add_argument("sweep_id")
-
-    p = sub.add_parser("sync", help="upload a local sweep's runs to W&B and continue it there as a W&B sweep")
-    p.add_argument("sweep_id")
-    add_target_arguments(p)
-
-    p = sub.add_parser("report", help="HTML report (parallel coordinates, importance, curves) of a sweep")
-    p.add_argument("sweep_id")
-    p.add_argument("--out", help="output folder (default: reports/<sweep_id>)")
-
-    p = sub.add_parser("export", help="export a sweep's best run: model, config.yaml, metrics.json, model card")
-    p.add_argument("sweep_id")
+    sweep_command("status", "runs of a local sweep and the best so far")
+    add_target_arguments(sweep_command("sync", "upload a local sweep's runs to W&B and continue it there as a W&B sweep"))
+    sweep_command("report", "HTML report (parallel coordinates, importance, curves) of a sweep").add_argument(
+        "--out", help="output folder (default: reports/<sweep_id>)")
+    p = sweep_command("export", "export a sweep's best run: model, config.yaml, metrics.json, model card")
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     p.add_argument("--retrain", action="store_true", help="re-train the winner on train+validation")
@@ -261,10 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweeps": lambda: cmd_sweeps(args),
         "status": lambda: cmd_status(args),
         "sync": lambda: cmd_sync(args),
-        "report": lambda: import_module("asl_sweep.report").run(args),
-        "export": lambda: import_module("asl_sweep.export").run(args),
-        "predict": lambda: import_module("asl_sweep.predict").predict_cmd(args),
-        "evaluate": lambda: import_module("asl_sweep.predict").evaluate_cmd(args),
+        "report": lambda: cmd_report(args),
+        "export": lambda: cmd_export(args),
+        "predict": lambda: cmd_predict(args),
+        "evaluate": lambda: cmd_evaluate(args),
     }
 
     def command() -> int:

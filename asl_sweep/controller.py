@@ -9,8 +9,8 @@ epochs arrive, by the process that reports the epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import random
 import threading
@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from asl_sweep.ledger import Ledger, default_path, new_id, run_from_row
+from asl_sweep.ledger import ACTIVE, Ledger, RunRecord, RunState, default_path, new_id, run_from_row
+from asl_sweep.results import best_value
 from asl_sweep.runtime import env_number
 from asl_sweep.sweepfile import engine_config, metric, target
 
-# ledger state -> the engine's RunState; an early-stopped run is "finished" to W&B as well
-ENGINE_STATE = {"pending": "pending", "running": "running", "finished": "finished", "stopped": "finished",
-                "failed": "failed", "crashed": "crashed"}
+# A local sweep's runs find their sweep here (W&B's agent sets WANDB_SWEEP_ID, which a local id must not use).
+LOCAL_SWEEP_ENV = "ASL_SWEEP_SWEEP_ID"
+# our RunState -> the engine's RunState value; an early-stopped run is "finished" to W&B as well
+ENGINE_STATE = {**{state: state.value for state in RunState}, RunState.STOPPED: RunState.FINISHED.value}
 
 
 def heartbeat_interval() -> float:
@@ -48,7 +50,7 @@ def engine_runs(runs: list[dict[str, Any]]):
             config={k: {"value": v} for k, v in r["config"].items()},
             history=r["history"],
             summary_metrics={k: v for k, v in r["summary"].items() if isinstance(v, (int, float))},
-            stopped=r["state"] == "stopped",
+            stopped=r["state"] == RunState.STOPPED,
             should_stop=bool(r["should_stop"]),
         )
         for r in runs
@@ -65,9 +67,9 @@ def fresh_entropy() -> None:
 def reap_stale(db, sweep_id: str, timeout: float) -> int:
     """Inside a transaction: mark running runs with no heartbeat for `timeout` seconds as crashed."""
     cur = db.execute(
-        "UPDATE runs SET state = 'crashed', ended_at = ?, error = 'no heartbeat (agent died)' "
-        "WHERE sweep_id = ? AND state IN ('pending', 'running') AND heartbeat_at < ?",
-        (time.time(), sweep_id, time.time() - timeout))
+        "UPDATE runs SET state = ?, ended_at = ?, error = 'no heartbeat (agent died)' "
+        "WHERE sweep_id = ? AND state IN (?, ?) AND heartbeat_at < ?",
+        (RunState.CRASHED.value, time.time(), sweep_id, *ACTIVE, time.time() - timeout))
     return cur.rowcount
 
 
@@ -91,7 +93,7 @@ def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> dict[str, Any] | No
     with ledger.transaction() as db:
         reap_stale(db, sweep_id, heartbeat_timeout())
         state = db.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()["state"]
-        if state != "running":
+        if state != "running":  # a paused, finished or canceled sweep gives no run
             return None
         runs = [run_from_row(r) for r in db.execute("SELECT * FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,))]
         cap = config.get("run_cap")
@@ -99,15 +101,15 @@ def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> dict[str, Any] | No
         done = (cap is not None and len(runs) >= cap) or target_reached(config, runs)
         suggestion = None if done else sweeps.next_run(engine_config(config), engine_runs(runs))
         if suggestion is None:
-            if not any(r["state"] in ("pending", "running") for r in runs):
+            if not any(r["state"].is_active for r in runs):
                 db.execute("UPDATE sweeps SET state = 'finished' WHERE id = ?", (sweep_id,))
             return None
         values = {k: v["value"] for k, v in suggestion.config.items()}
         run_id, now = new_id(), time.time()
         db.execute(
             "INSERT INTO runs (id, sweep_id, number, config, state, created_at, heartbeat_at, agent) "
-            "VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-            (run_id, sweep_id, len(runs) + 1, json.dumps(values), now, now, agent))
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, sweep_id, len(runs) + 1, json.dumps(values), RunState.RUNNING.value, now, now, agent))
     return ledger.run(run_id)
 
 
@@ -120,18 +122,19 @@ def apply_early_termination(ledger: Ledger, sweep_id: str) -> list[str]:
         return []
     runs = ledger.runs(sweep_id)
     to_stop = [r.name for r in sweeps.stop_runs(engine_config(config), engine_runs(runs))]
-    running = {r["id"] for r in runs if r["state"] == "running" and not r["should_stop"]}
+    running = {r["id"] for r in runs if r["state"] == RunState.RUNNING and not r["should_stop"]}
     flagged = [r for r in to_stop if r in running]
     ledger.request_stop(flagged)
     return flagged
 
 
-class LedgerReporter:
-    """Reports a run's epochs and end to the ledger, heartbeats from a thread, relays stop requests."""
+class LedgerReporter(contextlib.AbstractContextManager):
+    """Reports a run's epochs and end to the ledger, heartbeats from a thread, relays stop requests.
+    A context manager: leaving it stops the heartbeat, so a run that raised stops looking alive."""
 
-    def __init__(self, ledger: Ledger, sweep_id: str, run_id: str, on_epoch=None) -> None:
+    def __init__(self, ledger: Ledger, sweep_id: str, run_id: str, on_epoch=None, *, owns_ledger: bool = False) -> None:
         self.ledger, self.sweep_id, self.run_id = ledger, sweep_id, run_id
-        self.on_epoch = on_epoch
+        self.on_epoch, self.owns_ledger = on_epoch, owns_ledger
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
         self._thread.start()
@@ -151,20 +154,25 @@ class LedgerReporter:
             self.on_epoch()
         return self.ledger.should_stop(self.run_id)
 
-    def finish(self, record: dict[str, Any]) -> None:
-        self.close()
+    def finish(self, record: RunRecord) -> None:
+        self._stop.set()
         self.ledger.finish_run(
             self.run_id, record["state"], summary=record["summary"], history=record["history"],
             record_path=record["paths"]["record"], wandb_dir=record["paths"]["run_dir"])
+        self.close()
 
     def close(self) -> None:
+        """Stop the heartbeat, and close the ledger when this reporter opened it."""
         self._stop.set()
+        if self.owns_ledger:
+            self.ledger.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def reporter_from_env() -> LedgerReporter | None:
     """In a run launched for a local sweep (ASL_SWEEP_SWEEP_ID in our ledger), report to the ledger."""
-    from asl_sweep.train import LOCAL_SWEEP_ENV
-
     sweep_id, run_id = os.environ.get(LOCAL_SWEEP_ENV), os.environ.get("WANDB_RUN_ID")
     path = default_path()
     if not (sweep_id and run_id and path.is_file()):
@@ -173,22 +181,4 @@ def reporter_from_env() -> LedgerReporter | None:
     if ledger.find_sweep(sweep_id) is None or ledger.run(run_id) is None:
         ledger.close()
         return None
-    return LedgerReporter(ledger, sweep_id, run_id)
-
-
-def best_value(run: dict[str, Any], name: str, goal: str) -> float | None:
-    """A run's best finite value of the metric over its epochs (what the sweep ranks by), or None."""
-    values = [h[name] for h in run["history"]
-              if isinstance(h.get(name), (int, float)) and not isinstance(h[name], bool) and math.isfinite(h[name])]
-    return (max(values) if goal == "maximize" else min(values)) if values else None
-
-
-def best_run(ledger: Ledger, sweep_id: str) -> dict[str, Any] | None:
-    """The run with the best value of the sweep's metric (its best epoch), by the sweep's goal."""
-    name, goal = metric(ledger.sweep(sweep_id)["config"])
-    scored = [(v, r) for r in ledger.runs(sweep_id)
-              if r["state"] in ("finished", "stopped", "running") and (v := best_value(r, name, goal)) is not None]
-    if not scored:
-        return None
-    pick = max if goal == "maximize" else min
-    return pick(scored, key=lambda s: s[0])[1]
+    return LedgerReporter(ledger, sweep_id, run_id, owns_ledger=True)

@@ -30,11 +30,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from asl_sweep.errors import UserError
+
+if TYPE_CHECKING:
+    from asl_sweep.config import Config
 
 DEFAULT_URL = "https://github.com/ardamavi/Sign-Language-Digits-Dataset/archive/refs/heads/master.zip"
 CLASSES = tuple(str(d) for d in range(10))
@@ -383,3 +386,38 @@ def split(ds: Dataset, how: str, val_fraction: float, seed: int) -> tuple[np.nda
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     tr, va = next(folds.split(idx, ds.y, groups))
     return np.sort(tr), np.sort(va)
+
+
+class DataCache:
+    """Loads the dataset once per image size, with its splits and preprocessed inputs, and keeps them
+    for the process (one per agent): later runs with the same settings start from memory."""
+
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.data_dir = data_dir
+        self._root: Path | None = None
+        self._loaded: dict[int, Any] = {}
+        self._splits: dict[tuple, tuple[Any, Any]] = {}
+        self._inputs: dict[tuple, Any] = {}
+
+    def get(self, cfg: Config) -> Dataset:
+        if self._root is None:
+            self._root = locate(self.data_dir)
+        if cfg.image_size not in self._loaded:
+            self._loaded[cfg.image_size] = load(self._root, cfg.image_size)
+        return limit_per_class(self._loaded[cfg.image_size], cfg.max_per_class)
+
+    def split(self, cfg: Config, dataset) -> tuple[Any, Any]:
+        """Train/validation indices, computed once per split setting (signer grouping costs ~0.2 s)."""
+        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed)
+        if key not in self._splits:
+            self._splits[key] = split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
+        return self._splits[key]
+
+    def inputs(self, cfg: Config, dataset):
+        """The classifier's input for every image, preprocessed once per setting, not once per batch."""
+        from asl_sweep import model as model_lib
+
+        key = (cfg.image_size, cfg.max_per_class, cfg.color_mode)
+        if key not in self._inputs:
+            self._inputs[key] = model_lib.preprocess(cfg, dataset.x)
+        return self._inputs[key]

@@ -7,13 +7,11 @@ train+validation together: the final model then has seen every image, and the ca
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import secrets
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,14 +79,6 @@ def write_folder(out: Path, fill: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def best_epoch(history: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
-    """The history row with the best value of the metric."""
-    rows = [h for h in history if isinstance(h.get(name), (int, float)) and math.isfinite(h[name])]
-    if not rows:
-        return None
-    return (max if goal == "maximize" else min)(rows, key=lambda h: h[name])
-
-
 def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, float]], int]:
     """Fit `cfg`'s model on every image (train+validation), same optimizer, loss and epochs as the sweep run.
 
@@ -98,11 +88,11 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     import numpy as np
 
     from asl_sweep import model as model_lib
-    from asl_sweep.train import DataCache, compiled_model
+    from asl_sweep.data import DataCache
 
     cache = DataCache(data_dir)
     dataset = cache.get(cfg)
-    net = compiled_model(cfg, len(dataset.y))
+    net = model_lib.compiled_model(cfg, len(dataset.y))
     onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)[dataset.y]
     fit = net.fit(cache.inputs(cfg, dataset), onehot, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
                   callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
@@ -192,17 +182,17 @@ def model_card(meta: dict[str, Any], cfg: Config, swept: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """`asl-sweep export SWEEP_ID --out DIR [--force] [--retrain] [--data-dir]`."""
+def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain: bool = False,
+                data_dir: str | None = None) -> dict[str, Any]:
+    """`asl-sweep export`: write the sweep's best run to `out`; returns what `metrics.json` holds."""
     from asl_sweep import model as model_lib
-    from asl_sweep.report import load_sweep, read_record, swept_params
+    from asl_sweep.results import best_epoch, load_sweep, read_record, swept_params
 
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    check_out_dir(out, args.force)
-    data = load_sweep(args.sweep_id, with_model=True)
+    out = Path(out)
+    check_out_dir(out, force)
+    data = load_sweep(sweep_id, with_model=True)
     if data.best is None:
-        raise UserError(f"sweep {args.sweep_id} has no run with {data.metric_name} yet; nothing to export")
+        raise UserError(f"sweep {sweep_id} has no run with {data.metric_name} yet; nothing to export")
     best = data.best
     record = read_record(best)
     if record is None:
@@ -225,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
         "wall_time": (record.get("summary") or {}).get("wall_time"), "history": history, "retrain": None,
     }
     retrained = None
-    if args.retrain:
-        retrained, re_history, images = retrain_all(cfg, args.data_dir)
+    if retrain:
+        retrained, re_history, images = retrain_all(cfg, data_dir)
         meta["retrain"] = {"images": images, "epochs": len(re_history), "history": re_history,
                            "final_accuracy": re_history[-1].get("accuracy"), "final_loss": re_history[-1]["loss"]}
 
@@ -240,7 +230,4 @@ def run(args: argparse.Namespace) -> int:
         (folder / "README.md").write_text(model_card(meta, cfg, swept_params(data.config)))
 
     write_folder(out, fill)
-    print(f"exported run {best['id']} of sweep {data.sweep_id} ({data.metric_name} {meta['metric']['best']:.4f}"
-          f"{', re-trained on train+validation' if retrained is not None else ''}) to {out}: {', '.join(FILES)} "
-          f"({time.perf_counter() - t0:.1f}s)")
-    return 0
+    return meta

@@ -13,14 +13,94 @@ import secrets
 import sqlite3
 import string
 import time
+import contextlib
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypedDict
 
 from asl_sweep.errors import UserError
 
-ACTIVE = ("pending", "running")
-TERMINAL = ("finished", "failed", "crashed", "stopped")
+
+class RunState(str, Enum):
+    """A run's state, one type for every module (as Optuna's TrialState); stored as its value.
+    `stopped` is an early-stopped (hyperband) or interrupted run, `crashed` one whose agent died."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    CRASHED = "crashed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def is_active(self) -> bool:
+        return self in (RunState.PENDING, RunState.RUNNING)
+
+    @property
+    def is_final(self) -> bool:
+        return not self.is_active
+
+    @property
+    def is_broken(self) -> bool:
+        """Ended without a usable result."""
+        return self in (RunState.FAILED, RunState.CRASHED)
+
+
+ACTIVE = tuple(s.value for s in RunState if s.is_active)
+TERMINAL = tuple(s.value for s in RunState if s.is_final)
+
+
+class RunRow(TypedDict):
+    """A run as the ledger holds it (`config`, `history`, `summary` decoded from JSON)."""
+
+    id: str
+    sweep_id: str
+    number: int
+    config: dict[str, Any]
+    state: RunState
+    should_stop: int
+    created_at: float
+    heartbeat_at: float
+    ended_at: float | None
+    history: list[dict[str, float]]
+    summary: dict[str, Any]
+    record_path: str | None
+    wandb_dir: str | None
+    agent: str | None
+    error: str | None
+
+
+class RunRecord(TypedDict):
+    """A finished run's `result.json` (train.py writes it beside the model): all that export, report and
+    evaluate need, since an offline run's W&B files are binary."""
+
+    run_id: str
+    sweep_id: str | None
+    state: RunState
+    config: dict[str, Any]
+    history: list[dict[str, float]]
+    summary: dict[str, Any]
+    confusion_matrix: list[list[int]]
+    val_predictions: list[dict[str, Any]]
+    paths: dict[str, str | None]
+
+
+class SweepRow(TypedDict):
+    """A sweep as the ledger holds it (`config` decoded); `sweeps()` adds its run count as `runs`."""
+
+    id: str
+    name: str
+    config: dict[str, Any]
+    state: str
+    created_at: float
+
 # Sweep states, as W&B names them (lower case): `wandb sweep --pause/--resume/--stop/--cancel`.
 SWEEP_STATES = ("running", "paused", "finished", "canceled")
 # control action -> (states it applies to, new state)
@@ -86,11 +166,12 @@ def new_id(length: int = 8) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def run_from_row(row: sqlite3.Row) -> dict[str, Any]:
+def run_from_row(row: sqlite3.Row) -> RunRow:
     out = dict(row)
     for key in ("config", "history", "summary"):
         out[key] = json.loads(out[key])
-    return out
+    out["state"] = RunState(out["state"])
+    return out  # type: ignore[return-value]
 
 
 def ledger_error(path: Path, exc: sqlite3.Error) -> UserError:
@@ -107,7 +188,7 @@ def ledger_error(path: Path, exc: sqlite3.Error) -> UserError:
     return UserError(f"ledger {path} {why}")
 
 
-class Ledger:
+class Ledger(contextlib.AbstractContextManager):
     """Thin typed access to the SQLite file; each method is one transaction. A context manager."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True) -> None:
@@ -132,26 +213,24 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "Ledger":
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction: writers queue here, so read-decide-write steps are atomic."""
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise ledger_error(self.path, exc) from None
+        self._control("BEGIN IMMEDIATE")
         try:
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self._control("COMMIT")
+
+    def _control(self, statement: str) -> None:
+        """Begin or commit; a database error (locked too long, read-only, disk) is one line naming the file."""
         try:
-            self.db.execute("COMMIT")
+            self.db.execute(statement)
         except sqlite3.Error as exc:
             raise ledger_error(self.path, exc) from None
 
@@ -163,7 +242,7 @@ class Ledger:
                        (sweep_id, name, json.dumps(config), time.time()))
         return sweep_id
 
-    def find_sweep(self, sweep_id: str) -> dict[str, Any] | None:
+    def find_sweep(self, sweep_id: str) -> SweepRow | None:
         row = self.db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         if row is None:
             return None
@@ -171,13 +250,13 @@ class Ledger:
         out["config"] = json.loads(out["config"])
         return out
 
-    def sweep(self, sweep_id: str) -> dict[str, Any]:
+    def sweep(self, sweep_id: str) -> SweepRow:
         found = self.find_sweep(sweep_id)
         if found is None:
             raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.path}; 'asl-sweep sweeps' lists them)")
         return found
 
-    def sweeps(self) -> list[dict[str, Any]]:
+    def sweeps(self) -> list[dict[str, Any]]:  # SweepRow plus its run count
         rows = self.db.execute(
             "SELECT s.id, s.name, s.state, s.created_at, s.config, COUNT(r.id) AS runs FROM sweeps s "
             "LEFT JOIN runs r ON r.sweep_id = s.id GROUP BY s.id ORDER BY s.created_at").fetchall()
@@ -204,11 +283,11 @@ class Ledger:
         return new
 
     # runs
-    def runs(self, sweep_id: str) -> list[dict[str, Any]]:
+    def runs(self, sweep_id: str) -> list[RunRow]:
         rows = self.db.execute("SELECT * FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
         return [run_from_row(r) for r in rows]
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
+    def run(self, run_id: str) -> RunRow | None:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return run_from_row(row) if row else None
 
@@ -227,18 +306,18 @@ class Ledger:
             db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND state IN (?, ?)",
                        (time.time(), run_id, *ACTIVE))
 
-    def finish_run(self, run_id: str, state: str, *, summary: dict[str, Any] | None = None,
+    def finish_run(self, run_id: str, state: RunState, *, summary: dict[str, Any] | None = None,
                    history: list[dict] | None = None, record_path: str | None = None,
                    wandb_dir: str | None = None, error: str | None = None) -> bool:
         """Move an active run to a terminal state; returns False when it had already ended."""
-        assert state in TERMINAL, state
+        assert RunState(state).is_final, state
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE runs SET state = ?, ended_at = ?, summary = COALESCE(?, summary), "
                 "history = COALESCE(?, history), record_path = COALESCE(?, record_path), "
                 "wandb_dir = COALESCE(?, wandb_dir), error = COALESCE(?, error) "
                 "WHERE id = ? AND state IN (?, ?)",
-                (state, time.time(), json.dumps(summary) if summary is not None else None,
+                (RunState(state).value, time.time(), json.dumps(summary) if summary is not None else None,
                  json.dumps(history) if history is not None else None, record_path, wandb_dir, error,
                  run_id, *ACTIVE))
             return cur.rowcount == 1

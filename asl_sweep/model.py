@@ -5,8 +5,10 @@ are used, so it loads in Keras' safe mode with no custom objects."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import layers
@@ -171,3 +173,36 @@ def load(path: str) -> keras.Model:
         return keras.saving.load_model(p, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for bad files; all mean "not a usable model".
         raise UserError(f"cannot load model {p}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int):
+    """Optimizer with the configured schedule (warmup applies to the cosine schedule)."""
+    lr: Any = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        warmup = cfg.warmup_epochs * steps_per_epoch
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else cfg.learning_rate,
+            decay_steps=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch),
+            warmup_target=cfg.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    return keras.optimizers.RMSprop(lr, weight_decay=wd)
+
+
+def compiled_model(cfg: Config, train_images: int):
+    """Seed, build and compile `cfg`'s classifier: the one recipe shared by sweep runs and re-training."""
+    keras.utils.set_random_seed(cfg.seed)
+    net = classifier(cfg)
+    net.compile(
+        optimizer=make_optimizer(cfg, math.ceil(train_images / cfg.batch_size)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return net

@@ -6,7 +6,6 @@ own size; images that share a size are predicted together, in bounded batches.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -41,19 +40,15 @@ def predict_files(net, paths: list[Path]) -> np.ndarray:
     return probs
 
 
-def predict_cmd(args: argparse.Namespace) -> int:
-    """`asl-sweep predict DIR IMAGE...`: one line per file, digit and confidence."""
-    for p in map(Path, args.images):
+def predict_images(model_dir: str | Path, images: list[str]) -> list[tuple[str, int, float]]:
+    """`asl-sweep predict`: (file, digit, confidence) per image file."""
+    for p in map(Path, images):
         if p.is_dir():
             raise UserError(f"image {p} is a folder, not a file")
         if not p.is_file():
             raise UserError(f"image file not found: {p}")
-    net = load_model(args.model_dir)
-    probs = predict_files(net, [Path(p) for p in args.images])
-    width = max(len(p) for p in args.images)
-    for path, row in zip(args.images, probs):
-        print(f"{path:<{width}}  digit {int(row.argmax())}  confidence {float(row.max()):.3f}")
-    return 0
+    probs = predict_files(load_model(model_dir), [Path(p) for p in images])
+    return [(path, int(row.argmax()), float(row.max())) for path, row in zip(images, probs)]
 
 
 def evaluate(net, data_dir: str | Path) -> dict[str, Any]:
@@ -74,30 +69,25 @@ def evaluate(net, data_dir: str | Path) -> dict[str, Any]:
                        for (p, t), q in zip(items, pred) if t != q]}
 
 
-def evaluate_cmd(args: argparse.Namespace) -> int:
-    """`asl-sweep evaluate DIR --data-dir PATH [--out FILE]`: print the scores and write them as JSON.
+def evaluate_to_file(model_dir: str | Path, data_dir: str | Path, out: str | Path | None = None
+                     ) -> tuple[dict[str, Any], Path]:
+    """`asl-sweep evaluate`: the scores on a labelled folder, also written as JSON (default
+    <model_dir>/evaluation.json); returns them and where they were written.
 
     Where the JSON goes is checked before the model is loaded or any image predicted, and the file is
     replaced atomically, so a bad `--out` costs nothing and an earlier evaluation is never half-overwritten."""
     from asl_sweep.data import atomic_file, check_folder
 
-    out = Path(args.out) if args.out else model_file(args.model_dir).parent / "evaluation.json"
+    out = Path(out) if out else model_file(model_dir).parent / "evaluation.json"
     check_folder(out.parent, f"output file {out}: folder")
     if out.is_dir():
         raise UserError(f"output file {out} is a folder; give a file name such as {out / 'evaluation.json'}")
-    net = load_model(args.model_dir)
-    result = evaluate(net, args.data_dir)
+    net = load_model(model_dir)
+    result = evaluate(net, data_dir)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(out) as fh:
-            fh.write(json.dumps({"model": str(model_file(args.model_dir)), **result}, indent=1).encode())
+            fh.write(json.dumps({"model": str(model_file(model_dir)), **result}, indent=1).encode())
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
-    print(f"{result['images']} images in {result['data_dir']}: accuracy {result['accuracy']:.4f}")
-    print("per class: " + "  ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}"
-                                    for c, v in result["per_class_accuracy"].items()))
-    print("confusion matrix (rows true 0-9, columns predicted 0-9):")
-    for i, row in enumerate(result["confusion_matrix"]):
-        print(f"  {i} " + " ".join(f"{v:4d}" for v in row))
-    print(f"written: {out}")
-    return 0
+    return result, out

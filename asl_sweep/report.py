@@ -8,48 +8,25 @@ It reads the local ledger, so it works while a sweep is running (partial histori
 
 from __future__ import annotations
 
-import argparse
 import html
-import json
 import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from asl_sweep.errors import UserError
-from asl_sweep.sweepfile import metric
+from asl_sweep.ledger import RunRecord, RunState
+from asl_sweep.results import SweepData, load_sweep, metric_value, read_record, swept_params
 
-HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time")
 LOG_DISTRIBUTIONS = {"log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
                      "inv_log_uniform", "inv_log_uniform_values"}
-STATE_DASH = {"finished": "solid", "running": "dashdot", "stopped": "dash", "failed": "dot", "crashed": "dot",
-              "pending": "dashdot"}
+STATE_DASH = {RunState.FINISHED: "solid", RunState.RUNNING: "dashdot", RunState.STOPPED: "dash",
+              RunState.FAILED: "dot", RunState.CRASHED: "dot", RunState.PENDING: "dashdot"}
 MPL_DASH = {"solid": "-", "dashdot": "-.", "dash": "--", "dot": ":"}
-BROKEN = ("failed", "crashed")
+BROKEN = tuple(s for s in RunState if s.is_broken)
 GRID_IMAGES, GRID_COLS, TILE, BORDER = 32, 8, 72, 4
-
-
-@dataclass
-class SweepData:
-    """A sweep's config and runs in the ledger's shapes, from the ledger or the W&B API."""
-
-    sweep_id: str
-    name: str
-    state: str
-    config: dict[str, Any]
-    runs: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    source: str
-    metric_name: str = field(init=False)
-    goal: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metric_name, self.goal = metric(self.config)
 
 
 @dataclass
@@ -64,120 +41,7 @@ class Axis:
     categories: list[str] | None = None
 
 
-# ---------------------------------------------------------------- loading
-
-def wall_time(run: dict[str, Any]) -> float | None:
-    """The run's own measure when it finished, else time since it started (running) or until it ended."""
-    summary = run.get("summary") or {}
-    if isinstance(summary.get("wall_time"), (int, float)):
-        return float(summary["wall_time"])
-    if run.get("created_at"):
-        return (run.get("ended_at") or time.time()) - run["created_at"]
-    return None
-
-
-def read_record(run: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The run's result.json (written by train.py when it ends), or None while it runs or when gone."""
-    path = (run or {}).get("record_path")
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def load_local(sweep_id: str) -> SweepData | None:
-    """The sweep from the local ledger, or None when the ledger does not know the id."""
-    from asl_sweep import controller
-    from asl_sweep.ledger import Ledger, is_local_sweep
-
-    if not is_local_sweep(sweep_id):
-        return None
-    with Ledger(create=False) as ledger:
-        sweep = ledger.sweep(sweep_id)
-        runs = ledger.runs(sweep_id)
-        best = controller.best_run(ledger, sweep_id)
-    for r in runs:
-        r["wall_time"] = wall_time(r)
-    return SweepData(sweep_id, sweep["name"], sweep["state"], sweep["config"], runs, best, str(ledger.path))
-
-
-def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
-    """A W&B sweep through the public API; the best run's result.json (and model) are downloaded."""
-    import wandb
-
-    api = wandb.Api()
-    path = sweep_id if sweep_id.count("/") == 2 else \
-        f"{api.default_entity}/{os.environ.get('WANDB_PROJECT', 'asl-sweep')}/{sweep_id}"
-    try:
-        sweep = api.sweep(path)
-        best_remote = sweep.best_run()
-    except Exception as exc:  # the API raises CommError, ValueError, HTTP errors: all mean "cannot read it"
-        raise UserError(f"cannot read W&B sweep {path}: {str(exc).splitlines()[0][:200]}") from None
-    states = {"killed": "stopped", "preempted": "stopped"}
-    runs = []
-    for number, r in enumerate(sorted(sweep.runs, key=lambda r: r.created_at), start=1):
-        history = [{k: row[k] for k in HISTORY_KEYS if isinstance(row.get(k), (int, float))}
-                   for row in r.scan_history() if "epoch" in row]
-        summary = {k: v for k, v in r.summary.items() if not k.startswith("_") and isinstance(v, (int, float, str))}
-        summary.setdefault("wall_time", r.summary.get("_runtime"))
-        runs.append({"id": r.id, "number": number, "state": states.get(r.state, r.state),
-                     "config": {k: v for k, v in r.config.items() if not k.startswith("_")},
-                     "history": history, "summary": summary, "record_path": None, "remote": r})
-    for r in runs:
-        r["wall_time"] = wall_time(r)
-    best = next((r for r in runs if best_remote is not None and r["id"] == best_remote.id), None)
-    if best is not None:
-        folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{best['id']}-"))
-        try:
-            best["record_path"] = best["remote"].file("result.json").download(root=str(folder), replace=True).name
-            if with_model:
-                model = best["remote"].file("model.keras").download(root=str(folder), replace=True).name
-                record = json.loads(Path(best["record_path"]).read_text())
-                record["paths"]["model"] = model
-                Path(best["record_path"]).write_text(json.dumps(record))
-        except Exception as exc:  # missing file or network: the report still works without the record
-            if with_model:
-                raise UserError(f"cannot download the best run's files from W&B: {exc}") from None
-    return SweepData(sweep_id, sweep.name or sweep_id, sweep.state.lower(), sweep.config, runs, best, f"W&B {path}")
-
-
-def load_sweep(sweep_id: str, *, with_model: bool = False) -> SweepData:
-    """Local ledger first; a W&B sweep when online; else one clear error."""
-    from asl_sweep import runtime
-    from asl_sweep.ledger import unknown_sweep
-
-    local = load_local(sweep_id)
-    if local is not None:
-        return local
-    if runtime.wandb_mode() == "online":
-        return load_wandb(sweep_id, with_model=with_model)
-    raise unknown_sweep(sweep_id)
-
-
 # ---------------------------------------------------------------- analysis
-
-def swept_params(config: dict[str, Any]) -> list[str]:
-    """Parameters that vary between runs (a fixed `value` or a one-element `values` list do not)."""
-    out = []
-    for name, spec in (config.get("parameters") or {}).items():
-        if "value" in spec or ("values" in spec and len(spec["values"]) < 2):
-            continue
-        out.append(name)
-    return out
-
-
-def metric_value(run: dict[str, Any], name: str, goal: str) -> float | None:
-    """The run's best epoch value of the metric (as the controller ranks runs), else its summary value."""
-    from asl_sweep.controller import best_value
-
-    value = best_value(run, name, goal)
-    if value is not None:
-        return float(value)
-    v = (run.get("summary") or {}).get(name)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
     ticks = [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
@@ -301,6 +165,25 @@ def image_grid(record: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]
     return canvas, labels
 
 
+@dataclass
+class Figures:
+    """Every figure's data, computed once from a sweep; each figure is drawn from it twice, with plotly
+    for the page and with matplotlib for its PNG (as Optuna's plots share one `_get_..._info`)."""
+
+    sweep: SweepData
+    parallel: tuple[list[Axis], list[dict[str, Any]]]
+    importance: list[dict[str, Any]]
+    leaderboard: list[dict[str, Any]]
+    record: RunRecord | None
+    grid: tuple[np.ndarray, list[dict[str, Any]]] | None
+
+
+def figure_data(data: SweepData) -> Figures:
+    record = read_record(data.best)
+    return Figures(data, parallel_axes(data), importance(data), leaderboard(data), record,
+                   image_grid(record) if record is not None else None)
+
+
 # ---------------------------------------------------------------- plotly figures (the HTML page)
 
 def _empty(title: str, why: str):
@@ -312,10 +195,11 @@ def _empty(title: str, why: str):
     return fig
 
 
-def fig_parallel(data: SweepData):
+def fig_parallel(f: Figures):
     import plotly.graph_objects as go
 
-    axes, runs = parallel_axes(data)
+    data = f.sweep
+    axes, runs = f.parallel
     title = f"Parallel coordinates: {len(runs)} runs with {data.metric_name}"
     if len(runs) < len(data.runs):
         title += f" ({len(data.runs) - len(runs)} without it not shown)"
@@ -330,11 +214,12 @@ def fig_parallel(data: SweepData):
     return fig
 
 
-def fig_importance(data: SweepData):
+def fig_importance(f: Figures):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    rows = importance(data)
+    data = f.sweep
+    rows = f.importance
     title = f"Parameter importance with respect to {data.metric_name}"
     if not rows:
         return _empty(title, "needs at least two runs with the metric and a parameter that varies")
@@ -355,11 +240,12 @@ def _run_name(r: dict[str, Any]) -> str:
     return f"#{r['number']} {r['id']} ({r['state']})"
 
 
-def fig_curves(data: SweepData):
+def fig_curves(f: Figures):
     import plotly.express as px
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    data = f.sweep
     panels = (("loss", 1, 1), ("val_loss", 1, 2), ("accuracy", 2, 1), ("val_accuracy", 2, 2))
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.1,
                         subplot_titles=("train loss", "validation loss", "train accuracy", "validation accuracy"))
@@ -394,10 +280,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def fig_leaderboard(data: SweepData):
+def fig_leaderboard(f: Figures):
     import plotly.graph_objects as go
 
-    rows = leaderboard(data)
+    data = f.sweep
+    rows = f.leaderboard
     if not rows:
         return _empty("Leaderboard", "no runs yet")
     cols = ["rank"] + list(rows[0])
@@ -411,13 +298,14 @@ def fig_leaderboard(data: SweepData):
     return fig
 
 
-def fig_best_images(data: SweepData, record: dict[str, Any] | None):
+def fig_best_images(f: Figures):
     import plotly.graph_objects as go
 
+    record = f.record
     title = "Best run: validation images (red frame: error, true→predicted confidence)"
     if record is None:
         return _empty(title, "the best run has no record yet (still running, or its files are gone)")
-    canvas, labels = image_grid(record)
+    canvas, labels = f.grid
     fig = go.Figure(go.Image(z=canvas, hoverinfo="skip"))
     for lab in labels:
         fig.add_annotation(x=lab["x"], y=lab["y"], text=lab["text"], showarrow=False, yanchor="top",
@@ -427,9 +315,10 @@ def fig_best_images(data: SweepData, record: dict[str, Any] | None):
     return fig
 
 
-def fig_confusion(data: SweepData, record: dict[str, Any] | None):
+def fig_confusion(f: Figures):
     import plotly.express as px
 
+    record = f.record
     title = "Best run: confusion matrix on the validation set"
     if record is None or not record.get("confusion_matrix"):
         return _empty(title, "the best run has no record yet")
@@ -443,10 +332,11 @@ def fig_confusion(data: SweepData, record: dict[str, Any] | None):
 
 # ---------------------------------------------------------------- matplotlib copies (the PNG files)
 
-def png_parallel(data: SweepData, ax) -> None:
+def png_parallel(f: Figures, ax) -> None:
     from matplotlib import colormaps
 
-    axes, runs = parallel_axes(data)
+    data = f.sweep
+    axes, runs = f.parallel
     ax.set_title(f"Parallel coordinates ({len(runs)} runs with {data.metric_name})")
     if not runs:
         ax.text(0.5, 0.5, f"no run has reported {data.metric_name} yet", ha="center")
@@ -469,8 +359,9 @@ def png_parallel(data: SweepData, ax) -> None:
     ax.set_yticks([])
 
 
-def png_importance(data: SweepData, fig) -> None:
-    rows = importance(data)[::-1]
+def png_importance(f: Figures, fig) -> None:
+    data = f.sweep
+    rows = f.importance[::-1]
     left, right = fig.subplots(1, 2, sharey=True)
     fig.suptitle(f"Parameter importance with respect to {data.metric_name}")
     if not rows:
@@ -485,10 +376,11 @@ def png_importance(data: SweepData, fig) -> None:
     right.set_title("correlation (Pearson)")
 
 
-def png_curves(data: SweepData, fig) -> None:
+def png_curves(f: Figures, fig) -> None:
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
+    data = f.sweep
     grid = fig.subplots(2, 2, sharex=True, sharey="row")
     fig.suptitle("Training curves — solid finished, -. running, -- stopped, : failed/crashed (x)")
     best_id = (data.best or {}).get("id")
@@ -512,8 +404,9 @@ def png_curves(data: SweepData, fig) -> None:
         fig.subplots_adjust(right=0.78)
 
 
-def png_leaderboard(data: SweepData, ax) -> None:
-    rows = leaderboard(data)
+def png_leaderboard(f: Figures, ax) -> None:
+    data = f.sweep
+    rows = f.leaderboard
     ax.axis("off")
     ax.set_title(f"Leaderboard by {data.metric_name} ({data.goal})")
     if not rows:
@@ -526,12 +419,13 @@ def png_leaderboard(data: SweepData, ax) -> None:
     table.auto_set_column_width(list(range(len(cols))))
 
 
-def png_best_images(data: SweepData, record: dict[str, Any] | None, ax) -> None:
+def png_best_images(f: Figures, ax) -> None:
+    record = f.record
     ax.axis("off")
     if record is None:
         ax.text(0.5, 0.5, "the best run has no record yet", ha="center")
         return
-    canvas, labels = image_grid(record)
+    canvas, labels = f.grid
     ax.imshow(canvas)
     ax.set_title(f"Best run {record['run_id']}: validation images (red: error, true→pred confidence)")
     for lab in labels:
@@ -539,9 +433,10 @@ def png_best_images(data: SweepData, record: dict[str, Any] | None, ax) -> None:
                 bbox={"facecolor": "#c0392b" if lab["wrong"] else "#2e8b57", "pad": 1, "lw": 0})
 
 
-def png_confusion(data: SweepData, record: dict[str, Any] | None, ax) -> None:
+def png_confusion(f: Figures, ax) -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
+    record = f.record
     if record is None or not record.get("confusion_matrix"):
         ax.axis("off")
         ax.text(0.5, 0.5, "the best run has no record yet", ha="center")
@@ -592,47 +487,59 @@ def html_page(data: SweepData, sections: list[tuple[str, str, Any]]) -> str:
     return "\n".join(parts)
 
 
+@dataclass(frozen=True)
+class Section:
+    """One figure of the report: its heading and note, and how to draw it in each backend."""
+
+    title: str
+    note: str
+    png: str
+    plotly: Callable[[Figures], Any]
+    matplotlib: Callable[..., None]  # (Figures, axes) or, with whole_figure, (Figures, figure)
+    size: Callable[[Figures], tuple[float, float]]
+    whole_figure: bool = False
+
+
+def _grid_rows(f: Figures) -> int:
+    return math.ceil(min(GRID_IMAGES, len((f.record or {}).get("val_predictions") or [1])) / GRID_COLS)
+
+
+SECTIONS = (
+    Section("Parallel coordinates", "One line per run over every swept hyperparameter; the last axis is the metric "
+            "(each run's best epoch). Categorical values are numbered; drag on an axis to filter.",
+            "parallel_coordinates.png", fig_parallel, png_parallel, lambda f: (12, 5)),
+    Section("Parameter importance", "As W&B computes it: a random forest predicts the metric from the "
+            "hyperparameters (categories one-hot); importance is its feature importance, correlation the linear "
+            "(Pearson) one.", "importance.png", fig_importance, png_importance, lambda f: (11, 5), True),
+    Section("Training curves", "Per-epoch train and validation loss and accuracy of every run, on shared axes.",
+            "curves.png", fig_curves, png_curves, lambda f: (13, 8), True),
+    Section("Leaderboard", "Every run, best first; wall time is the run's own when finished, else elapsed so far.",
+            "leaderboard.png", fig_leaderboard, png_leaderboard, lambda f: (13, 1.2 + 0.25 * max(1, len(f.sweep.runs)))),
+    Section("Best run: validation images", "Errors first (red frame), then a spread of correct predictions.",
+            "best_run_images.png", fig_best_images, png_best_images, lambda f: (10, 1.2 + 1.3 * _grid_rows(f))),
+    Section("Best run: confusion matrix", "Rows: true digit, columns: predicted digit, on the validation split.",
+            "confusion_matrix.png", fig_confusion, png_confusion, lambda f: (6, 5.5)),
+)
+
+
 def write_report(data: SweepData, out: Path) -> Path:
     """Write index.html and one PNG per figure into `out`; return the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
-    record = read_record(data.best)
-    grid_rows = math.ceil(min(GRID_IMAGES, len((record or {}).get("val_predictions") or [1])) / GRID_COLS)
-    sections = [
-        ("Parallel coordinates", "One line per run over every swept hyperparameter; the last axis is the metric "
-         "(each run's best epoch). Categorical values are numbered; drag on an axis to filter.",
-         fig_parallel(data), "parallel_coordinates.png", lambda ax: png_parallel(data, ax), (12, 5), False),
-        ("Parameter importance", "As W&B computes it: a random forest predicts the metric from the hyperparameters "
-         "(categories one-hot); importance is its feature importance, correlation the linear (Pearson) one.",
-         fig_importance(data), "importance.png", lambda fig: png_importance(data, fig), (11, 5), True),
-        ("Training curves", "Per-epoch train and validation loss and accuracy of every run, on shared axes.",
-         fig_curves(data), "curves.png", lambda fig: png_curves(data, fig), (13, 8), True),
-        ("Leaderboard", "Every run, best first; wall time is the run's own when finished, else elapsed so far.",
-         fig_leaderboard(data), "leaderboard.png", lambda ax: png_leaderboard(data, ax),
-         (13, 1.2 + 0.25 * max(1, len(data.runs))), False),
-        ("Best run: validation images", "Errors first (red frame), then a spread of correct predictions.",
-         fig_best_images(data, record), "best_run_images.png", lambda ax: png_best_images(data, record, ax),
-         (10, 1.2 + 1.3 * grid_rows), False),
-        ("Best run: confusion matrix", "Rows: true digit, columns: predicted digit, on the validation split.",
-         fig_confusion(data, record), "confusion_matrix.png", lambda ax: png_confusion(data, record, ax), (6, 5.5),
-         False),
-    ]
-    for _, _, _, name, draw, size, whole in sections:
-        save_png(draw, out / name, size, whole_figure=whole)
+    figures = figure_data(data)
+    for section in SECTIONS:
+        save_png(lambda target: section.matplotlib(figures, target), out / section.png, section.size(figures),
+                 whole_figure=section.whole_figure)
     page = out / "index.html"
-    page.write_text(html_page(data, [(t, n, f) for t, n, f, *_ in sections]), encoding="utf-8")
+    page.write_text(html_page(data, [(s.title, s.note, s.plotly(figures)) for s in SECTIONS]), encoding="utf-8")
     return page
 
 
-def run(args: argparse.Namespace) -> int:
-    """`asl-sweep report SWEEP_ID [--out DIR]`."""
+def build_report(sweep_id: str, out: str | Path | None = None) -> tuple[SweepData, Path]:
+    """`asl-sweep report`: the sweep's page and PNGs in `out` (default reports/<sweep_id>); where to write
+    is checked before the sweep is read."""
     from asl_sweep.data import check_folder
 
-    t0 = time.perf_counter()
-    out = Path(args.out or Path("reports") / args.sweep_id)
-    check_folder(out, "output folder")
-    data = load_sweep(args.sweep_id)
-    page = write_report(data, out)
-    size = page.stat().st_size / 1e6
-    print(f"report of {len(data.runs)} runs: {page} ({size:.1f} MB, self-contained) and "
-          f"{len(list(out.glob('*.png')))} PNG figures in {out} ({time.perf_counter() - t0:.1f}s)")
-    return 0
+    folder = Path(out or Path("reports") / sweep_id)
+    check_folder(folder, "output folder")
+    data = load_sweep(sweep_id)
+    return data, write_report(data, folder)

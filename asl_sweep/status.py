@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from asl_sweep import controller
 from asl_sweep.ledger import Ledger, default_path
+from asl_sweep.results import best_run, best_value
 from asl_sweep.sweepfile import metric
 
 
@@ -32,7 +32,7 @@ def status_table(sweep_id: str) -> str:
         lines = [f"sweep {sweep_id} ({sweep['config']['method']}, {sweep['state']}), metric {name} ({goal})",
                  f"{'#':>3} {'run':9} {'state':9} {'epochs':>6} {name:>14}  config"]
         for r in runs:
-            best = controller.best_value(r, name, goal)
+            best = best_value(r, name, goal)
             params = " ".join(f"{k}={v}" for k, v in r["config"].items())
             shown = f"{best:.4f}" if best is not None else "-"
             lines.append(f"{r['number']:>3} {r['id']:9} {r['state']:9} {len(r['history']):>6} {shown:>14}  {params}")
@@ -46,10 +46,10 @@ def best_summary(sweep_id: str, ledger: Ledger | None = None) -> str:
         with Ledger(create=False) as own:
             return best_summary(sweep_id, own)
     name, goal = metric(ledger.sweep(sweep_id)["config"])
-    best = controller.best_run(ledger, sweep_id)
+    best = best_run(ledger.runs(sweep_id), name, goal)
     if best is None:
         return f"sweep {sweep_id}: no run has reported {name} yet"
-    value = controller.best_value(best, name, goal)
+    value = best_value(best, name, goal)
     where = best["wandb_dir"] or "(still running)"
     params = ", ".join(f"{k}={v}" for k, v in best["config"].items())
     return (f"best run: {best['id']} (#{best['number']}, {best['state']}) {name}={value:.4f}\n"

@@ -14,6 +14,9 @@ from asl_sweep.errors import UserError
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 DEFAULT_PROJECT = "asl-sweep"
+# What a sweep's `metric.name` can be: the per-epoch keys every run logs (plain names, as W&B sees
+# them); tests/test_train.py checks that a run's history has exactly these keys and `epoch`.
+LOGGED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "learning_rate", "epoch_time")
 # W&B's schema default for `metric.goal` (the `sweeps` engine reads the key without a default).
 DEFAULT_GOAL = "minimize"
 # Schema keys that need W&B's servers (Launch, multi-objective custom search): the engine cannot run them.
@@ -50,8 +53,6 @@ def engine_config(config: dict[str, Any]) -> dict[str, Any]:
 def _check_runnable(config: dict[str, Any], source: str) -> None:
     """Refuse what the schema accepts but the embedded controller or the training program cannot run."""
     import sweeps
-
-    from asl_sweep.train import LOGGED_METRICS
 
     if config.get("method") == "custom":
         raise UserError(f"{source}: 'method: custom' needs W&B's servers; use bayes, random or grid")

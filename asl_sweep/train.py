@@ -11,6 +11,7 @@ Offline `.wandb` files are binary, so every run also writes `result.json` beside
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -20,12 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from asl_sweep import runtime
+from asl_sweep import controller, runtime
 from asl_sweep.config import Config, from_mapping, parse_overrides, read_yaml
+from asl_sweep.data import DataCache
+from asl_sweep.ledger import RunRecord, RunState
 
-# What a sweep's `metric.name` can be: the per-epoch keys every run logs (plain names, as W&B sees them).
-LOGGED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "learning_rate", "epoch_time")
-LOCAL_SWEEP_ENV = "ASL_SWEEP_SWEEP_ID"
 EXAMPLE_IMAGES = 24  # each wandb.Image costs ~2 ms to make and log, per run
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.keras"
@@ -37,86 +37,8 @@ class Reporter(Protocol):
     def epoch(self, row: dict[str, float]) -> bool:
         """Record one epoch; return True when the run should stop early."""
 
-    def finish(self, record: dict[str, Any]) -> None:
+    def finish(self, record: RunRecord) -> None:
         """Record the run's final state and summary."""
-
-
-class DataCache:
-    """Loads the dataset once per image size, with its splits and preprocessed inputs, and keeps them
-    for the process (one per agent): later runs with the same settings start from memory."""
-
-    def __init__(self, data_dir: str | None = None) -> None:
-        self.data_dir = data_dir
-        self._root: Path | None = None
-        self._loaded: dict[int, Any] = {}
-        self._splits: dict[tuple, tuple[Any, Any]] = {}
-        self._inputs: dict[tuple, Any] = {}
-
-    def get(self, cfg: Config):
-        from asl_sweep import data
-
-        if self._root is None:
-            self._root = data.locate(self.data_dir)
-        if cfg.image_size not in self._loaded:
-            self._loaded[cfg.image_size] = data.load(self._root, cfg.image_size)
-        return data.limit_per_class(self._loaded[cfg.image_size], cfg.max_per_class)
-
-    def split(self, cfg: Config, dataset) -> tuple[Any, Any]:
-        """Train/validation indices, computed once per split setting (signer grouping costs ~0.2 s)."""
-        from asl_sweep import data
-
-        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed)
-        if key not in self._splits:
-            self._splits[key] = data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
-        return self._splits[key]
-
-    def inputs(self, cfg: Config, dataset):
-        """The classifier's input for every image, preprocessed once per setting, not once per batch."""
-        from asl_sweep import model as model_lib
-
-        key = (cfg.image_size, cfg.max_per_class, cfg.color_mode)
-        if key not in self._inputs:
-            self._inputs[key] = model_lib.preprocess(cfg, dataset.x)
-        return self._inputs[key]
-
-
-def make_optimizer(cfg: Config, steps_per_epoch: int):
-    """Optimizer with the configured schedule (warmup applies to the cosine schedule)."""
-    import keras
-
-    lr: Any = cfg.learning_rate
-    if cfg.lr_schedule == "cosine":
-        warmup = cfg.warmup_epochs * steps_per_epoch
-        lr = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else cfg.learning_rate,
-            decay_steps=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch),
-            warmup_target=cfg.learning_rate if warmup else None,
-            warmup_steps=warmup,
-        )
-    wd = cfg.weight_decay or None
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=wd)
-    if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=wd)
-    return keras.optimizers.RMSprop(lr, weight_decay=wd)
-
-
-def compiled_model(cfg: Config, train_images: int):
-    """Seed, build and compile `cfg`'s classifier: the one recipe shared by sweep runs and re-training."""
-    import keras
-
-    from asl_sweep import model as model_lib
-
-    keras.utils.set_random_seed(cfg.seed)
-    net = model_lib.classifier(cfg)
-    net.compile(
-        optimizer=make_optimizer(cfg, math.ceil(train_images / cfg.batch_size)),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-    return net
 
 
 def example_indices(correct, count: int, seed: int):
@@ -155,84 +77,114 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
     return EpochCallback()
 
 
-def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbose: int | str = "auto",
-          split: tuple[Any, Any] | None = None, inputs=None) -> dict[str, Any]:
-    """Fit `cfg`'s model on `dataset` (split as configured, or by the given indices; `inputs` are the
-    preprocessed images when already at hand), log to `run`, save the servable model; return the record."""
+def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None,
+        verbose: int | str) -> tuple[list[dict[str, float]], bool, float]:
+    """Fit with per-epoch logging and stop requests; returns (history, stopped early, fit seconds).
+
+    The best epoch's weights are kept (EarlyStopping with patience=epochs never stops a run), so the
+    saved model is the one the sweep metric describes, not a noisier last epoch."""
     import keras
     import numpy as np
-    import wandb
-    from sklearn.metrics import confusion_matrix
     from wandb.integration.keras import WandbMetricsLogger
+
+    from asl_sweep.model import NUM_CLASSES
+
+    history: list[dict[str, float]] = []
+    epoch_cb = _epoch_callback(run, reporter, history)
+    best_weights = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.epochs,
+                                                 restore_best_weights=True)
+    onehot = np.eye(NUM_CLASSES, dtype=np.float32)
+    t_fit = time.perf_counter()
+    net.fit(
+        x_tr, onehot[y_tr], validation_data=(x_va, onehot[y_va]), batch_size=cfg.batch_size,
+        epochs=cfg.epochs, shuffle=True, verbose=verbose,
+        callbacks=[epoch_cb, keras.callbacks.TerminateOnNaN(), best_weights, WandbMetricsLogger()],
+    )
+    return history, epoch_cb.stopped, time.perf_counter() - t_fit
+
+
+def final_state(history: list[dict[str, float]], stopped: bool) -> RunState:
+    """Failed when the loss diverged, stopped when the sweep stopped it, else finished."""
+    if history and not math.isfinite(history[-1].get("loss", float("nan"))):
+        return RunState.FAILED
+    return RunState.STOPPED if stopped else RunState.FINISHED
+
+
+def validation_probabilities(net, x_va, state: RunState):
+    """Class probabilities for the validation images (zeros for a failed run). Eager calls, not
+    `net.predict`: predict would trace a new tf.function per run (~0.3 s of overhead)."""
+    import numpy as np
+
+    if state == RunState.FAILED:
+        return np.zeros((len(x_va), 10))
+    return np.concatenate([np.asarray(net(x_va[i:i + 256], training=False)) for i in range(0, len(x_va), 256)])
+
+
+def run_summary(state: RunState, history: list[dict[str, float]], correct, net, fit_time: float,
+                train_images: int) -> dict[str, Any]:
+    """The run's summary (W&B's run.summary and the ledger's): best epoch as the sweep ranks it, final numbers."""
+    from asl_sweep.results import best_epoch
+
+    best = best_epoch(history, "val_accuracy", "maximize")
+    last = history[-1].get("val_accuracy") if history else None
+    return {
+        "state": state.value,
+        "epochs_run": len(history),
+        "best_val_accuracy": best["val_accuracy"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "val_accuracy": float(correct.mean()) if state != RunState.FAILED else None,
+        "last_epoch_val_accuracy": last if last is not None and math.isfinite(last) else None,
+        "val_loss": history[-1].get("val_loss") if history else None,
+        "param_count": int(net.count_params()),
+        "fit_time": fit_time,
+        "train_images": train_images,
+        "val_images": len(correct),
+    }
+
+
+def log_examples(run, dataset, va, y_va, preds, conf, seed: int) -> None:
+    """The example table (mistakes first) and the confusion matrix, as W&B media."""
+    import wandb
+
+    table = wandb.Table(columns=["image", "true", "predicted", "confidence", "file"])
+    for i in example_indices(preds == y_va, EXAMPLE_IMAGES, seed):
+        table.add_data(wandb.Image(dataset.x[va[i]].astype("uint8")), int(y_va[i]), int(preds[i]), float(conf[i]),
+                       Path(dataset.paths[va[i]]).name)
+    run.log({
+        "val_predictions": table,
+        "confusion_matrix": wandb.plot.confusion_matrix(
+            y_true=y_va.tolist(), preds=preds.tolist(), class_names=[str(c) for c in range(10)]),
+    })
+
+
+def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbose: int | str = "auto",
+          split: tuple[Any, Any] | None = None, inputs=None) -> RunRecord:
+    """Fit `cfg`'s model on `dataset` (split as configured, or by the given indices; `inputs` are the
+    preprocessed images when already at hand), log to `run`, save the servable model; return the record."""
+    from sklearn.metrics import confusion_matrix
 
     from asl_sweep import data, model as model_lib
 
     t_start = time.perf_counter()
     tr, va = split if split is not None else data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
     pixels = inputs if inputs is not None else model_lib.preprocess(cfg, dataset.x)
-    x_tr, x_va = pixels[tr], pixels[va]
-    y_tr, y_va = dataset.y[tr], dataset.y[va]
-    net = compiled_model(cfg, len(tr))
-    history: list[dict[str, float]] = []
-    epoch_cb = _epoch_callback(run, reporter, history)
-    # Keep the best epoch's weights (patience=epochs: it never stops a run), so the saved model is
-    # the one the sweep metric describes, not a noisier last epoch.
-    best_weights = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.epochs,
-                                                 restore_best_weights=True)
-    callbacks = [epoch_cb, keras.callbacks.TerminateOnNaN(), best_weights, WandbMetricsLogger()]
-    onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)
-    t_fit = time.perf_counter()
-    net.fit(
-        x_tr, onehot[y_tr], validation_data=(x_va, onehot[y_va]), batch_size=cfg.batch_size,
-        epochs=cfg.epochs, shuffle=True, callbacks=callbacks, verbose=verbose,
-    )
-    fit_time = time.perf_counter() - t_fit
-
-    if history and not math.isfinite(history[-1].get("loss", float("nan"))):
-        state = "failed"
-    elif epoch_cb.stopped:
-        state = "stopped"
-    else:
-        state = "finished"
-    # eager calls, not `net.predict`: predict would trace a new tf.function per run (~0.3 s of overhead)
-    probs = (np.concatenate([np.asarray(net(x_va[i:i + 256], training=False)) for i in range(0, len(va), 256)])
-             if state != "failed" else np.zeros((len(va), 10)))
-    preds = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    val_acc = [h.get("val_accuracy", float("nan")) for h in history]
-    best = int(np.nanargmax(val_acc)) if any(math.isfinite(v) for v in val_acc) else -1
-    summary = {
-        "state": state,
-        "epochs_run": len(history),
-        "best_val_accuracy": val_acc[best] if best >= 0 else None,
-        "best_epoch": best + 1 if best >= 0 else None,
-        "val_accuracy": float((preds == y_va).mean()) if state != "failed" else None,
-        "last_epoch_val_accuracy": val_acc[-1] if history and math.isfinite(val_acc[-1]) else None,
-        "val_loss": history[-1].get("val_loss") if history else None,
-        "param_count": int(net.count_params()),
-        "fit_time": fit_time,
-        "train_images": int(len(tr)),
-        "val_images": int(len(va)),
-    }
+    y_va = dataset.y[va]
+    net = model_lib.compiled_model(cfg, len(tr))
+    history, stopped, fit_time = fit(cfg, net, pixels[tr], dataset.y[tr], pixels[va], y_va, run, reporter, verbose)
+    state = final_state(history, stopped)
+    probs = validation_probabilities(net, pixels[va], state)
+    preds, conf = probs.argmax(axis=1), probs.max(axis=1)
+    summary = run_summary(state, history, preds == y_va, net, fit_time, len(tr))
     files = Path(run.dir)
     model_path = files / MODEL_FILE
-    if state != "failed":
+    if state != RunState.FAILED:
         model_lib.build(cfg, net).save(model_path)
-        shown = example_indices(preds == y_va, EXAMPLE_IMAGES, cfg.seed)
-        table = wandb.Table(columns=["image", "true", "predicted", "confidence", "file"])
-        for i in shown:
-            table.add_data(wandb.Image(dataset.x[va[i]].astype("uint8")), int(y_va[i]), int(preds[i]), float(conf[i]),
-                           Path(dataset.paths[va[i]]).name)
-        run.log({
-            "val_predictions": table,
-            "confusion_matrix": wandb.plot.confusion_matrix(
-                y_true=y_va.tolist(), preds=preds.tolist(), class_names=[str(c) for c in range(10)]),
-        })
+        log_examples(run, dataset, va, y_va, preds, conf, cfg.seed)
     summary["wall_time"] = time.perf_counter() - t_start
     run.summary.update({k: v for k, v in summary.items() if v is not None})
-    record = {
+    record: RunRecord = {
         "run_id": run.id,
-        "sweep_id": (getattr(reporter, "sweep_id", None) or os.environ.get(LOCAL_SWEEP_ENV)
+        "sweep_id": (getattr(reporter, "sweep_id", None) or os.environ.get(controller.LOCAL_SWEEP_ENV)
                      or os.environ.get("WANDB_SWEEP_ID")),
         "state": state,
         "config": cfg.to_dict(),
@@ -245,7 +197,7 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
         ],
         "paths": {
             "run_dir": str(files.parent),
-            "model": str(model_path) if state != "failed" else None,
+            "model": str(model_path) if state != RunState.FAILED else None,
             "record": str(files / RESULT_FILE),
         },
     }
@@ -272,7 +224,7 @@ def execute(
     verbose: int | str = "auto",
     project: str | None = None,
     entity: str | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """One run's whole life: `wandb.init(config=values)` -> Config from `wandb.config` -> train -> finish.
     `project`/`entity` default to W&B's environment variables, as a run launched by `wandb agent` reads them."""
     import wandb
@@ -285,7 +237,7 @@ def execute(
         entity=entity or os.environ.get("WANDB_ENTITY") or None,
         config=initial.to_dict(),
         id=run_id,
-        group=getattr(reporter, "sweep_id", None) or os.environ.get(LOCAL_SWEEP_ENV),
+        group=getattr(reporter, "sweep_id", None) or os.environ.get(controller.LOCAL_SWEEP_ENV),
         dir=os.environ.get("WANDB_DIR"),
         reinit="finish_previous",
         # wandb lists the installed packages on every init (~0.1 s of metadata parsing); the list
@@ -304,7 +256,7 @@ def execute(
     except BaseException:
         run.finish(exit_code=1)
         raise
-    run.finish(exit_code=1 if record["state"] == "failed" else 0)
+    run.finish(exit_code=1 if record["state"] == RunState.FAILED else 0)
     return record
 
 
@@ -322,14 +274,14 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     cfg = from_mapping(values, source=args.config or "command line")
     runtime.setup(debug=getattr(args, "debug", False), tensorflow=True)
     from asl_sweep import data, model
-    from asl_sweep.controller import reporter_from_env
 
     data.locate(args.data_dir)  # what can be checked before a W&B run starts is checked first
     model.check_memory(cfg)
 
-    reporter = reporter_from_env()
-    record = execute(values, DataCache(args.data_dir), reporter=reporter,
-                     run_id=os.environ.get("WANDB_RUN_ID"), verbose="auto")
+    reporter = controller.reporter_from_env()
+    with reporter or contextlib.nullcontext():
+        record = execute(values, DataCache(args.data_dir), reporter=reporter,
+                         run_id=os.environ.get("WANDB_RUN_ID"), verbose="auto")
     s = record["summary"]
     acc = f"{s['val_accuracy']:.4f} (saved model: best epoch {s['best_epoch']})" if s["val_accuracy"] is not None else "n/a"
     last = f"{s['last_epoch_val_accuracy']:.4f}" if s["last_epoch_val_accuracy"] is not None else "n/a"
@@ -338,7 +290,7 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     print(f"record: {record['paths']['record']}")
     if os.environ.get("WANDB_MODE") == "offline":
         print(f"logged offline; upload later with: wandb sync {record['paths']['run_dir']}")
-    return 1 if record["state"] == "failed" else 0
+    return 1 if record["state"] == RunState.FAILED else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,7 +107,8 @@ def matmul_rate(n: int = 1024, repeats: int = 20, trials: int = 5) -> float:
 
 def bench_floor() -> dict[str, Any]:
     from asl_sweep.config import Config
-    from asl_sweep.train import DataCache, execute
+    from asl_sweep.data import DataCache
+    from asl_sweep.train import execute
 
     fresh_ledger("floor")
     cfg = Config()
@@ -214,7 +215,8 @@ class OptunaReporter:
 def bench_optuna(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
     import optuna
 
-    from asl_sweep.train import DataCache, execute
+    from asl_sweep.data import DataCache
+    from asl_sweep.train import execute
 
     config = yaml.safe_load((REPO / "sweeps/bayes.yaml").read_text())
     et = config["early_terminate"]

@@ -104,7 +104,8 @@ def tiny_trained_sweep() -> dict[str, Any]:
         return _TRAINED
     from asl_sweep import controller
     from asl_sweep.ledger import Ledger
-    from asl_sweep.train import DataCache, execute
+    from asl_sweep.data import DataCache
+    from asl_sweep.train import execute
 
     base = Path(tempfile.mkdtemp(prefix="asl-sweep-tiny-"))
     atexit.register(shutil.rmtree, base, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +10,11 @@ import pytest
 
 from tests.helpers_report import TINY, isolate, synthetic_sweep, tiny_trained_sweep
 
-from asl_sweep import export
+from asl_sweep import cli, export
 from asl_sweep import model as model_lib
 from asl_sweep.config import Config, from_mapping, read_yaml
 from asl_sweep.errors import UserError
-from asl_sweep.report import load_sweep
-
-
-def _args(sweep_id: str, out: Path, **kw) -> Namespace:
-    return Namespace(sweep_id=sweep_id, out=str(out), force=kw.get("force", False),
-                     retrain=kw.get("retrain", False), data_dir=kw.get("data_dir"))
+from asl_sweep.results import load_sweep
 
 
 @pytest.mark.parametrize("goal", ["maximize", "minimize"])
@@ -39,7 +33,7 @@ def test_refuses_a_non_empty_folder_without_force(monkeypatch, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty; pass --force"):
-        export.run(_args("anything", out))
+        export.export_best("anything", out)
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -47,7 +41,7 @@ def test_no_finished_record_is_a_clear_error(monkeypatch, tmp_path):
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, runs=3)
     with pytest.raises(UserError, match="has no result record yet"):
-        export.run(_args(sweep_id, tmp_path / "out"))
+        export.export_best(sweep_id, tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -56,7 +50,7 @@ def test_export_of_a_trained_sweep_writes_a_usable_folder(monkeypatch, tmp_path,
     isolate(monkeypatch, tmp_path)
     monkeypatch.setenv("ASL_SWEEP_LEDGER", str(tiny["ledger"]))
     out = tmp_path / "export"
-    assert export.run(_args(tiny["sweep_id"], out)) == 0
+    assert cli.main(["export", tiny["sweep_id"], "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(export.FILES)
 
     data = load_sweep(tiny["sweep_id"])
@@ -75,8 +69,9 @@ def test_export_of_a_trained_sweep_writes_a_usable_folder(monkeypatch, tmp_path,
                                                       ["paths"]["model"]).read_bytes()
 
     with pytest.raises(UserError, match="not empty"):
-        export.run(_args(tiny["sweep_id"], out))
-    assert export.run(_args(tiny["sweep_id"], out, force=True, retrain=True, data_dir=str(tiny["images"]))) == 0
+        export.export_best(tiny["sweep_id"], out)
+    assert cli.main(["export", tiny["sweep_id"], "--out", str(out), "--force", "--retrain",
+                     "--data-dir", str(tiny["images"])]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["retrain"]["images"] == 80 and metrics["retrain"]["epochs"] == TINY["epochs"]
     assert "Re-trained on train+validation" in (out / "README.md").read_text()

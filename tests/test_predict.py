@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image
 
 from tests.helpers_report import isolate, tiny_trained_sweep, write_images
 
-from asl_sweep import predict
+from asl_sweep import cli, predict
 from asl_sweep.errors import UserError
 
 
@@ -24,7 +23,7 @@ def model_dir(monkeypatch, tmp_path) -> Path:
     tiny = tiny_trained_sweep()
     isolate(monkeypatch, tmp_path)
     monkeypatch.setenv("ASL_SWEEP_LEDGER", str(tiny["ledger"]))
-    from asl_sweep.report import load_sweep, read_record
+    from asl_sweep.results import load_sweep, read_record
 
     record = read_record(load_sweep(tiny["sweep_id"]).best)
     folder = tmp_path / "model"
@@ -61,7 +60,7 @@ def test_predict_prints_digit_and_confidence_for_any_size(model_dir, tmp_path, c
     big = tmp_path / "big.jpg"
     Image.open(images / "4" / "IMG_1004.png").resize((137, 90)).save(big)
     files = [str(images / "4" / "IMG_1004.png"), str(images / "7" / "IMG_1007.png"), str(big)]
-    assert predict.predict_cmd(Namespace(model_dir=str(model_dir), images=files)) == 0
+    assert cli.main(["predict", str(model_dir), *files]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     for line, name in zip(lines, files):
@@ -81,7 +80,7 @@ def test_evaluate_on_a_folder_without_dataset_subfolder(model_dir, tmp_path, cap
     data = write_images(tmp_path / "flat", per_class=2)  # 0..9 directly, no Dataset/
     assert not (data / "Dataset").exists()
     out = tmp_path / "eval.json"
-    assert predict.evaluate_cmd(Namespace(model_dir=str(model_dir), data_dir=str(data), out=str(out))) == 0
+    assert cli.main(["evaluate", str(model_dir), "--data-dir", str(data), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     cm = np.array(result["confusion_matrix"])
     assert result["images"] == 20 and cm.shape == (10, 10) and cm.sum() == 20 and (cm.sum(axis=1) == 2).all()
@@ -90,7 +89,7 @@ def test_evaluate_on_a_folder_without_dataset_subfolder(model_dir, tmp_path, cap
     assert len(result["errors"]) == 20 - np.trace(cm)
     assert f"accuracy {result['accuracy']:.4f}" in capsys.readouterr().out
 
-    default = predict.evaluate_cmd(Namespace(model_dir=str(model_dir), data_dir=str(data), out=None))
+    default = cli.main(["evaluate", str(model_dir), "--data-dir", str(data)])
     assert default == 0 and (model_dir / "evaluation.json").is_file()
 
 
@@ -110,9 +109,9 @@ def test_evaluate_checks_where_it_writes_before_any_work(tmp_path, monkeypatch):
     for out, fragment in ((tmp_path / "a-file" / "e.json", "e.json: folder .*a-file is not a folder"),
                           (tmp_path, "is a folder; give a file name")):
         with pytest.raises(UserError, match=fragment):
-            predict.evaluate_cmd(Namespace(model_dir=str(tmp_path / "model"), data_dir=str(tmp_path), out=str(out)))
+            predict.evaluate_to_file(tmp_path / "model", tmp_path, out)
 
 
 def test_predict_names_a_folder_given_as_an_image(tmp_path):
     with pytest.raises(UserError, match="is a folder, not a file"):
-        predict.predict_cmd(Namespace(model_dir=str(tmp_path), images=[str(tmp_path)]))
+        predict.predict_images(tmp_path, [str(tmp_path)])

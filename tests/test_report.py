@@ -6,7 +6,6 @@ import math
 import re
 import shutil
 import subprocess
-from argparse import Namespace
 
 import pytest
 from PIL import Image
@@ -14,7 +13,8 @@ from PIL import Image
 from tests.conftest import skip_unless_ci
 from tests.helpers_report import isolate, synthetic_sweep, tiny_trained_sweep
 
-from asl_sweep import report
+from asl_sweep import cli, report
+from asl_sweep.results import load_sweep, read_record
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger
 
@@ -22,16 +22,10 @@ PNGS = ("parallel_coordinates.png", "importance.png", "curves.png", "leaderboard
         "confusion_matrix.png")
 
 
-def test_swept_params_skip_fixed_values():
-    config = {"parameters": {"a": {"values": [1, 2]}, "b": {"value": 3}, "c": {"values": [4]},
-                             "d": {"distribution": "uniform", "min": 0, "max": 1}}}
-    assert report.swept_params(config) == ["a", "d"]
-
-
 def test_importance_finds_the_one_param_that_drives_the_metric(monkeypatch, tmp_path):
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, score=lambda c: 0.2 + c["dropout"])
-    rows = report.importance(report.load_sweep(sweep_id))
+    rows = report.importance(load_sweep(sweep_id))
     assert rows[0]["feature"] == "dropout"
     assert rows[0]["correlation"] == pytest.approx(1.0, abs=1e-9)
     assert rows[0]["importance"] > 2 * max(r["importance"] for r in rows[1:])
@@ -42,7 +36,7 @@ def test_importance_finds_the_one_param_that_drives_the_metric(monkeypatch, tmp_
 def test_importance_correlation_is_signed_for_a_minimized_metric(monkeypatch, tmp_path):
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, metric_name="val_loss", goal="minimize", score=lambda c: 3.0 - 4 * c["dropout"])
-    rows = report.importance(report.load_sweep(sweep_id))
+    rows = report.importance(load_sweep(sweep_id))
     assert rows[0]["feature"] == "dropout"
     assert rows[0]["correlation"] == pytest.approx(-1.0, abs=1e-9)
 
@@ -50,7 +44,7 @@ def test_importance_correlation_is_signed_for_a_minimized_metric(monkeypatch, tm
 def test_parallel_coordinates_encode_every_param_and_end_with_the_metric(monkeypatch, tmp_path):
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, extra_running=True)
-    data = report.load_sweep(sweep_id)
+    data = load_sweep(sweep_id)
     axes, runs = report.parallel_axes(data)
     assert [a.name for a in axes] == ["dropout", "optimizer", "learning_rate", "batch_norm", "val_accuracy"]
     assert len(runs) == 13  # 12 finished/stopped + the partial one; the run with no epoch has no metric
@@ -65,7 +59,7 @@ def test_parallel_coordinates_encode_every_param_and_end_with_the_metric(monkeyp
     assert by_name["dropout"].values == pytest.approx([r["config"]["dropout"] for r in runs])
     expected = [0.2 + r["config"]["dropout"] if r["state"] != "running" else 0.2 for r in runs]
     assert by_name["val_accuracy"].values == pytest.approx(expected)
-    fig = report.fig_parallel(data)
+    fig = report.fig_parallel(report.figure_data(data))
     assert len(fig.data[0].dimensions) == 5 and "1 without it not shown" in fig.layout.title.text
 
 
@@ -73,7 +67,7 @@ def test_leaderboard_orders_by_goal_and_puts_runs_without_metric_last(monkeypatc
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, metric_name="val_loss", goal="minimize", score=lambda c: c["dropout"],
                                runs=5, extra_running=True)
-    rows = report.leaderboard(report.load_sweep(sweep_id))
+    rows = report.leaderboard(load_sweep(sweep_id))
     values = [r["val_loss"] for r in rows]
     assert values[-1] is None and values[:-1] == sorted(values[:-1])
     assert rows[-1]["epochs"] == 0 and rows[-1]["state"] == "running"
@@ -89,7 +83,7 @@ def test_report_of_a_running_sweep_is_one_offline_page_plus_pngs(monkeypatch, tm
     db.finish_run(crashed, "crashed", error="no heartbeat")
     db.close()
 
-    assert report.run(Namespace(sweep_id=sweep_id, out=None)) == 0
+    assert cli.main(["report", sweep_id]) == 0
     out = tmp_path / "reports" / sweep_id
     page = (out / "index.html").read_text()
     assert re.search(r"<script[^>]+src=", page) is None  # plotly.js inline, nothing fetched
@@ -109,7 +103,7 @@ def test_curves_mark_stopped_and_crashed_runs(monkeypatch, tmp_path):
     partial = db.runs(sweep_id)[3]["id"]
     db.finish_run(partial, "crashed")
     db.close()
-    fig = report.fig_curves(report.load_sweep(sweep_id))
+    fig = report.fig_curves(report.figure_data(load_sweep(sweep_id)))
     by_state = {t.name.split("(")[-1].rstrip(")"): t for t in fig.data if t.showlegend}
     assert by_state["finished"].line.dash == "solid"
     assert by_state["stopped"].line.dash == "dash"
@@ -119,7 +113,7 @@ def test_curves_mark_stopped_and_crashed_runs(monkeypatch, tmp_path):
 def test_unknown_sweep_offline_is_one_clear_error(monkeypatch, tmp_path):
     isolate(monkeypatch, tmp_path)
     with pytest.raises(UserError, match="unknown sweep id 'nope'"):
-        report.run(Namespace(sweep_id="nope", out=None))
+        report.build_report("nope")
 
 
 @pytest.mark.slow
@@ -127,14 +121,14 @@ def test_best_run_images_and_confusion_from_a_trained_sweep(monkeypatch, tmp_pat
     tiny = tiny_trained_sweep()
     isolate(monkeypatch, tmp_path)
     monkeypatch.setenv("ASL_SWEEP_LEDGER", str(tiny["ledger"]))
-    data = report.load_sweep(tiny["sweep_id"])
-    record = report.read_record(data.best)
+    data = load_sweep(tiny["sweep_id"])
+    record = read_record(data.best)
     canvas, labels = report.image_grid(record)
     assert len(labels) == len(record["val_predictions"]) == 16
     errors = sum(p["true"] != p["pred"] for p in record["val_predictions"])
     assert sum(lab["wrong"] for lab in labels) == errors
     assert all(lab["wrong"] for lab in labels[:errors])  # errors come first
-    fig = report.fig_confusion(data, record)
+    fig = report.fig_confusion(report.figure_data(data))
     assert fig.data[0].z.sum() == 16
     page = report.write_report(data, tmp_path / "out").read_text()
     assert f"run {record['run_id']}" in page and "has no record yet" not in page
@@ -150,7 +144,7 @@ def test_page_renders_in_headless_chromium_with_network_off(monkeypatch, tmp_pat
         skip_unless_ci("no chromium/chrome on PATH (apt-get install chromium)")
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, runs=6)
-    report.run(Namespace(sweep_id=sweep_id, out="rep"))
+    report.build_report(sweep_id, "rep")
     shot = tmp_path / "shot.png"
     # an unreachable proxy makes any network request fail, so a page that needs one renders blank
     subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

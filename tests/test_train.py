@@ -10,7 +10,9 @@ import yaml
 
 from asl_sweep import data
 from asl_sweep.config import Config
-from asl_sweep.train import DataCache, example_indices, execute, train
+from asl_sweep.sweepfile import LOGGED_METRICS
+from asl_sweep.data import DataCache
+from asl_sweep.train import example_indices, execute, train
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +24,7 @@ def test_execute_trains_logs_offline_and_writes_the_record(dataset_dir):
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time"):
         assert key in record["history"][0]
+    assert set(record["history"][0]) == {"epoch", *LOGGED_METRICS}  # what sweep files may name as their metric
     s = record["summary"]
     assert s["best_val_accuracy"] == max(h["val_accuracy"] for h in record["history"]) and s["param_count"] > 0
     assert s["val_accuracy"] == pytest.approx(s["best_val_accuracy"], abs=1e-6)  # the saved model is the best epoch's

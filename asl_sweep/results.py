@@ -1,0 +1,178 @@
+"""A sweep's results, wherever they live: which run is best, and a sweep's runs and records loaded
+from the local ledger or from W&B. Report, export, status, agents and sync read results through here.
+
+"Best" has one meaning everywhere: a run's best epoch by the sweep's metric and goal (the model a run
+saves is that epoch's), and the best run is the one whose best epoch is best.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asl_sweep.errors import UserError
+from asl_sweep.ledger import RunRecord, RunState
+from asl_sweep.sweepfile import metric
+
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def best_epoch(history: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
+    """The epoch row with the best finite value of `name` (the first of equals), or None."""
+    rows = [h for h in history if _finite(h.get(name))]
+    if not rows:
+        return None
+    return (max if goal == "maximize" else min)(rows, key=lambda h: h[name])
+
+
+def best_value(run: dict[str, Any], name: str, goal: str) -> float | None:
+    """A run's best finite value of the metric over its epochs (what the sweep ranks by), or None."""
+    row = best_epoch(run["history"], name, goal)
+    return None if row is None else row[name]
+
+
+def best_run(runs: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
+    """The run whose best epoch is best, among runs that can have a result (not pending, failed or crashed)."""
+    scored = [(v, r) for r in runs if r["state"] in (RunState.FINISHED, RunState.STOPPED, RunState.RUNNING)
+              and (v := best_value(r, name, goal)) is not None]
+    if not scored:
+        return None
+    return (max if goal == "maximize" else min)(scored, key=lambda s: s[0])[1]
+
+
+def metric_value(run: dict[str, Any], name: str, goal: str) -> float | None:
+    """The run's best epoch value of the metric (as the controller ranks runs), else its summary value."""
+    value = best_value(run, name, goal)
+    if value is not None:
+        return float(value)
+    v = (run.get("summary") or {}).get(name)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def swept_params(config: dict[str, Any]) -> list[str]:
+    """Parameters that vary between runs (a fixed `value` or a one-element `values` list do not)."""
+    out = []
+    for name, spec in (config.get("parameters") or {}).items():
+        if "value" in spec or ("values" in spec and len(spec["values"]) < 2):
+            continue
+        out.append(name)
+    return out
+
+
+@dataclass
+class SweepData:
+    """A sweep's config and runs in the ledger's shapes, from the ledger or the W&B API."""
+
+    sweep_id: str
+    name: str
+    state: str
+    config: dict[str, Any]
+    runs: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    source: str
+    metric_name: str = field(init=False)
+    goal: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metric_name, self.goal = metric(self.config)
+
+
+def wall_time(run: dict[str, Any]) -> float | None:
+    """The run's own measure when it finished, else time since it started (running) or until it ended."""
+    summary = run.get("summary") or {}
+    if isinstance(summary.get("wall_time"), (int, float)):
+        return float(summary["wall_time"])
+    if run.get("created_at"):
+        return (run.get("ended_at") or time.time()) - run["created_at"]
+    return None
+
+
+def read_record(run: dict[str, Any] | None) -> RunRecord | None:
+    """The run's result.json (written by train.py when it ends), or None while it runs or when gone."""
+    path = (run or {}).get("record_path")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_local(sweep_id: str) -> SweepData | None:
+    """The sweep from the local ledger, or None when the ledger does not know the id."""
+    from asl_sweep.ledger import Ledger, is_local_sweep
+
+    if not is_local_sweep(sweep_id):
+        return None
+    with Ledger(create=False) as ledger:
+        sweep = ledger.sweep(sweep_id)
+        runs = ledger.runs(sweep_id)
+    best = best_run(runs, *metric(sweep["config"]))
+    for r in runs:
+        r["wall_time"] = wall_time(r)
+    return SweepData(sweep_id, sweep["name"], sweep["state"], sweep["config"], runs, best, str(ledger.path))
+
+
+def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
+    """A W&B sweep through the public API; the best run's result.json (and model) are downloaded."""
+    import wandb
+
+    api = wandb.Api()
+    path = sweep_id if sweep_id.count("/") == 2 else \
+        f"{api.default_entity}/{os.environ.get('WANDB_PROJECT', 'asl-sweep')}/{sweep_id}"
+    try:
+        sweep = api.sweep(path)
+        best_remote = sweep.best_run()
+    except Exception as exc:  # the API raises CommError, ValueError, HTTP errors: all mean "cannot read it"
+        raise UserError(f"cannot read W&B sweep {path}: {str(exc).splitlines()[0][:200]}") from None
+    states = {"killed": RunState.STOPPED, "preempted": RunState.STOPPED}
+    runs = []
+    for number, r in enumerate(sorted(sweep.runs, key=lambda r: r.created_at), start=1):
+        history = [{k: row[k] for k in HISTORY_KEYS if isinstance(row.get(k), (int, float))}
+                   for row in r.scan_history() if "epoch" in row]
+        summary = {k: v for k, v in r.summary.items() if not k.startswith("_") and isinstance(v, (int, float, str))}
+        summary.setdefault("wall_time", r.summary.get("_runtime"))
+        runs.append({"id": r.id, "number": number, "state": states.get(r.state, r.state),
+                     "config": {k: v for k, v in r.config.items() if not k.startswith("_")},
+                     "history": history, "summary": summary, "record_path": None, "remote": r})
+    for r in runs:
+        r["wall_time"] = wall_time(r)
+    best = next((r for r in runs if best_remote is not None and r["id"] == best_remote.id), None)
+    if best is not None:
+        folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{best['id']}-"))
+        try:
+            best["record_path"] = best["remote"].file("result.json").download(root=str(folder), replace=True).name
+            if with_model:
+                model = best["remote"].file("model.keras").download(root=str(folder), replace=True).name
+                record = json.loads(Path(best["record_path"]).read_text())
+                record["paths"]["model"] = model
+                Path(best["record_path"]).write_text(json.dumps(record))
+        except Exception as exc:  # missing file or network: the report still works without the record
+            if with_model:
+                raise UserError(f"cannot download the best run's files from W&B: {exc}") from None
+    return SweepData(sweep_id, sweep.name or sweep_id, sweep.state.lower(), sweep.config, runs, best, f"W&B {path}")
+
+
+def load_sweep(sweep_id: str, *, with_model: bool = False) -> SweepData:
+    """Local ledger first; a W&B sweep when online; else one clear error."""
+    from asl_sweep import runtime
+    from asl_sweep.ledger import unknown_sweep
+
+    local = load_local(sweep_id)
+    if local is not None:
+        return local
+    if runtime.wandb_mode() == "online":
+        return load_wandb(sweep_id, with_model=with_model)
+    raise unknown_sweep(sweep_id)
+
+

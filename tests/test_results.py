@@ -1,0 +1,44 @@
+"""What "best" means, in one place: the best epoch of a run and the best run of a sweep, by the
+sweep's metric and goal; and which parameters a sweep varies."""
+
+import math
+
+import pytest
+
+from asl_sweep.ledger import RunState
+from asl_sweep.results import best_epoch, best_run, best_value, swept_params
+
+
+def run(rid, state, values, name="val_accuracy"):
+    return {"id": rid, "state": state, "history": [{"epoch": i + 1, name: v} for i, v in enumerate(values)]}
+
+
+def test_best_epoch_skips_missing_non_finite_and_boolean_values_and_keeps_the_first_of_equals():
+    history = [{"epoch": 1, "m": math.nan}, {"epoch": 2, "m": 0.5}, {"epoch": 3}, {"epoch": 4, "m": True},
+               {"epoch": 5, "m": 0.9}, {"epoch": 6, "m": 0.9}, {"epoch": 7, "m": math.inf}]
+    assert best_epoch(history, "m", "maximize")["epoch"] == 5
+    assert best_epoch(history, "m", "minimize")["epoch"] == 2
+    assert best_epoch([{"epoch": 1}], "m", "maximize") is None
+
+
+@pytest.mark.parametrize("goal, winner", [("maximize", "b"), ("minimize", "a")])
+def test_best_run_ranks_runs_by_their_best_epoch_and_ignores_broken_ones(goal, winner):
+    runs = [run("a", RunState.FINISHED, [0.2, 0.5]), run("b", "stopped", [0.9, 0.3]),
+            run("c", "failed", [0.99]), run("d", "crashed", [0.01]), run("e", "pending", [])]
+    assert best_run(runs, "val_accuracy", goal)["id"] == winner
+    assert best_value(runs[1], "val_accuracy", goal) == (0.9 if goal == "maximize" else 0.3)
+    assert best_run([runs[2]], "val_accuracy", goal) is None
+
+
+def test_run_states_have_one_type():
+    assert [s for s in RunState if s.is_active] == [RunState.PENDING, RunState.RUNNING]
+    assert RunState("crashed").is_broken and RunState.STOPPED.is_final and not RunState.STOPPED.is_broken
+    assert RunState.FINISHED == "finished" and f"{RunState.FAILED:>7}" == " failed"
+
+
+def test_swept_params_skip_fixed_values():
+    config = {"parameters": {"a": {"values": [1, 2]}, "b": {"value": 3}, "c": {"values": [4]},
+                             "d": {"distribution": "uniform", "min": 0, "max": 1}}}
+    assert swept_params(config) == ["a", "d"]
+
+
