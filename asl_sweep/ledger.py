@@ -101,9 +101,8 @@ class SweepRow(TypedDict):
     state: str
     created_at: float
 
-# Sweep states, as W&B names them (lower case): `wandb sweep --pause/--resume/--stop/--cancel`.
-SWEEP_STATES = ("running", "paused", "finished", "canceled")
-# control action -> (states it applies to, new state)
+# Sweep states are W&B's, lower case: running, paused, finished, canceled.
+# control action (`wandb sweep --pause/--resume/--stop/--cancel`) -> (states it applies to, new state)
 CONTROL = {
     "pause": (("running",), "paused"),
     "resume": (("paused",), "running"),

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from asl_sweep.ledger import RunRecord, RunState
+from asl_sweep.ledger import ACTIVE, RunRecord, RunState
 from asl_sweep.results import SweepData, load_sweep, metric_value, read_record, swept_params
 
 LOG_DISTRIBUTIONS = {"log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
@@ -464,7 +464,7 @@ def html_page(data: SweepData, sections: list[tuple[str, str, Any]]) -> str:
     best = data.best
     best_txt = (f"best run <b>{html.escape(best['id'])}</b> (#{best['number']}): {data.metric_name} = "
                 f"{_fmt(metric_value(best, data.metric_name, data.goal))}") if best else "no best run yet"
-    live = counts.get("running", 0) + counts.get("pending", 0)
+    live = sum(n for state, n in counts.items() if state in ACTIVE)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>asl-sweep report {html.escape(data.sweep_id)}</title>",
