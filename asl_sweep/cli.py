@@ -184,13 +184,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from asl_sweep.predict import evaluate_to_file
 
-    result, out = evaluate_to_file(args.model_dir, args.data_dir, args.out)
+    result, out = evaluate_to_file(args.model_dir, args.data_dir, args.out, robustness=args.robustness)
     print(f"{result['images']} images in {result['data_dir']}: accuracy {result['accuracy']:.4f}")
     print("per class: " + "  ".join(f"{c}:{'-' if v is None else f'{v:.2f}'}"
                                     for c, v in result["per_class_accuracy"].items()))
     print("confusion matrix (rows true 0-9, columns predicted 0-9):")
     for i, row in enumerate(result["confusion_matrix"]):
         print(f"  {i} " + " ".join(f"{v:4d}" for v in row))
+    if args.robustness:
+        from asl_sweep.robustness import SUITE
+
+        print(f"robustness: mean {result['val_robust_accuracy']:.4f}, worst {result['val_robust_worst']:.4f} "
+              f"({result['val_robust_worst_change']})")
+        for name, acc in result["robustness"].items():
+            print(f"  {name:16} {acc:.4f}  {SUITE[name][0]}")
     print(f"written: {out}")
     return 0
 
@@ -282,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", help="JSON file for the results (default: <model_dir>/evaluation.json)")
+    p.add_argument("--robustness", action="store_true", help="also score the robustness suite (photo changes)")
     return parser
 
 

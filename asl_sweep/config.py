@@ -60,6 +60,12 @@ class Config:
     warmup_epochs: int = field(default=0, metadata=_range(0, 100))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
     augment: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    rotate: float = field(default=0.0, metadata=_range(0.0, 45.0))
+    flip: bool = False
+    brightness: float = field(default=0.0, metadata=_range(0.0, 0.9))
+    contrast: float = field(default=0.0, metadata=_range(0.0, 0.9))
+    normalize: str = field(default="none", metadata=_choices("none", "image"))
+    checkpoint_metric: str = field(default="val_accuracy", metadata=_choices("val_accuracy", "val_score"))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     epochs: int = field(default=15, metadata=_range(1, 1000))
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))

@@ -398,6 +398,7 @@ class DataCache:
         self._loaded: dict[int, Any] = {}
         self._splits: dict[tuple, tuple[Any, Any]] = {}
         self._inputs: dict[tuple, Any] = {}
+        self._suites: dict[tuple, Any] = {}
 
     def get(self, cfg: Config) -> Dataset:
         if self._root is None:
@@ -421,3 +422,14 @@ class DataCache:
         if key not in self._inputs:
             self._inputs[key] = model_lib.preprocess(cfg, dataset.x)
         return self._inputs[key]
+
+    def suite(self, cfg: Config, dataset: Dataset, va) -> dict[str, Any]:
+        """The validation photos under every change of the robustness suite, preprocessed for the
+        classifier: built once per split and preprocessing setting (a few seconds), then reused."""
+        from asl_sweep import robustness
+
+        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed, cfg.color_mode)
+        if key not in self._suites:
+            originals = [decode(Path(dataset.paths[i])) for i in va]
+            self._suites[key] = robustness.preprocessed_suite(cfg, originals)
+        return self._suites[key]

@@ -103,6 +103,26 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     return model_lib.build(cfg, net), history, int(len(dataset.y))
 
 
+def robustness_section(per_change: dict[str, float]) -> list[str]:
+    """The model card's table: accuracy on the validation signers' photos under each everyday change."""
+    from asl_sweep.robustness import SUITE, summarize
+
+    if not per_change:
+        return []
+    s = summarize(per_change)
+    return [
+        "## Robustness: photos not taken like the dataset's",
+        "",
+        f"Validation photos under everyday changes (`asl-sweep evaluate --robustness` measures any labelled folder): "
+        f"mean {s['val_robust_accuracy']:.4f}, worst {s['val_robust_worst']:.4f} ({s['val_robust_worst_change']}).",
+        "",
+        "| change | what a user meets | accuracy |",
+        "|---|---|---|",
+        *[f"| {name} | {SUITE[name][0] if name in SUITE else ''} | {acc:.4f} |" for name, acc in per_change.items()],
+        "",
+    ]
+
+
 def model_card(meta: dict[str, Any], cfg: Config, swept: list[str]) -> str:
     """README.md for the export folder: what the model is, how it was chosen and trained, how to use it."""
     s = meta["summary"]
@@ -132,6 +152,7 @@ def model_card(meta: dict[str, Any], cfg: Config, swept: list[str]) -> str:
         "weights (restored at the end of the run), so it scores the best value; that value was selected on the "
         "validation set and is slightly optimistic. All numbers are in `metrics.json`.",
         "",
+        *robustness_section(meta.get("robustness") or {}),
     ]
     if meta.get("retrain"):
         r = meta["retrain"]
@@ -213,6 +234,7 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
                    "final": last.get(data.metric_name)},
         "best": best_row, "final": last, "summary": record.get("summary") or {},
         "wall_time": (record.get("summary") or {}).get("wall_time"), "history": history, "retrain": None,
+        "robustness": record.get("robustness") or {},
     }
     retrained = None
     if retrain:

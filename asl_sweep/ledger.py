@@ -88,6 +88,7 @@ class RunRecord(TypedDict):
     history: list[dict[str, float]]
     summary: dict[str, Any]
     confusion_matrix: list[list[int]]
+    robustness: dict[str, float]  # accuracy under each change of robustness.SUITE (empty for a failed run)
     val_predictions: list[dict[str, Any]]
     paths: dict[str, str | None]
 

@@ -127,10 +127,20 @@ def classifier(cfg: Config) -> keras.Model:
     channels = 1 if cfg.color_mode == "grayscale" else 3
     inputs = keras.Input(shape=(cfg.image_size, cfg.image_size, channels), name="pixels")
     x = inputs
+    if cfg.flip:  # a left-handed signer signs the mirror image
+        x = layers.RandomFlip("horizontal", seed=cfg.seed, name="aug_flip")(x)
+    if cfg.brightness > 0:
+        x = layers.RandomBrightness(cfg.brightness, value_range=(0.0, 1.0), seed=cfg.seed, name="aug_brightness")(x)
+    if cfg.contrast > 0:
+        x = layers.RandomContrast(cfg.contrast, seed=cfg.seed, name="aug_contrast")(x)
+    turns = cfg.rotate / 360 if cfg.rotate else cfg.augment / 4  # `rotate` (degrees) overrides augment's rotation
+    if turns > 0:
+        x = layers.RandomRotation(turns, fill_mode="nearest", seed=cfg.seed, name="aug_rotate")(x)
     if cfg.augment > 0:
-        x = layers.RandomRotation(cfg.augment / 4, fill_mode="nearest", seed=cfg.seed, name="aug_rotate")(x)
         x = layers.RandomZoom(cfg.augment, fill_mode="nearest", seed=cfg.seed, name="aug_zoom")(x)
         x = layers.RandomTranslation(cfg.augment, cfg.augment, fill_mode="nearest", seed=cfg.seed, name="aug_shift")(x)
+    if cfg.normalize == "image":  # per-photo standardization: exposure and contrast no longer matter
+        x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-5, name="standardize")(x)
     for b, filters in enumerate(cfg.filters, start=1):
         for c in range(1, cfg.convs_per_block + 1):
             x = layers.Conv2D(

@@ -29,15 +29,21 @@ def load_model(model_dir: str | Path):
     return model_lib.load(str(model_file(model_dir)))
 
 
-def predict_files(net, paths: list[Path]) -> np.ndarray:
-    """Class probabilities (len(paths) x 10), decoding each file and batching images of the same size."""
-    from asl_sweep.data import batches_by_shape, decode
+def predict_arrays(net, images: list[np.ndarray]) -> np.ndarray:
+    """Class probabilities (len(images) x 10) for decoded photos, batching images of the same size."""
+    from asl_sweep.data import batches_by_shape
 
-    images = [decode(Path(p)) for p in paths]
     probs = np.zeros((len(images), net.output_shape[-1]), dtype=np.float32)
     for idx, batch in batches_by_shape(images, BATCH):
         probs[idx] = np.asarray(net.predict_on_batch(batch))
     return probs
+
+
+def predict_files(net, paths: list[Path]) -> np.ndarray:
+    """Class probabilities (len(paths) x 10), decoding each file."""
+    from asl_sweep.data import decode
+
+    return predict_arrays(net, [decode(Path(p)) for p in paths])
 
 
 def predict_images(model_dir: str | Path, images: list[str]) -> list[tuple[str, int, float]]:
@@ -51,26 +57,34 @@ def predict_images(model_dir: str | Path, images: list[str]) -> list[tuple[str, 
     return [(path, int(row.argmax()), float(row.max())) for path, row in zip(images, probs)]
 
 
-def evaluate(net, data_dir: str | Path) -> dict[str, Any]:
-    """Accuracy, per-class accuracy and confusion matrix on a folder in the dataset's layout."""
+def evaluate(net, data_dir: str | Path, *, robustness: bool = False) -> dict[str, Any]:
+    """Accuracy, per-class accuracy and confusion matrix on a folder in the dataset's layout; with
+    `robustness`, also the accuracy under each change of the robustness suite, its mean and worst case."""
     from sklearn.metrics import confusion_matrix
 
-    from asl_sweep.data import CLASSES, class_root, data_folder, list_images
+    from asl_sweep.data import CLASSES, class_root, data_folder, decode, list_images
 
     root = class_root(data_folder(data_dir))
     items = list_images(root)
     y = np.array([label for _, label in items])
-    pred = predict_files(net, [p for p, _ in items]).argmax(axis=1)
+    images = [decode(p) for p, _ in items]
+    pred = predict_arrays(net, images).argmax(axis=1)
     cm = confusion_matrix(y, pred, labels=list(range(len(CLASSES))))
     per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(CLASSES)}
-    return {"data_dir": str(root), "images": int(len(y)), "accuracy": float((pred == y).mean()),
+    extra: dict[str, Any] = {}
+    if robustness:  # the same suite every sweep run is scored on, on this folder's photos
+        from asl_sweep import robustness as suite
+
+        extra["robustness"] = suite.served_accuracy(net, images, y)
+        extra.update(suite.summarize(extra["robustness"]))
+    return {**extra, "data_dir": str(root), "images": int(len(y)), "accuracy": float((pred == y).mean()),
             "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
             "errors": [{"path": str(p), "true": int(t), "pred": int(q)}
                        for (p, t), q in zip(items, pred) if t != q]}
 
 
-def evaluate_to_file(model_dir: str | Path, data_dir: str | Path, out: str | Path | None = None
-                     ) -> tuple[dict[str, Any], Path]:
+def evaluate_to_file(model_dir: str | Path, data_dir: str | Path, out: str | Path | None = None, *,
+                     robustness: bool = False) -> tuple[dict[str, Any], Path]:
     """`asl-sweep evaluate`: the scores on a labelled folder, also written as JSON (default
     <model_dir>/evaluation.json); returns them and where they were written.
 
@@ -83,7 +97,7 @@ def evaluate_to_file(model_dir: str | Path, data_dir: str | Path, out: str | Pat
     if out.is_dir():
         raise UserError(f"output file {out} is a folder; give a file name such as {out / 'evaluation.json'}")
     net = load_model(model_dir)
-    result = evaluate(net, data_dir)
+    result = evaluate(net, data_dir, robustness=robustness)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(out) as fh:

@@ -115,20 +115,33 @@ def importance(data: SweepData) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["importance"])
 
 
+ROBUST_KEYS = ("val_robust_accuracy", "val_robust_worst")  # the robustness suite's mean and worst case
+
+
+def robust_keys(data: SweepData) -> list[str]:
+    """The suite's summary numbers that some run has (older runs have none), except the sweep's metric."""
+    return [k for k in ROBUST_KEYS if k != data.metric_name
+            and any(isinstance((r.get("summary") or {}).get(k), (int, float)) for r in data.runs)]
+
+
 def parallel_axes(data: SweepData) -> tuple[list[Axis], list[dict[str, Any]]]:
-    """Parameter axes plus the metric as the last axis, one entry per run that has the metric."""
+    """Parameter axes, the robustness suite's mean and worst case (when runs have them), and the metric as
+    the last axis; one entry per run that has the metric."""
     scored = scored_runs(data)
     runs = [r for r, _ in scored]
+    robust = [Axis(k, k, [float((r.get("summary") or {}).get(k, math.nan)) for r in runs]) for k in robust_keys(data)]
     metric_axis = Axis(data.metric_name, f"{data.metric_name} ({data.goal})", [v for _, v in scored])
-    return param_axes(data, runs) + [metric_axis], runs
+    return param_axes(data, runs) + robust + [metric_axis], runs
 
 
 def leaderboard(data: SweepData) -> list[dict[str, Any]]:
     """One row per run, best first by the sweep's goal; runs without the metric last."""
     rows = []
+    robust = robust_keys(data)
     for r in data.runs:
         rows.append({"run": f"#{r['number']} {r['id']}", "state": r["state"],
                      data.metric_name: metric_value(r, data.metric_name, data.goal),
+                     **{k: (r.get("summary") or {}).get(k) for k in robust},
                      **{p: r["config"].get(p) for p in swept_params(data.config)},
                      "epochs": len(r["history"]), "wall time (s)": r.get("wall_time")})
     sign = -1 if data.goal == "maximize" else 1
@@ -341,8 +354,8 @@ def png_parallel(f: Figures, ax) -> None:
     if not runs:
         ax.text(0.5, 0.5, f"no run has reported {data.metric_name} yet", ha="center")
         return
-    lows = [min(a.values + (a.ticks or [])) for a in axes]
-    spans = [(max(a.values + (a.ticks or [])) - lo) or 1.0 for a, lo in zip(axes, lows)]
+    lows = [float(np.nanmin(a.values + (a.ticks or []))) for a in axes]  # a running run has no robustness yet: NaN
+    spans = [(float(np.nanmax(a.values + (a.ticks or []))) - lo) or 1.0 for a, lo in zip(axes, lows)]
     metric_vals = np.array(axes[-1].values)
     span = float(np.ptp(metric_vals)) or 1.0
     shade = (metric_vals - metric_vals.min()) / span

@@ -53,21 +53,39 @@ def example_indices(correct, count: int, seed: int):
     return np.concatenate([wrong, fill]).astype(int)
 
 
-def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]]):
-    """Per epoch: time it, read the learning rate, log plain keys for the sweep, ask to stop."""
+def probabilities(net, x, batch: int = 256):
+    """Class probabilities from eager calls in batches: `net.predict` would trace a new tf.function per
+    run (~0.3 s of overhead)."""
+    import numpy as np
+
+    return np.concatenate([np.asarray(net(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
+
+
+def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]], robust: tuple[Any, Any] | None):
+    """Per epoch: time it, read the learning rate, score the robustness estimate (`robust`: the mixed
+    set and its labels) and `val_score`, log plain keys for the sweep, ask to stop."""
     import keras
 
     class EpochCallback(keras.callbacks.Callback):
         stopped = False
+        robust_time = 0.0
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            row = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+            logs = logs if logs is not None else {}
+            epoch_time = time.perf_counter() - self._t0
+            if robust is not None:  # into `logs`, so that best-epoch restore can monitor val_score
+                t0 = time.perf_counter()
+                mixed, labels = robust
+                logs["val_robust_accuracy"] = float((probabilities(self.model, mixed).argmax(axis=1) == labels).mean())
+                logs["val_score"] = (float(logs.get("val_accuracy", 0.0)) + logs["val_robust_accuracy"]) / 2
+                self.robust_time += time.perf_counter() - t0
+            row = {k: float(v) for k, v in logs.items() if k != "learning_rate"}
             row["epoch"] = epoch + 1
             row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            row["epoch_time"] = time.perf_counter() - self._t0
+            row["epoch_time"] = epoch_time
             history.append(row)
             run.log(row, commit=False)
             if reporter is not None and reporter.epoch(row):
@@ -77,12 +95,13 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
     return EpochCallback()
 
 
-def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None,
-        verbose: int | str) -> tuple[list[dict[str, float]], bool, float]:
-    """Fit with per-epoch logging and stop requests; returns (history, stopped early, fit seconds).
+def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None, verbose: int | str,
+        robust: tuple[Any, Any] | None = None) -> tuple[list[dict[str, float]], bool, float, float]:
+    """Fit with per-epoch logging and stop requests; returns (history, stopped early, fit seconds, of which
+    the robustness estimate took seconds).
 
-    The best epoch's weights are kept (EarlyStopping with patience=epochs never stops a run), so the
-    saved model is the one the sweep metric describes, not a noisier last epoch."""
+    The best epoch's weights by `cfg.checkpoint_metric` are kept (EarlyStopping with patience=epochs never
+    stops a run), so the saved model is the one that metric describes, not a noisier last epoch."""
     import keras
     import numpy as np
     from wandb.integration.keras import WandbMetricsLogger
@@ -90,8 +109,9 @@ def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None
     from asl_sweep.model import NUM_CLASSES
 
     history: list[dict[str, float]] = []
-    epoch_cb = _epoch_callback(run, reporter, history)
-    best_weights = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.epochs,
+    epoch_cb = _epoch_callback(run, reporter, history, robust)
+    monitor = cfg.checkpoint_metric if robust is not None else "val_accuracy"
+    best_weights = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=cfg.epochs,
                                                  restore_best_weights=True)
     onehot = np.eye(NUM_CLASSES, dtype=np.float32)
     t_fit = time.perf_counter()
@@ -100,7 +120,7 @@ def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None
         epochs=cfg.epochs, shuffle=True, verbose=verbose,
         callbacks=[epoch_cb, keras.callbacks.TerminateOnNaN(), best_weights, WandbMetricsLogger()],
     )
-    return history, epoch_cb.stopped, time.perf_counter() - t_fit
+    return history, epoch_cb.stopped, time.perf_counter() - t_fit, epoch_cb.robust_time
 
 
 def final_state(history: list[dict[str, float]], stopped: bool) -> RunState:
@@ -111,27 +131,38 @@ def final_state(history: list[dict[str, float]], stopped: bool) -> RunState:
 
 
 def validation_probabilities(net, x_va, state: RunState):
-    """Class probabilities for the validation images (zeros for a failed run). Eager calls, not
-    `net.predict`: predict would trace a new tf.function per run (~0.3 s of overhead)."""
+    """Class probabilities for the validation images (zeros for a failed run)."""
     import numpy as np
 
-    if state == RunState.FAILED:
-        return np.zeros((len(x_va), 10))
-    return np.concatenate([np.asarray(net(x_va[i:i + 256], training=False)) for i in range(0, len(x_va), 256)])
+    return np.zeros((len(x_va), 10)) if state == RunState.FAILED else probabilities(net, x_va)
 
 
-def run_summary(state: RunState, history: list[dict[str, float]], correct, net, fit_time: float,
+def log_robustness(run, per_change: dict[str, float]) -> None:
+    """The suite's table as W&B media (its mean and worst case go in the summary)."""
+    import wandb
+
+    from asl_sweep.robustness import SUITE
+
+    table = wandb.Table(columns=["change", "what a user meets", "accuracy"])
+    for name, acc in per_change.items():
+        table.add_data(name, SUITE[name][0], acc)
+    run.log({"robustness": table})
+
+
+def run_summary(cfg: Config, state: RunState, history: list[dict[str, float]], correct, net, fit_time: float,
                 train_images: int) -> dict[str, Any]:
-    """The run's summary (W&B's run.summary and the ledger's): best epoch as the sweep ranks it, final numbers."""
+    """The run's summary (W&B's run.summary and the ledger's): the best validation accuracy, the epoch the
+    saved model comes from (best by `cfg.checkpoint_metric`), final numbers."""
     from asl_sweep.results import best_epoch
 
     best = best_epoch(history, "val_accuracy", "maximize")
+    saved = best_epoch(history, cfg.checkpoint_metric, "maximize") or best
     last = history[-1].get("val_accuracy") if history else None
     return {
         "state": state.value,
         "epochs_run": len(history),
         "best_val_accuracy": best["val_accuracy"] if best else None,
-        "best_epoch": best["epoch"] if best else None,
+        "best_epoch": saved["epoch"] if saved else None,
         "val_accuracy": float(correct.mean()) if state != RunState.FAILED else None,
         "last_epoch_val_accuracy": last if last is not None and math.isfinite(last) else None,
         "val_loss": history[-1].get("val_loss") if history else None,
@@ -158,28 +189,42 @@ def log_examples(run, dataset, va, y_va, preds, conf, seed: int) -> None:
 
 
 def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbose: int | str = "auto",
-          split: tuple[Any, Any] | None = None, inputs=None) -> RunRecord:
+          split: tuple[Any, Any] | None = None, inputs=None, suite: dict[str, Any] | None = None) -> RunRecord:
     """Fit `cfg`'s model on `dataset` (split as configured, or by the given indices; `inputs` are the
-    preprocessed images when already at hand), log to `run`, save the servable model; return the record."""
+    preprocessed images and `suite` the preprocessed robustness suite when already at hand), log to `run`,
+    score the robustness suite, save the servable model; return the record."""
     from sklearn.metrics import confusion_matrix
 
-    from asl_sweep import data, model as model_lib
+    from asl_sweep import data, model as model_lib, robustness
 
     t_start = time.perf_counter()
     tr, va = split if split is not None else data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
     pixels = inputs if inputs is not None else model_lib.preprocess(cfg, dataset.x)
     y_va = dataset.y[va]
+    t_suite = time.perf_counter()
+    if suite is None:
+        suite = robustness.preprocessed_suite(cfg, [data.decode(Path(dataset.paths[i])) for i in va])
+    robust = (robustness.mixed_set(suite), y_va)
+    robust_time = time.perf_counter() - t_suite
     net = model_lib.compiled_model(cfg, len(tr))
-    history, stopped, fit_time = fit(cfg, net, pixels[tr], dataset.y[tr], pixels[va], y_va, run, reporter, verbose)
+    history, stopped, fit_time, epoch_robust_time = fit(cfg, net, pixels[tr], dataset.y[tr], pixels[va], y_va, run,
+                                                         reporter, verbose, robust)
     state = final_state(history, stopped)
     probs = validation_probabilities(net, pixels[va], state)
     preds, conf = probs.argmax(axis=1), probs.max(axis=1)
-    summary = run_summary(state, history, preds == y_va, net, fit_time, len(tr))
+    summary = run_summary(cfg, state, history, preds == y_va, net, fit_time, len(tr))
     files = Path(run.dir)
     model_path = files / MODEL_FILE
+    per_change: dict[str, float] = {}
     if state != RunState.FAILED:
+        t0 = time.perf_counter()
+        per_change = robustness.accuracy_per_change(lambda batch: probabilities(net, batch), suite, y_va)
+        summary.update(robustness.summarize(per_change))
+        robust_time += time.perf_counter() - t0
         model_lib.build(cfg, net).save(model_path)
         log_examples(run, dataset, va, y_va, preds, conf, cfg.seed)
+        log_robustness(run, per_change)
+    summary["robust_time"] = robust_time + epoch_robust_time
     summary["wall_time"] = time.perf_counter() - t_start
     run.summary.update({k: v for k, v in summary.items() if v is not None})
     record: RunRecord = {
@@ -191,6 +236,7 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
         "history": history,
         "summary": summary,
         "confusion_matrix": confusion_matrix(y_va, preds, labels=list(range(10))).tolist(),
+        "robustness": per_change,
         "val_predictions": [
             {"path": dataset.paths[j], "true": int(t), "pred": int(p), "confidence": round(float(c), 4)}
             for j, t, p, c in zip(va, y_va, preds, conf)
@@ -248,8 +294,9 @@ def execute(
         (Path(run.dir) / "requirements.txt").write_text(installed_packages())
         cfg = from_mapping(dict(run.config), source="wandb.config")
         dataset = data_cache.get(cfg)
-        record = train(cfg, dataset, run, reporter=reporter, verbose=verbose, split=data_cache.split(cfg, dataset),
-                       inputs=data_cache.inputs(cfg, dataset))
+        tr_va = data_cache.split(cfg, dataset)
+        record = train(cfg, dataset, run, reporter=reporter, verbose=verbose, split=tr_va,
+                       inputs=data_cache.inputs(cfg, dataset), suite=data_cache.suite(cfg, dataset, tr_va[1]))
     except KeyboardInterrupt:
         run.finish(exit_code=255)
         raise

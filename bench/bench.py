@@ -6,6 +6,8 @@ Sections (each can be chosen with --only):
   agents    the same fixed runs with one agent vs two agents on this machine
   sweep     the default bayes sweep (sweeps/bayes.yaml) for --minutes: time to 95%, best at checkpoints
   optuna    Optuna TPE + Hyperband pruner on the same search space and the same wall-clock budget
+  robustness  the robustness suite's cost per run and the sweep winner's table (from the sweep section,
+            or from --sweep-id in the ledger ASL_SWEEP_LEDGER names)
 
 Not a test: nothing here asserts; it measures. Results go to bench-results/<timestamp>.json.
 """
@@ -185,6 +187,32 @@ def bench_sweep(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
     return out
 
 
+def bench_robustness(sweep_id: str | None) -> dict[str, Any]:
+    """What scoring the robustness suite costs a run (its share of the run's wall time) and how the sweep's
+    winner holds up under each change, from a finished sweep's records."""
+    from asl_sweep.ledger import Ledger
+    from asl_sweep.results import best_run, read_record
+    from asl_sweep.sweepfile import metric
+
+    if sweep_id is None:
+        return {"skipped": "needs the sweep section or --sweep-id"}
+    with Ledger(create=False) as ledger:
+        sweep, runs = ledger.sweep(sweep_id), ledger.runs(sweep_id)
+    timed = [r["summary"] for r in runs if r["summary"].get("robust_time") is not None]
+    shares = [s["robust_time"] / s["wall_time"] for s in timed]
+    best = best_run(runs, *metric(sweep["config"]))
+    record = read_record(best) or {}
+    summary = record.get("summary") or {}
+    return {"sweep_id": sweep_id, "runs_timed": len(timed),
+            "robust_time_median_s": statistics.median(s["robust_time"] for s in timed) if timed else None,
+            "robust_share_median": statistics.median(shares) if shares else None,
+            "robust_share_max": max(shares) if shares else None,
+            "winner": {"run": (best or {}).get("id"), "clean": summary.get("val_accuracy"),
+                       "robust_mean": summary.get("val_robust_accuracy"), "robust_worst": summary.get("val_robust_worst"),
+                       "worst_change": summary.get("val_robust_worst_change")},
+            "winner_table": record.get("robustness") or {}}
+
+
 def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
     """The same search space as the sweep YAML, in Optuna's terms."""
     if "value" in spec:
@@ -259,7 +287,7 @@ def table(results: dict[str, Any]) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and not prefix.endswith("best_config"):
+        if isinstance(value, dict) and not prefix.endswith(("best_config", "winner_table")):
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)
         elif isinstance(value, dict):
@@ -276,8 +304,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_MINUTES", 30)),
                         help="wall-clock budget for each of the sweep and optuna sections (default 30)")
-    parser.add_argument("--only", nargs="*", default=["overhead", "floor", "agents", "sweep", "optuna"])
+    parser.add_argument("--only", nargs="*", default=["overhead", "floor", "agents", "sweep", "robustness", "optuna"])
     parser.add_argument("--overhead-runs", type=int, default=8)
+    parser.add_argument("--sweep-id", help="robustness section: a finished local sweep (default: the sweep section's)")
     args = parser.parse_args()
     from asl_sweep import runtime
 
@@ -293,6 +322,7 @@ def main() -> int:
         "agents": lambda: bench_agents(runs=4, epochs=8),
         "sweep": lambda: bench_sweep(args.minutes, checkpoints),
         "optuna": lambda: bench_optuna(args.minutes, checkpoints),
+        "robustness": lambda: bench_robustness(args.sweep_id or (results.get("sweep") or {}).get("sweep_id")),
     }
     for name in args.only:
         t0 = time.perf_counter()

@@ -65,6 +65,8 @@ def test_export_of_a_trained_sweep_writes_a_usable_folder(monkeypatch, tmp_path,
     assert cfg.learning_rate == data.best["config"]["learning_rate"] and cfg.image_size == TINY["image_size"]
     card = (out / "README.md").read_text()
     assert data.best["id"] in card and "| learning_rate * |" in card and "asl-sweep predict" in card
+    assert "## Robustness" in card and "| mirrored | a left-handed signer" in card
+    assert metrics["robustness"] == json.loads(Path(data.best["record_path"]).read_text())["robustness"]
     assert (out / "model.keras").read_bytes() == Path(json.loads(Path(data.best["record_path"]).read_text())
                                                       ["paths"]["model"]).read_bytes()
 

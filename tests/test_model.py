@@ -104,3 +104,20 @@ def test_memory_limit_comes_from_the_environment_then_the_machine(monkeypatch, t
     assert model.available_memory() == 412 * 2**20
     (tmp_path / "memory.max").write_text("max\n")
     assert model.available_memory() > 412 * 2**20
+
+
+def test_per_photo_standardization_makes_exposure_and_contrast_irrelevant():
+    net = model.classifier(Config().replace(image_size=16, normalize="image", dense_units=8))
+    x = np.random.default_rng(0).uniform(0.2, 0.8, (2, 16, 16, 1)).astype("float32")
+    base = net.predict_on_batch(x)
+    for changed in (x * 0.5, (x - x.mean()) * 0.5 + x.mean(), x + 0.1):
+        assert np.allclose(net.predict_on_batch(changed.astype("float32")), base, atol=1e-4)
+
+
+def test_robustness_augmentations_are_built_in_layers_and_train_only():
+    cfg = Config().replace(image_size=16, flip=True, brightness=0.3, contrast=0.3, rotate=20, normalize="image")
+    net = model.build(cfg)
+    names = {layer.name for layer in net.layers}
+    assert {"aug_flip", "aug_brightness", "aug_contrast", "aug_rotate", "standardize"} <= names
+    x = np.random.default_rng(1).uniform(0, 255, (2, 40, 40, 3)).astype("float32")
+    assert np.allclose(net.predict_on_batch(x), net.predict_on_batch(x))  # serving is deterministic

@@ -115,3 +115,17 @@ def test_evaluate_checks_where_it_writes_before_any_work(tmp_path, monkeypatch):
 def test_predict_names_a_folder_given_as_an_image(tmp_path):
     with pytest.raises(UserError, match="is a folder, not a file"):
         predict.predict_images(tmp_path, [str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_evaluate_robustness_scores_the_suite_on_any_labelled_folder(model_dir, tmp_path, capsys):
+    from asl_sweep.robustness import SUITE
+
+    data = write_images(tmp_path / "flat", per_class=1)
+    out = tmp_path / "eval.json"
+    assert cli.main(["evaluate", str(model_dir), "--data-dir", str(data), "--out", str(out), "--robustness"]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["robustness"]) == list(SUITE)
+    assert result["val_robust_worst"] == min(result["robustness"].values())
+    printed = capsys.readouterr().out
+    assert "robustness: mean" in printed and all(name in printed for name in SUITE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -155,3 +156,21 @@ def test_page_renders_in_headless_chromium_with_network_off(monkeypatch, tmp_pat
     with Image.open(shot) as img:
         colours = img.convert("RGB").resize((130, 240)).getcolors(maxcolors=100_000)
     assert colours is not None and len(colours) > 50  # drawn charts, not a blank page
+
+
+def test_leaderboard_and_parallel_coordinates_show_the_robustness_suite(monkeypatch, tmp_path):
+    ledger = isolate(monkeypatch, tmp_path)
+    sweep_id = synthetic_sweep(ledger, runs=4)
+    db = Ledger(ledger)
+    for r in db.runs(sweep_id)[:3]:  # the fourth run predates the suite: no numbers, shown as missing
+        db.db.execute("UPDATE runs SET summary = ? WHERE id = ?",
+                      (json.dumps({"val_robust_accuracy": r["config"]["dropout"], "val_robust_worst": 0.5}), r["id"]))
+    db.close()
+    data = load_sweep(sweep_id)
+    axes, runs = report.parallel_axes(data)
+    assert [a.name for a in axes[-3:]] == ["val_robust_accuracy", "val_robust_worst", "val_accuracy"]
+    robust = dict(zip([r["id"] for r in runs], axes[-3].values))
+    assert sum(math.isnan(v) for v in robust.values()) == 1
+    rows = report.leaderboard(data)
+    assert {"val_robust_accuracy", "val_robust_worst"} <= set(rows[0])
+    report.write_report(data, tmp_path / "out")  # both backends draw the missing values

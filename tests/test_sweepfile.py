@@ -9,10 +9,11 @@ from asl_sweep.errors import UserError
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
-@pytest.mark.parametrize("name", ["bayes", "random", "grid", "smoke"])
-def test_shipped_sweeps_are_valid_and_launch_the_entrypoint(name):
+@pytest.mark.parametrize("name, metric", [("bayes", "val_score"), ("random", "val_score"), ("grid", "val_accuracy"),
+                                          ("smoke", "val_accuracy")])
+def test_shipped_sweeps_are_valid_and_launch_the_entrypoint(name, metric):
     config = sweepfile.load(SWEEPS / f"{name}.yaml")
-    assert config["metric"] == {"name": "val_accuracy", "goal": "maximize"}
+    assert config["metric"] == {"name": metric, "goal": "maximize"}
     assert config["command"][2:4] == ["-m", "asl_sweep.train"] and "${args}" in config["command"]
 
 
@@ -20,6 +21,12 @@ def test_bayes_has_hyperband_and_a_cap():
     config = sweepfile.load(SWEEPS / "bayes.yaml")
     assert config["early_terminate"]["type"] == "hyperband" and config["run_cap"] > 0
     assert config["parameters"]["learning_rate"]["distribution"] == "log_uniform_values"
+
+
+def test_the_default_sweep_ranks_and_saves_by_clean_and_robust_accuracy():
+    params = sweepfile.load(SWEEPS / "bayes.yaml")["parameters"]
+    assert params["checkpoint_metric"] == {"value": "val_score"}
+    assert params["normalize"] == {"value": "image"} and params["flip"] == {"value": True}
 
 
 def _write(tmp_path, config):

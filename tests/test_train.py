@@ -10,8 +10,9 @@ import yaml
 
 from asl_sweep import data
 from asl_sweep.config import Config
-from asl_sweep.sweepfile import LOGGED_METRICS
 from asl_sweep.data import DataCache
+from asl_sweep.robustness import SUITE
+from asl_sweep.sweepfile import LOGGED_METRICS
 from asl_sweep.train import example_indices, execute, train
 from tests.conftest import TINY
 
@@ -25,6 +26,12 @@ def test_execute_trains_logs_offline_and_writes_the_record(dataset_dir):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time"):
         assert key in record["history"][0]
     assert set(record["history"][0]) == {"epoch", *LOGGED_METRICS}  # what sweep files may name as their metric
+    for h in record["history"]:
+        assert h["val_score"] == pytest.approx((h["val_accuracy"] + h["val_robust_accuracy"]) / 2)
+    assert list(record["robustness"]) == list(SUITE) and all(0 <= v <= 1 for v in record["robustness"].values())
+    assert record["summary"]["val_robust_accuracy"] == pytest.approx(np.mean(list(record["robustness"].values())))
+    assert record["summary"]["val_robust_worst"] == min(record["robustness"].values())
+    assert 0 < record["summary"]["robust_time"] < record["summary"]["wall_time"]
     s = record["summary"]
     assert s["best_val_accuracy"] == max(h["val_accuracy"] for h in record["history"]) and s["param_count"] > 0
     assert s["val_accuracy"] == pytest.approx(s["best_val_accuracy"], abs=1e-6)  # the saved model is the best epoch's
@@ -136,3 +143,10 @@ def test_real_data_short_run(real_data_dir):
     record = execute({"epochs": 2, "image_size": 24}, DataCache(str(real_data_dir)), verbose=0)
     assert record["state"] == "finished"
     assert record["summary"]["val_accuracy"] > 0.2  # well above chance (0.1) after two epochs
+
+
+def test_the_saved_model_is_the_epoch_the_checkpoint_metric_ranks(dataset_dir):
+    record = execute({**TINY, "epochs": 4, "split": "random", "checkpoint_metric": "val_score", "normalize": "image"},
+                     DataCache(str(dataset_dir)))
+    scores = [h["val_score"] for h in record["history"]]
+    assert record["summary"]["best_epoch"] == scores.index(max(scores)) + 1
