@@ -61,7 +61,7 @@ def probabilities(net, x, batch: int = 256):
     return np.concatenate([np.asarray(net(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
 
 
-def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]], robust: tuple[Any, Any] | None):
+def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]], robust: tuple[Any, Any]):
     """Per epoch: time it, read the learning rate, score the robustness estimate (`robust`: the mixed
     set and its labels) and `val_score`, log plain keys for the sweep, ask to stop."""
     import keras
@@ -76,12 +76,11 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
             epoch_time = time.perf_counter() - self._t0
-            if robust is not None:  # into `logs`, so that best-epoch restore can monitor val_score
-                t0 = time.perf_counter()
-                mixed, labels = robust
-                logs["val_robust_accuracy"] = float((probabilities(self.model, mixed).argmax(axis=1) == labels).mean())
-                logs["val_score"] = (float(logs.get("val_accuracy", 0.0)) + logs["val_robust_accuracy"]) / 2
-                self.robust_time += time.perf_counter() - t0
+            t0 = time.perf_counter()  # into `logs`, so that best-epoch restore can monitor val_score
+            mixed, labels = robust
+            logs["val_robust_accuracy"] = float((probabilities(self.model, mixed).argmax(axis=1) == labels).mean())
+            logs["val_score"] = (float(logs.get("val_accuracy", 0.0)) + logs["val_robust_accuracy"]) / 2
+            self.robust_time += time.perf_counter() - t0
             row = {k: float(v) for k, v in logs.items() if k != "learning_rate"}
             row["epoch"] = epoch + 1
             row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -96,7 +95,7 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
 
 
 def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None, verbose: int | str,
-        robust: tuple[Any, Any] | None = None) -> tuple[list[dict[str, float]], bool, float, float]:
+        robust: tuple[Any, Any]) -> tuple[list[dict[str, float]], bool, float, float]:
     """Fit with per-epoch logging and stop requests; returns (history, stopped early, fit seconds, of which
     the robustness estimate took seconds).
 
@@ -110,8 +109,7 @@ def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None
 
     history: list[dict[str, float]] = []
     epoch_cb = _epoch_callback(run, reporter, history, robust)
-    monitor = cfg.checkpoint_metric if robust is not None else "val_accuracy"
-    best_weights = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=cfg.epochs,
+    best_weights = keras.callbacks.EarlyStopping(monitor=cfg.checkpoint_metric, mode="max", patience=cfg.epochs,
                                                  restore_best_weights=True)
     onehot = np.eye(NUM_CLASSES, dtype=np.float32)
     t_fit = time.perf_counter()
