@@ -329,6 +329,7 @@ def main() -> int:
         results[name] = sections[name]()
         print(f"[bench] {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
     out = Path("bench-results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(table(results))
     print(f"written: {out}")
