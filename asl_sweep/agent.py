@@ -6,7 +6,8 @@ to its ledger row:
     cli.sweep_cmd / cli.agent_cmd
       -> run_agents: one agent here, or k agent processes (`python -m asl_sweep agent ID --quiet`)
       -> local_agent: preflight (sweep file, data), then per run:
-           controller.claim_next      one ledger transaction: reap, cap/target, sweeps.next_run, insert
+           controller.claim_next      one ledger transaction under the sweep's lock: reap, requeued run
+                                      first, cap/target, sweeps.next_run, insert
            in-process (default)       train.execute(config) in this process, TensorFlow and data loaded
                                       once; controller.LedgerReporter writes each epoch, asks
                                       sweeps.stop_runs (hyperband) and relays stop requests
@@ -16,7 +17,8 @@ to its ledger row:
                                       ASL_SWEEP_SWEEP_ID / ASL_SWEEP_LEDGER, and its
                                       `python -m asl_sweep.train` reports through
                                       controller.reporter_from_env
-      -> ledger row: history per epoch, then a final state, summary and the run's files.
+      -> ledger row: one row per epoch, then a final state, summary, record and model (or, after
+         SIGTERM, back to `pending` for the next free agent).
 
 Debug mode (`asl-sweep --debug`) sets ASL_SWEEP_DEBUG=1 in the environment, which every child
 (agent processes and subprocess runs) inherits. W&B sweeps are handed to `wandb agent` itself,
@@ -41,7 +43,7 @@ from typing import Any
 
 from asl_sweep import controller
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import Ledger, RunState
+from asl_sweep.ledger import Ledger, RunRow, RunState
 from asl_sweep.results import best_run, best_value
 from asl_sweep.sweepfile import DEFAULT_COMMAND, metric, wandb_target
 
@@ -58,6 +60,7 @@ class AgentOptions:
     entity: str | None = None
     max_consecutive_failed_runs: int | None = None
     show_progress: bool = True
+    gpus: tuple[str, ...] = ()  # one agent per entry (round robin when more agents), CUDA_VISIBLE_DEVICES set
 
 
 class FailurePolicy:
@@ -197,24 +200,27 @@ class Progress:
             print()
 
 
-def _run_in_process(ledger: Ledger, sweep_id: str, run: dict[str, Any], cache, progress: Progress,
-                    target: tuple[str, str | None]) -> RunState:
+def _run_in_process(ledger: Ledger, sweep_id: str, run: RunRow, cache, progress: Progress,
+                    target: tuple[str, str | None]) -> str:
+    """The run's outcome: its final state, `requeued` (SIGTERM) or `fenced` (reaped meanwhile)."""
     from asl_sweep.train import execute
 
-    with controller.LedgerReporter(ledger, sweep_id, run["id"], on_epoch=progress.show) as reporter:
-        record = execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0,
-                         project=target[0], entity=target[1])
-    return RunState(record["state"])
+    with controller.LedgerReporter(ledger, sweep_id, run, on_epoch=progress.show) as reporter:
+        execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0,
+                project=target[0], entity=target[1])
+    return reporter.outcome
 
 
-def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: dict[str, Any], opts: AgentOptions,
-                    target: tuple[str, str | None]) -> RunState:
+def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: AgentOptions,
+                    target: tuple[str, str | None]) -> str:
     """One run as W&B's agent starts it: the YAML's command in W&B's agent environment, except that the
-    local sweep id goes in ASL_SWEEP_SWEEP_ID (a WANDB_SWEEP_ID unknown to W&B would block `wandb sync`)."""
+    local sweep id goes in ASL_SWEEP_SWEEP_ID (a WANDB_SWEEP_ID unknown to W&B would block `wandb sync`).
+    SIGTERM to the agent is passed on to the run. Returns the run's outcome, as `_run_in_process`."""
     param_path = write_param_files(sweep["config"], run["config"], sweep["id"], run["id"])
     cmd = expand_command(sweep["config"], run["config"], sweep_id=sweep["id"], run_id=run["id"])
     extra = {controller.LOCAL_SWEEP_ENV: sweep["id"], "WANDB_RUN_ID": run["id"], "WANDB_SWEEP_PARAM_PATH": str(param_path),
-             "ASL_SWEEP_LEDGER": str(ledger.path.resolve()), "WANDB_PROJECT": target[0]}
+             "ASL_SWEEP_LEDGER": ledger.location, controller.RUN_ATTEMPT_ENV: str(run["attempt"]),
+             "WANDB_PROJECT": target[0]}
     if target[1]:
         extra["WANDB_ENTITY"] = target[1]
     if opts.data_dir:
@@ -224,18 +230,32 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: dict[str, Any], 
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
-        ledger.finish_run(run["id"], RunState.FAILED, error=f"cannot start {cmd[0]!r}: {exc.strerror}")
-        return RunState.FAILED
-    try:
-        _, err = proc.communicate()
-    except KeyboardInterrupt:
-        proc.wait()
-        raise
+        ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"cannot start {cmd[0]!r}: {exc.strerror}")
+        return RunState.FAILED.value
+    passed_on = False
+    while True:
+        try:
+            _, err = proc.communicate(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if controller.PREEMPTED.is_set() and not passed_on:
+                proc.send_signal(signal.SIGTERM)
+                passed_on = True
+        except KeyboardInterrupt:
+            proc.wait()
+            raise
     after = ledger.run(run["id"])
-    if after and after["state"].is_active:
+    if after is None or after["attempt"] != run["attempt"]:
+        return "fenced"
+    if after["state"] == RunState.RUNNING:  # the child died without ending its run
+        if controller.PREEMPTED.is_set():
+            return "requeued" if ledger.requeue(run["id"], run["attempt"], "preempted (SIGTERM); requeued") else "fenced"
         last = (err.strip().splitlines() or ["no output"])[-1]
-        ledger.finish_run(run["id"], RunState.FAILED, error=f"exit code {proc.returncode}: {last}")
-    return (ledger.run(run["id"]) or {}).get("state", RunState.FAILED)
+        if not ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"],
+                                 error=f"exit code {proc.returncode}: {last}"):
+            return "fenced"
+        return RunState.FAILED.value
+    return "requeued" if after["state"] == RunState.PENDING else after["state"].value
 
 
 def _watch_ctrl_c() -> tuple[threading.Event, Any]:
@@ -280,6 +300,7 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
     with Ledger(create=False) as ledger:
         sweep = ledger.sweep(sweep_id)
         preflight(sweep, opts)
+        controller.watch_sigterm()
         target = wandb_target(sweep["config"], opts.project, opts.entity)
         if not opts.subprocess_mode:  # runs in this process: load TensorFlow once, quietly, with this agent's threads
             runtime.load_tensorflow(quiet=not os.environ.get("ASL_SWEEP_DEBUG"))
@@ -294,7 +315,8 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
         policy = FailurePolicy(opts.max_consecutive_failed_runs)
         ctrl_c, previous = _watch_ctrl_c()
         try:
-            while (opts.count is None or executed < opts.count) and (deadline is None or time.time() < deadline):
+            while (opts.count is None or executed < opts.count) and (deadline is None or time.time() < deadline) \
+                    and not controller.PREEMPTED.is_set():
                 run = controller.claim_next(ledger, sweep_id, agent)
                 if run is None:
                     if ledger.sweep(sweep_id)["state"] != "paused":
@@ -307,24 +329,30 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                 waiting = False
                 executed += 1
                 progress.show(force=True)
+                ours = {"attempt": run["attempt"]}
                 try:
                     if opts.subprocess_mode:
-                        state = _run_subprocess(ledger, sweep, run, opts, target)
+                        outcome = _run_subprocess(ledger, sweep, run, opts, target)
                     else:
-                        state = _run_in_process(ledger, sweep_id, run, cache, progress, target)
+                        outcome = _run_in_process(ledger, sweep_id, run, cache, progress, target)
                 except KeyboardInterrupt:
-                    ledger.finish_run(run["id"], RunState.STOPPED, error="interrupted by user (Ctrl-C)")
+                    ledger.finish_run(run["id"], RunState.STOPPED, **ours, error="interrupted by user (Ctrl-C)")
                     raise
                 except Exception as exc:  # one bad run (even out of memory) must not end the sweep; its error is recorded
                     if ctrl_c.is_set():  # Ctrl-C that surfaced as another error (e.g. from inside TensorFlow)
-                        ledger.finish_run(run["id"], RunState.STOPPED, error="interrupted by user (Ctrl-C)")
+                        ledger.finish_run(run["id"], RunState.STOPPED, **ours, error="interrupted by user (Ctrl-C)")
                         raise KeyboardInterrupt from exc
-                    ledger.finish_run(run["id"], RunState.FAILED, error=error_line(exc))
-                    state = RunState.FAILED
+                    ledger.finish_run(run["id"], RunState.FAILED, **ours, error=error_line(exc))
+                    outcome = RunState.FAILED.value
                     if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
                         raise
                 progress.show(force=True)
-                reason = policy.record(state == RunState.FAILED)
+                if outcome in ("requeued", "fenced"):
+                    print(f"run {run['id']} " + ("requeued: this agent got SIGTERM; the next free agent reruns it"
+                          if outcome == "requeued" else "was ended by another agent (no heartbeat seen; reaped "
+                          "as crashed) while it ran here: its result is not recorded"), file=sys.stderr, flush=True)
+                    continue
+                reason = policy.record(outcome == RunState.FAILED)
                 if reason:
                     last = ledger.run(run["id"]) or {}
                     raise UserError(f"agent shut down after {reason}; last error: {last.get('error') or 'see its record'}")
@@ -335,25 +363,40 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
     return executed
 
 
+def agent_environments(agents: int, gpus: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """What each of `agents` agent processes gets on top of this environment: its share of the CPU threads
+    and, with `gpus`, one GPU each (round robin) in CUDA_VISIBLE_DEVICES (wandb#597)."""
+    threads = str(max(1, (os.cpu_count() or 1) // agents))
+    return [{"ASL_SWEEP_THREADS": threads, **({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {})}
+            for i in range(agents)]
+
+
 def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) -> None:
     """Run `agents` agents for a local sweep on this machine: here when one, else as processes (threads
-    split between them) with one progress line."""
+    split between them, one GPU each with `opts.gpus`) with one progress line. SIGTERM is passed on to
+    every agent, each of which requeues its run."""
     if agents <= 1:
+        if opts.gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = opts.gpus[0]
         local_agent(sweep_id, opts)
         return
-    threads = max(1, (os.cpu_count() or 1) // agents)
     cmd = [sys.executable, "-m", "asl_sweep", "agent", sweep_id, "--quiet"]
     flags = {"--count": opts.count, "--data-dir": opts.data_dir, "--minutes": opts.minutes, "--project": opts.project,
              "--entity": opts.entity, "--max-consecutive-failed-runs": opts.max_consecutive_failed_runs}
     cmd += cli_flags(flags) + (["--subprocess"] if opts.subprocess_mode else [])
-    env = {**os.environ, "ASL_SWEEP_THREADS": str(threads)}
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(agents)]
+    procs = [subprocess.Popen(cmd, env={**os.environ, **extra}) for extra in agent_environments(agents, opts.gpus)]
+    controller.watch_sigterm()
     with Ledger(create=False) as ledger:
         progress = Progress(ledger, sweep_id, enabled=opts.show_progress)
+        passed_on = False
         try:
             while any(p.poll() is None for p in procs):
+                if controller.PREEMPTED.is_set() and not passed_on:
+                    for p in procs:
+                        p.send_signal(signal.SIGTERM)
+                    passed_on = True
                 progress.show()
-                time.sleep(1)
+                time.sleep(0.5)
         except KeyboardInterrupt:
             for p in procs:
                 p.wait()

@@ -53,7 +53,12 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
     return AgentOptions(count=args.count, subprocess_mode=args.subprocess, data_dir=args.data_dir,
                         minutes=args.minutes, project=args.project, entity=args.entity,
                         max_consecutive_failed_runs=args.max_consecutive_failed_runs,
-                        show_progress=not getattr(args, "quiet", False))
+                        show_progress=not getattr(args, "quiet", False), gpus=args.gpus)
+
+
+def agent_count(args: argparse.Namespace) -> int:
+    """--agents, else one per GPU listed in --gpus, else one."""
+    return args.agents or len(args.gpus) or 1
 
 
 def control_sweep(sweep_id: str, action: str, args: argparse.Namespace) -> int:
@@ -98,14 +103,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stored = {**config, **{k: v for k, v in (("project", args.project), ("entity", args.entity)) if v}}
     with Ledger() as ledger:
         sweep_id = ledger.create_sweep(stored, name)
-    print(f"created local sweep {sweep_id} ({config['method']}, {name}) in {ledger.path}")
+    print(f"created local sweep {sweep_id} ({config['method']}, {name}) in {ledger.display}")
     if not args.run:
         print(f"next: make agent SWEEP={sweep_id}   (or: asl-sweep agent {sweep_id})")
         return 0
     runtime.setup(debug=debug_of(args))
     from asl_sweep import agent, status
 
-    agent.run_agents(sweep_id, args.agents, agent_options(args))
+    agent.run_agents(sweep_id, agent_count(args), agent_options(args))
     print(status.best_summary(sweep_id))
     return 0
 
@@ -116,7 +121,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     runtime.setup(debug=debug_of(args))
     if is_local_sweep(args.sweep_id):
-        agent.run_agents(args.sweep_id, args.agents, agent_options(args))
+        agent.run_agents(args.sweep_id, agent_count(args), agent_options(args))
         if not args.quiet:
             from asl_sweep import status
 
@@ -126,6 +131,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
         raise unknown_sweep(args.sweep_id)
     runtime.require_wandb_key()
     return agent.wandb_agent(args.sweep_id, agent_options(args))
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from asl_sweep.ledger import copy_sweep
+    from asl_sweep.storage import display
+
+    runs = copy_sweep(args.sweep_id, args.source, args.destination)
+    print(f"copied sweep {args.sweep_id} ({runs} runs, with their epochs, records and models) from "
+          f"{display(args.source)} to {display(args.destination)}; its agents now use ASL_SWEEP_LEDGER={display(args.destination)}")
+    return 0
 
 
 def cmd_sweeps(args: argparse.Namespace) -> int:
@@ -209,6 +224,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def gpu_list(text: str) -> tuple[str, ...]:
+    gpus = tuple(g.strip() for g in text.split(","))
+    if not all(gpus):
+        raise argparse.ArgumentTypeError(f"expected GPU ids separated by commas (0,1,2), got {text!r}")
+    return gpus
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -222,15 +244,25 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entity", "-e", help="W&B entity of the runs (default: WANDB_ENTITY, the YAML's, yours)")
 
 
+def add_ledger_argument(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--ledger", help="the local sweeps' ledger: a SQLite file or postgresql://user@host:port/db "
+                                    "(default: $ASL_SWEEP_LEDGER, else asl-sweep.db here)")
+    return p
+
+
 def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=positive_int, help="stop after this many runs")
-    p.add_argument("--agents", type=positive_int, default=1, help="agent processes on this machine")
+    p.add_argument("--agents", type=positive_int, help="agent processes on this machine (default: one per GPU in "
+                                                       "--gpus, else 1)")
+    p.add_argument("--gpus", type=gpu_list, default=(), help="GPU ids, e.g. 0,1: one agent per GPU, each with "
+                                                             "CUDA_VISIBLE_DEVICES set to its own")
     p.add_argument("--subprocess", action="store_true", help="one process per run via the YAML's command")
     p.add_argument("--minutes", type=positive_float, help="start no new run after this many minutes")
     p.add_argument("--max-consecutive-failed-runs", type=positive_int,
                    help="shut the agent down once this many runs failed back to back (as wandb agent)")
     p.add_argument("--data-dir")
     add_target_arguments(p)
+    add_ledger_argument(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         """A subcommand about one sweep (local id, or a W&B id where W&B is reachable)."""
         command = sub.add_parser(name, help=help)
         command.add_argument("sweep_id")
-        return command
+        return add_ledger_argument(command)
 
-    sub.add_parser("sweeps", help="list local sweeps")
+    add_ledger_argument(sub.add_parser("sweeps", help="list local sweeps"))
     sweep_command("status", "runs of a local sweep and the best so far")
     add_target_arguments(sweep_command("sync", "upload a local sweep's runs to W&B and continue it there as a W&B sweep"))
     sweep_command("report", "HTML report (parallel coordinates, importance, curves) of a sweep").add_argument(
@@ -280,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     p.add_argument("--retrain", action="store_true", help="re-train the winner on train+validation")
     p.add_argument("--data-dir")
+
+    p = sub.add_parser("ledger", help="move sweeps between ledgers (SQLite file <-> PostgreSQL)")
+    ledger_sub = p.add_subparsers(dest="ledger_command", required=True)
+    p = ledger_sub.add_parser("copy", help="copy a sweep with its runs, epochs, records and models to another ledger")
+    p.add_argument("sweep_id")
+    p.add_argument("source", help="ledger it is in: a SQLite file or a postgresql:// URL")
+    p.add_argument("destination", help="ledger to copy it to (created when it is a new SQLite file)")
 
     p = sub.add_parser("predict", help="digit and confidence for image files, with an exported model")
     p.add_argument("model_dir")
@@ -302,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["ASL_SWEEP_DEBUG"] = "1"
     if rest and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if getattr(args, "ledger", None):  # through the environment, so agent processes and runs get it too
+        os.environ["ASL_SWEEP_LEDGER"] = args.ledger
     from asl_sweep import runtime
 
     handlers: dict[str, Callable[[], int]] = {
@@ -310,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": lambda: cmd_sweep(args),
         "agent": lambda: cmd_agent(args),
         "sweeps": lambda: cmd_sweeps(args),
+        "ledger": lambda: cmd_ledger(args),
         "status": lambda: cmd_status(args),
         "sync": lambda: cmd_sync(args),
         "report": lambda: cmd_report(args),

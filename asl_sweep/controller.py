@@ -2,24 +2,26 @@
 (`sweeps.stop_runs`) over the runs in the ledger.
 
 There is no controller process: whichever agent needs the next run claims it inside one
-IMMEDIATE transaction (reap stale runs, check `run_cap`, ask the engine, insert), so several
-agents never get the same grid point and `run_cap` holds exactly. Stop decisions are made as
-epochs arrive, by the process that reports the epoch.
+transaction holding the sweep's lock (reap stale runs, requeued run first, check `run_cap`, ask the
+engine, insert), so agents anywhere never get the same grid point and `run_cap` holds exactly.
+Hyperband's stop decisions can only change when some run reaches one of its bands, so they are
+computed then, by the agent whose run got there. SIGTERM (what SLURM and Kubernetes send before a
+kill) ends the run at its epoch boundary and requeues it: W&B's `mark_preempting`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
+import signal
 import threading
-import time
 from typing import Any
 
 import numpy as np
 
-from asl_sweep.ledger import ACTIVE, Ledger, RunRecord, RunState, default_path, new_id, run_from_row
+from asl_sweep.errors import UserError
+from asl_sweep.ledger import Ledger, RunRecord, RunRow, RunState, default_path, ledger_exists, new_id
 from asl_sweep.results import best_value
 from asl_sweep.runtime import env_number
 from asl_sweep.sweepfile import engine_config, metric, target
@@ -28,6 +30,14 @@ from asl_sweep.sweepfile import engine_config, metric, target
 LOCAL_SWEEP_ENV = "ASL_SWEEP_SWEEP_ID"
 # our RunState -> the engine's RunState value; an early-stopped run is "finished" to W&B as well
 ENGINE_STATE = {**{state: state.value for state in RunState}, RunState.STOPPED: RunState.FINISHED.value}
+# set by SIGTERM in this process: the run in progress ends at its epoch boundary and is requeued
+PREEMPTED = threading.Event()
+
+
+def watch_sigterm() -> None:
+    """Turn SIGTERM into a preemption request (main thread only; elsewhere the default stays)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: PREEMPTED.set())
 
 
 def heartbeat_interval() -> float:
@@ -64,15 +74,6 @@ def fresh_entropy() -> None:
     np.random.seed(int.from_bytes(os.urandom(4), "little"))
 
 
-def reap_stale(db, sweep_id: str, timeout: float) -> int:
-    """Inside a transaction: mark running runs with no heartbeat for `timeout` seconds as crashed."""
-    cur = db.execute(
-        "UPDATE runs SET state = ?, ended_at = ?, error = 'no heartbeat (agent died)' "
-        "WHERE sweep_id = ? AND state IN (?, ?) AND heartbeat_at < ?",
-        (RunState.CRASHED.value, time.time(), sweep_id, *ACTIVE, time.time() - timeout))
-    return cur.rowcount
-
-
 def target_reached(config: dict[str, Any], runs: list[dict[str, Any]]) -> bool:
     """True once any run has reached `metric.target` (W&B: the sweep then finishes)."""
     goal_value = target(config)
@@ -83,34 +84,61 @@ def target_reached(config: dict[str, Any], runs: list[dict[str, Any]]) -> bool:
     return any(v >= goal_value if goal == "maximize" else v <= goal_value for v in values)
 
 
-def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> dict[str, Any] | None:
+def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> RunRow | None:
     """Atomically pick the next configuration and record it as a running run; None when the sweep gives
-    no run now (done, capped, target reached, paused, stopped or canceled: the sweep's state says which)."""
+    no run now (done, capped, target reached, paused, stopped or canceled: the sweep's state says which).
+    The claim carries an id made here, so when the connection drops during COMMIT the retry finds out
+    whether it landed instead of claiming a second run."""
     import sweeps
 
-    sweep = ledger.sweep(sweep_id)
-    config = sweep["config"]
-    with ledger.transaction() as db:
-        reap_stale(db, sweep_id, heartbeat_timeout())
-        state = db.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()["state"]
-        if state != "running":  # a paused, finished or canceled sweep gives no run
-            return None
-        runs = [run_from_row(r) for r in db.execute("SELECT * FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,))]
-        cap = config.get("run_cap")
-        fresh_entropy()
-        done = (cap is not None and len(runs) >= cap) or target_reached(config, runs)
-        suggestion = None if done else sweeps.next_run(engine_config(config), engine_runs(runs))
-        if suggestion is None:
-            if not any(r["state"].is_active for r in runs):
-                db.execute("UPDATE sweeps SET state = 'finished' WHERE id = ?", (sweep_id,))
-            return None
-        values = {k: v["value"] for k, v in suggestion.config.items()}
-        run_id, now = new_id(), time.time()
-        db.execute(
-            "INSERT INTO runs (id, sweep_id, number, config, state, created_at, heartbeat_at, agent) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, sweep_id, len(runs) + 1, json.dumps(values), RunState.RUNNING.value, now, now, agent))
-    return ledger.run(run_id)
+    config = ledger.sweep(sweep_id)["config"]
+    claim = new_id(16)
+
+    def attempt() -> RunRow | None:
+        landed = ledger.claimed(claim)
+        if landed is not None:
+            return landed
+        with ledger.transaction():
+            ledger.backend.lock_sweep(sweep_id)
+            ledger.reap_stale(sweep_id, heartbeat_timeout())
+            if ledger.sweep(sweep_id)["state"] != "running":  # a paused, finished or canceled sweep gives no run
+                return None
+            if not ledger.restart_queued(sweep_id, agent, claim):
+                runs = ledger.runs(sweep_id)
+                cap = config.get("run_cap")
+                fresh_entropy()
+                done = (cap is not None and len(runs) >= cap) or target_reached(config, runs)
+                suggestion = None if done else sweeps.next_run(engine_config(config), engine_runs(runs))
+                if suggestion is None:
+                    if not any(r["state"].is_active for r in runs):
+                        ledger.execute("UPDATE sweeps SET state = 'finished' WHERE id = ?", (sweep_id,))
+                    return None
+                values = {k: v["value"] for k, v in suggestion.config.items()}
+                ledger.insert_run(sweep_id, len(runs) + 1, values, agent, claim)
+        return ledger.claimed(claim)
+
+    return ledger.retrying(attempt)
+
+
+def hyperband_bands(config: dict[str, Any]) -> set[int] | None:
+    """The epoch counts at which hyperband's decisions can change (a run reaching a band adds a threshold
+    value or meets one; a run's best value only improves), or None to decide after every epoch. `sweeps`
+    computes the same bands inside `hyperband_stop_runs` without exposing them, so this repeats its rule."""
+    from sweeps.config import fill_validate_early_terminate
+
+    if (config.get("early_terminate") or {}).get("type") != "hyperband":
+        return None
+    et = fill_validate_early_terminate(dict(config))["early_terminate"]
+    eta = et["eta"]
+    if "max_iter" in et:
+        bands, band = set(), et["max_iter"]
+        for _ in range(et["s"]):
+            band /= eta
+            if band < 1:
+                break
+            bands.add(int(band))
+        return bands
+    return {int(et["min_iter"] * eta ** i) for i in range(64)}
 
 
 def apply_early_termination(ledger: Ledger, sweep_id: str) -> list[str]:
@@ -129,36 +157,58 @@ def apply_early_termination(ledger: Ledger, sweep_id: str) -> list[str]:
 
 
 class LedgerReporter(contextlib.AbstractContextManager):
-    """Reports a run's epochs and end to the ledger, heartbeats from a thread, relays stop requests.
+    """Reports one attempt of a run to the ledger: its epochs, its end, its model; heartbeats from a
+    thread; relays stop requests. A write the ledger refuses (the run was reaped as crashed or requeued
+    meanwhile) fences this attempt: it stops at its next epoch and its result is not recorded.
     A context manager: leaving it stops the heartbeat, so a run that raised stops looking alive."""
 
-    def __init__(self, ledger: Ledger, sweep_id: str, run_id: str, on_epoch=None, *, owns_ledger: bool = False) -> None:
-        self.ledger, self.sweep_id, self.run_id = ledger, sweep_id, run_id
+    def __init__(self, ledger: Ledger, sweep_id: str, run: RunRow, on_epoch=None, *, owns_ledger: bool = False) -> None:
+        self.ledger, self.sweep_id, self.run_id, self.attempt = ledger, sweep_id, run["id"], run["attempt"]
         self.on_epoch, self.owns_ledger = on_epoch, owns_ledger
+        self.step, self.fenced, self.outcome = 0, False, "running"
+        self.bands = hyperband_bands(ledger.sweep(sweep_id)["config"])
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_id}", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
-        own = Ledger(self.ledger.path)
+        own = Ledger(self.ledger.location)
         try:
             while not self._stop.wait(heartbeat_interval()):
-                own.heartbeat(self.run_id)
+                try:
+                    if not own.heartbeat(self.run_id, self.attempt):
+                        self.fenced = True
+                except UserError:  # the ledger stayed unreachable: keep trying while the run goes on
+                    continue
         finally:
             own.close()
 
     def epoch(self, row: dict[str, float]) -> bool:
-        self.ledger.append_epoch(self.run_id, row)
-        apply_early_termination(self.ledger, self.sweep_id)
+        self.step += 1
+        if not self.ledger.append_epoch(self.run_id, row, attempt=self.attempt, step=self.step):
+            self.fenced = True
+        if self.fenced:
+            return True
+        if self.bands is None or self.step in self.bands:
+            apply_early_termination(self.ledger, self.sweep_id)
         if self.on_epoch:
             self.on_epoch()
-        return self.ledger.should_stop(self.run_id)
+        return PREEMPTED.is_set() or self.ledger.should_stop(self.run_id)
 
     def finish(self, record: RunRecord) -> None:
+        """Record the run's end, or requeue it when SIGTERM stopped it (and the sweep did not)."""
         self._stop.set()
-        self.ledger.finish_run(
-            self.run_id, record["state"], summary=record["summary"], history=record["history"],
-            record_path=record["paths"]["record"], wandb_dir=record["paths"]["run_dir"])
+        if PREEMPTED.is_set() and record["state"] == RunState.STOPPED and not self.ledger.should_stop(self.run_id):
+            landed = self.ledger.requeue(self.run_id, self.attempt, "preempted (SIGTERM); requeued")
+            self.outcome = "requeued" if landed else "fenced"
+        else:
+            model_path = record["paths"].get("model")
+            model = open(model_path, "rb").read() if model_path and os.path.isfile(model_path) else None
+            landed = self.ledger.finish_run(
+                self.run_id, record["state"], attempt=self.attempt, summary=record["summary"], record=record,
+                model=model, record_path=record["paths"]["record"], wandb_dir=record["paths"]["run_dir"])
+            self.outcome = str(record["state"]) if landed else "fenced"
+        self.fenced = self.fenced or self.outcome == "fenced"
         self.close()
 
     def close(self) -> None:
@@ -171,14 +221,20 @@ class LedgerReporter(contextlib.AbstractContextManager):
         self.close()
 
 
+RUN_ATTEMPT_ENV = "ASL_SWEEP_RUN_ATTEMPT"
+
+
 def reporter_from_env() -> LedgerReporter | None:
-    """In a run launched for a local sweep (ASL_SWEEP_SWEEP_ID in our ledger), report to the ledger."""
+    """In a run launched for a local sweep (ASL_SWEEP_SWEEP_ID in our ledger), report to the ledger as the
+    attempt the agent claimed (ASL_SWEEP_RUN_ATTEMPT); SIGTERM then preempts the run."""
     sweep_id, run_id = os.environ.get(LOCAL_SWEEP_ENV), os.environ.get("WANDB_RUN_ID")
-    path = default_path()
-    if not (sweep_id and run_id and path.is_file()):
+    if not (sweep_id and run_id and ledger_exists()):
         return None
-    ledger = Ledger(path)
-    if ledger.find_sweep(sweep_id) is None or ledger.run(run_id) is None:
+    ledger = Ledger(default_path())
+    run = ledger.run(run_id) if ledger.find_sweep(sweep_id) is not None else None
+    if run is None:
         ledger.close()
         return None
-    return LedgerReporter(ledger, sweep_id, run_id, owns_ledger=True)
+    run["attempt"] = int(os.environ.get(RUN_ATTEMPT_ENV) or run["attempt"])
+    watch_sigterm()
+    return LedgerReporter(ledger, sweep_id, run, owns_ledger=True)

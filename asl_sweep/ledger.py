@@ -1,30 +1,37 @@
-"""The local ledger: every local sweep and run, in one SQLite file (WAL, short transactions).
+"""The ledger: every local sweep and run, with its epochs, record and model, in SQLite (one machine)
+or PostgreSQL (many machines); `storage.py` hides which.
 
-It is the single source of truth for local sweeps, shared by any number of agent processes:
-nothing about a run lives only in memory. Finished runs are never rewritten: state changes
-are conditional on the run still being active.
+It is the single source of truth for local sweeps, shared by any number of agents anywhere: nothing
+about a run lives only in memory or only on the machine that trained it. Finished runs are never
+rewritten. Every write to a run names the attempt it belongs to (a fencing token): once a run was
+reaped as crashed or requeued, its old agent's writes are refused. Every public method is one
+transaction that is retried, after reconnecting, when the connection is lost; the writes are safe to
+repeat (client-made ids, one row per epoch).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import sqlite3
-import string
-import time
 import contextlib
+import functools
+import json
+import secrets
+import string
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator, TypedDict
 
+from asl_sweep import storage
 from asl_sweep.errors import UserError
 
 
 class RunState(str, Enum):
     """A run's state, one type for every module (as Optuna's TrialState); stored as its value.
-    `stopped` is an early-stopped (hyperband) or interrupted run, `crashed` one whose agent died."""
+    `pending` is a preempted run waiting for the next free agent (W&B's requeue), `stopped` an
+    early-stopped (hyperband) or interrupted run, `crashed` one whose agent died."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -75,11 +82,14 @@ class RunRow(TypedDict):
     wandb_dir: str | None
     agent: str | None
     error: str | None
+    attempt: int  # the fencing token: 1, then one more each time a preempted run is claimed again
+    claim: str | None  # the claiming agent's own id for that claim, to find it after a lost COMMIT
+    preemptions: int
 
 
 class RunRecord(TypedDict):
-    """A finished run's `result.json` (train.py writes it beside the model): all that export, report and
-    evaluate need, since an offline run's W&B files are binary."""
+    """A finished run's record (train.py writes it as `result.json` beside the model, and the ledger keeps
+    it): all that export, report and evaluate need, since an offline run's W&B files are binary."""
 
     run_id: str
     sweep_id: str | None
@@ -111,44 +121,27 @@ CONTROL = {
     "cancel": (("running", "paused"), "canceled"),
 }
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sweeps (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    config TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'running',
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    sweep_id TEXT NOT NULL REFERENCES sweeps(id),
-    number INTEGER NOT NULL,
-    config TEXT NOT NULL,
-    state TEXT NOT NULL,
-    should_stop INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    heartbeat_at REAL NOT NULL,
-    ended_at REAL,
-    history TEXT NOT NULL DEFAULT '[]',
-    summary TEXT NOT NULL DEFAULT '{}',
-    record_path TEXT,
-    wandb_dir TEXT,
-    agent TEXT,
-    error TEXT,
-    UNIQUE (sweep_id, number)
-);
-CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, state);
-"""
+
+# a run's columns as `runs()` reads them: its record is read on its own (`record()`), only when needed
+RUN_COLUMNS = ("id, sweep_id, number, config, state, should_stop, created_at, heartbeat_at, ended_at, summary, "
+               "record_path, wandb_dir, agent, error, attempt, claim, preemptions")
+OF_ATTEMPT = "(CAST(? AS INTEGER) IS NULL OR attempt = ?)"  # a write fenced by the caller's attempt, when given
 
 
-def default_path() -> Path:
-    """`ASL_SWEEP_LEDGER`, else `asl-sweep.db` in the working directory."""
-    return Path(os.environ.get("ASL_SWEEP_LEDGER", "asl-sweep.db"))
+def default_path() -> str:
+    """Where the ledger is: `ASL_SWEEP_LEDGER` (a file or a postgresql:// URL), else `asl-sweep.db` here."""
+    return storage.default_location()
+
+
+def ledger_exists(location: str | None = None) -> bool:
+    """A SQLite file that exists, or any PostgreSQL URL (whether it answers is for the caller to find out)."""
+    location = location or default_path()
+    return storage.is_url(location) or Path(location).is_file()
 
 
 def is_local_sweep(sweep_id: str) -> bool:
-    """True when the local ledger (if there is one) knows this id; never creates a ledger."""
-    if not default_path().is_file():
+    """True when the ledger (if there is one) knows this id; never creates a SQLite file."""
+    if not ledger_exists():
         return False
     with Ledger(create=False) as ledger:
         return ledger.find_sweep(sweep_id) is not None
@@ -156,7 +149,7 @@ def is_local_sweep(sweep_id: str) -> bool:
 
 def unknown_sweep(sweep_id: str) -> UserError:
     """The error for an id that is not local while W&B is offline, so it cannot be a W&B sweep either."""
-    return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {default_path()}, "
+    return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {storage.display(default_path())}, "
                      "and W&B is offline (no API key) so it cannot be a W&B sweep")
 
 
@@ -166,167 +159,320 @@ def new_id(length: int = 8) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def run_from_row(row: sqlite3.Row) -> RunRow:
+def run_from_row(row: Any, history: list[dict[str, float]] | None = None) -> RunRow:
     out = dict(row)
-    for key in ("config", "history", "summary"):
+    for key in ("config", "summary"):
         out[key] = json.loads(out[key])
     out["state"] = RunState(out["state"])
+    out["history"] = history or []
     return out  # type: ignore[return-value]
 
 
-def ledger_error(path: Path, exc: sqlite3.Error) -> UserError:
-    """One line naming the ledger file, what is wrong with it and what to do."""
-    text = str(exc)
-    if "not a database" in text:
-        why = "is not an asl-sweep ledger (not a SQLite database); point ASL_SWEEP_LEDGER at another file"
-    elif "readonly" in text or "read-only" in text:
-        why = "is read-only; make it (and its folder) writable, or copy it somewhere writable"
-    elif "locked" in text:
-        why = "is locked by another process for too long; try again"
-    else:
-        why = f"cannot be used: {text}"
-    return UserError(f"ledger {path} {why}")
+def retry_seconds() -> float:
+    from asl_sweep.runtime import env_number
+
+    return env_number("ASL_SWEEP_LEDGER_RETRY_S", 600.0, minimum=0.0)
+
+
+def retried(method):
+    """A public ledger method: one unit of work, repeated after a reconnect when the connection is lost."""
+
+    @functools.wraps(method)
+    def wrapper(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        return self.retrying(lambda: method(self, *args, **kwargs))
+
+    return wrapper
 
 
 class Ledger(contextlib.AbstractContextManager):
-    """Thin typed access to the SQLite file; each method is one transaction. A context manager."""
+    """Typed access to the ledger; each public method is one transaction. A context manager."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True) -> None:
-        self.path = Path(path) if path else default_path()
-        if self.path.is_dir():
-            raise UserError(f"ledger {self.path} is a folder, not a file; point ASL_SWEEP_LEDGER at a file")
-        if not self.path.parent.is_dir():
-            raise UserError(f"ledger {self.path}: folder {self.path.parent} does not exist")
-        if not create and not self.path.is_file():
-            raise UserError(f"no ledger at {self.path}: no local sweep was created here "
-                            "(asl-sweep sweep FILE --local), or set ASL_SWEEP_LEDGER")
-        try:
-            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise ledger_error(self.path, exc) from None
+    def __init__(self, location: str | Path | None = None, *, create: bool = True) -> None:
+        self.backend = storage.open_backend(str(location or default_path()), create=create)
+        self.location, self.display = self.backend.location, self.backend.display
+        self._local = threading.local()
 
     def close(self) -> None:
-        self.db.close()
+        self.backend.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: writers queue here, so read-decide-write steps are atomic."""
-        self._control("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self._control("COMMIT")
+    def execute(self, sql: str, params: tuple | list = ()) -> Any:
+        return self.backend.execute(sql, params)
 
-    def _control(self, statement: str) -> None:
-        """Begin or commit; a database error (locked too long, read-only, disk) is one line naming the file."""
+    def retrying(self, work):
+        """Run `work`; when the connection is lost, reconnect with backoff and run it again, for up to
+        ASL_SWEEP_LEDGER_RETRY_S seconds. Nested calls run once: only the outermost unit is repeated."""
+        if getattr(self._local, "inside", False) or not self.backend.retryable:
+            return work()
+        deadline, pause, told = time.monotonic() + retry_seconds(), 0.1, False
+        self._local.inside = True
         try:
-            self.db.execute(statement)
-        except sqlite3.Error as exc:
-            raise ledger_error(self.path, exc) from None
+            while True:
+                try:
+                    result = work()
+                    if told:
+                        print(f"ledger {self.display}: reconnected", file=sys.stderr, flush=True)
+                    return result
+                except self.backend.retryable as exc:
+                    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                    self.backend.rollback()
+                    while True:
+                        if time.monotonic() > deadline:
+                            raise UserError(f"ledger {self.display} unreachable for {retry_seconds():.0f}s: {reason}") from None
+                        if not told:
+                            print(f"ledger {self.display}: connection lost ({reason}); reconnecting",
+                                  file=sys.stderr, flush=True)
+                            told = True
+                        time.sleep(pause)
+                        pause = min(pause * 2, 5.0)
+                        try:
+                            self.backend.reconnect()
+                            break
+                        except UserError as down:
+                            reason = str(down)
+        finally:
+            self._local.inside = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[Ledger]:
+        """One atomic block: SQLite queues writers at BEGIN; PostgreSQL writers lock rows as they go."""
+        self.backend.begin()
+        try:
+            yield self
+        except BaseException:
+            self.backend.rollback()
+            raise
+        self.backend.commit()
 
     # sweeps
-    def create_sweep(self, config: dict[str, Any], name: str) -> str:
-        sweep_id = new_id()
-        with self.transaction() as db:
-            db.execute("INSERT INTO sweeps (id, name, config, created_at) VALUES (?, ?, ?, ?)",
-                       (sweep_id, name, json.dumps(config), time.time()))
+    @retried
+    def create_sweep(self, config: dict[str, Any], name: str, sweep_id: str | None = None) -> str:
+        sweep_id = sweep_id or new_id()
+        self.execute("INSERT INTO sweeps (id, name, config, created_at) VALUES (?, ?, ?, {now}) "
+                     "ON CONFLICT (id) DO NOTHING", (sweep_id, name, json.dumps(config)))
         return sweep_id
 
+    @retried
     def find_sweep(self, sweep_id: str) -> SweepRow | None:
-        row = self.db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        row = self.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         if row is None:
             return None
         out = dict(row)
         out["config"] = json.loads(out["config"])
-        return out
+        return out  # type: ignore[return-value]
 
     def sweep(self, sweep_id: str) -> SweepRow:
         found = self.find_sweep(sweep_id)
         if found is None:
-            raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.path}; 'asl-sweep sweeps' lists them)")
+            raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.display}; 'asl-sweep sweeps' lists them)")
         return found
 
+    @retried
     def sweeps(self) -> list[dict[str, Any]]:  # SweepRow plus its run count
-        rows = self.db.execute(
+        rows = self.execute(
             "SELECT s.id, s.name, s.state, s.created_at, s.config, COUNT(r.id) AS runs FROM sweeps s "
-            "LEFT JOIN runs r ON r.sweep_id = s.id GROUP BY s.id ORDER BY s.created_at").fetchall()
+            "LEFT JOIN runs r ON r.sweep_id = s.id GROUP BY s.id, s.name, s.state, s.created_at, s.config "
+            "ORDER BY s.created_at").fetchall()
         return [{**dict(r), "config": json.loads(r["config"])} for r in rows]
 
+    @retried
     def set_sweep_state(self, sweep_id: str, state: str) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE sweeps SET state = ? WHERE id = ?", (state, sweep_id))
+        self.execute("UPDATE sweeps SET state = ? WHERE id = ?", (state, sweep_id))
 
+    @retried
     def control(self, sweep_id: str, action: str) -> str:
         """Pause, resume, stop or cancel a sweep (W&B's meanings); cancel also asks every active run to
         stop at its next epoch boundary. Returns the new state; a transition that does not apply is an error."""
         allowed, new = CONTROL[action]
-        with self.transaction() as db:
-            row = db.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        with self.transaction():
+            self.backend.lock_sweep(sweep_id)
+            row = self.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
             if row is None:
-                raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.path}; 'asl-sweep sweeps' lists them)")
+                raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.display}; 'asl-sweep sweeps' lists them)")
             if row["state"] not in allowed:
                 raise UserError(f"cannot {action} sweep {sweep_id}: it is {row['state']}")
-            db.execute("UPDATE sweeps SET state = ? WHERE id = ?", (new, sweep_id))
+            self.execute("UPDATE sweeps SET state = ? WHERE id = ?", (new, sweep_id))
             if action == "cancel":
-                db.execute("UPDATE runs SET should_stop = 1 WHERE sweep_id = ? AND state IN (?, ?)",
-                           (sweep_id, *ACTIVE))
+                self.execute("UPDATE runs SET should_stop = 1 WHERE sweep_id = ? AND state IN (?, ?)",
+                             (sweep_id, *ACTIVE))
         return new
 
     # runs
+    @retried
     def runs(self, sweep_id: str) -> list[RunRow]:
-        rows = self.db.execute("SELECT * FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
-        return [run_from_row(r) for r in rows]
+        rows = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
+        histories: dict[str, list[dict[str, float]]] = {}
+        for e in self.execute("SELECT e.run_id, e.row FROM epochs e JOIN runs r ON r.id = e.run_id "
+                              "WHERE r.sweep_id = ? ORDER BY e.run_id, e.step", (sweep_id,)):
+            histories.setdefault(e["run_id"], []).append(json.loads(e["row"]))
+        return [run_from_row(r, histories.get(r["id"])) for r in rows]
 
+    @retried
     def run(self, run_id: str) -> RunRow | None:
-        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return run_from_row(row) if row else None
+        row = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        epochs = self.execute("SELECT row FROM epochs WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
+        return run_from_row(row, [json.loads(e["row"]) for e in epochs])
 
-    def append_epoch(self, run_id: str, row: dict[str, float]) -> None:
-        """Add one epoch to an active run's history (a no-op once the run has ended)."""
-        with self.transaction() as db:
-            found = db.execute("SELECT history FROM runs WHERE id = ? AND state IN (?, ?)",
-                               (run_id, *ACTIVE)).fetchone()
-            if found:
-                history = json.loads(found["history"]) + [row]
-                db.execute("UPDATE runs SET history = ?, heartbeat_at = ?, state = 'running' WHERE id = ?",
-                           (json.dumps(history), time.time(), run_id))
+    def claimed(self, claim: str) -> RunRow | None:
+        """The run a claim produced, if its transaction committed (asked again after a lost COMMIT)."""
+        row = self.execute("SELECT id FROM runs WHERE claim = ?", (claim,)).fetchone()
+        return self.run(row["id"]) if row else None
 
-    def heartbeat(self, run_id: str) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND state IN (?, ?)",
-                       (time.time(), run_id, *ACTIVE))
+    def reap_stale(self, sweep_id: str, timeout: float) -> int:
+        """Inside a claim: running runs without a heartbeat for `timeout` seconds of the database's clock are
+        crashed. A heartbeat counts from the server's start at the latest, so a database restart does not
+        make every run look dead: their agents get `timeout` seconds to reconnect."""
+        cur = self.execute(
+            "UPDATE runs SET state = ?, ended_at = {now}, error = 'no heartbeat (agent died)' "
+            "WHERE sweep_id = ? AND state = ? AND {greatest}(heartbeat_at, {started}) < {now} - ?",
+            (RunState.CRASHED.value, sweep_id, RunState.RUNNING.value, timeout))
+        return cur.rowcount
 
-    def finish_run(self, run_id: str, state: RunState, *, summary: dict[str, Any] | None = None,
-                   history: list[dict] | None = None, record_path: str | None = None,
+    def insert_run(self, sweep_id: str, number: int, values: dict[str, Any], agent: str, claim: str) -> None:
+        """Inside a claim: a new running run with a client-made id."""
+        self.execute(
+            "INSERT INTO runs (id, sweep_id, number, config, state, created_at, heartbeat_at, agent, claim) "
+            "VALUES (?, ?, ?, ?, ?, {now}, {now}, ?, ?)",
+            (new_id(), sweep_id, number, json.dumps(values), RunState.RUNNING.value, agent, claim))
+
+    def restart_queued(self, sweep_id: str, agent: str, claim: str) -> bool:
+        """Inside a claim: give the oldest requeued (preempted) run to this agent as its next attempt."""
+        row = self.execute("SELECT id FROM runs WHERE sweep_id = ? AND state = ? ORDER BY number LIMIT 1",
+                           (sweep_id, RunState.PENDING.value)).fetchone()
+        if row is None:
+            return False
+        self.execute("UPDATE runs SET state = ?, attempt = attempt + 1, agent = ?, claim = ?, heartbeat_at = {now}, "
+                     "should_stop = 0 WHERE id = ?", (RunState.RUNNING.value, agent, claim, row["id"]))
+        return True
+
+    @retried
+    def append_epoch(self, run_id: str, row: dict[str, float], *, attempt: int | None = None,
+                     step: int | None = None) -> bool:
+        """Add one epoch (one row, never a rewrite of the history) to the run's attempt and beat its heart.
+        False when the run is no longer this attempt's to write (ended, reaped or requeued): fenced."""
+        with self.transaction():
+            cur = self.execute(f"UPDATE runs SET heartbeat_at = {{now}} WHERE id = ? AND state = ? AND {OF_ATTEMPT}",
+                               (run_id, RunState.RUNNING.value, attempt, attempt))
+            if cur.rowcount != 1:
+                return False
+            if step is None:
+                step = self.execute("SELECT COALESCE(MAX(step), 0) + 1 AS n FROM epochs WHERE run_id = ?",
+                                    (run_id,)).fetchone()["n"]
+            self.execute("INSERT INTO epochs (run_id, step, row) VALUES (?, ?, ?) ON CONFLICT (run_id, step) DO NOTHING",
+                         (run_id, step, json.dumps(row)))
+        return True
+
+    @retried
+    def heartbeat(self, run_id: str, attempt: int | None = None) -> bool:
+        """False when the run is no longer this attempt's (fenced)."""
+        cur = self.execute(f"UPDATE runs SET heartbeat_at = {{now}} WHERE id = ? AND state = ? AND {OF_ATTEMPT}",
+                           (run_id, RunState.RUNNING.value, attempt, attempt))
+        return cur.rowcount == 1
+
+    @retried
+    def finish_run(self, run_id: str, state: RunState | str, *, attempt: int | None = None,
+                   summary: dict[str, Any] | None = None, record: RunRecord | None = None,
+                   model: bytes | None = None, record_path: str | None = None,
                    wandb_dir: str | None = None, error: str | None = None) -> bool:
-        """Move an active run to a terminal state; returns False when it had already ended."""
-        assert RunState(state).is_final, state
-        with self.transaction() as db:
-            cur = db.execute(
-                "UPDATE runs SET state = ?, ended_at = ?, summary = COALESCE(?, summary), "
-                "history = COALESCE(?, history), record_path = COALESCE(?, record_path), "
-                "wandb_dir = COALESCE(?, wandb_dir), error = COALESCE(?, error) "
-                "WHERE id = ? AND state IN (?, ?)",
-                (RunState(state).value, time.time(), json.dumps(summary) if summary is not None else None,
-                 json.dumps(history) if history is not None else None, record_path, wandb_dir, error,
-                 run_id, *ACTIVE))
-            return cur.rowcount == 1
+        """Move an active run to a final state with its record and model; False when it was no longer this
+        attempt's to end (already ended, reaped or requeued)."""
+        state = RunState(state)
+        assert state.is_final, state
+        with self.transaction():
+            cur = self.execute(
+                "UPDATE runs SET state = ?, ended_at = {now}, summary = COALESCE(?, summary), "
+                "record = COALESCE(?, record), record_path = COALESCE(?, record_path), "
+                f"wandb_dir = COALESCE(?, wandb_dir), error = COALESCE(?, error) "
+                f"WHERE id = ? AND state IN (?, ?) AND {OF_ATTEMPT}",
+                (state.value, json.dumps(summary) if summary is not None else None,
+                 json.dumps(record) if record is not None else None, record_path, wandb_dir, error,
+                 run_id, *ACTIVE, attempt, attempt))
+            if cur.rowcount != 1:  # a repeat of a COMMIT whose answer was lost has nothing left to do
+                row = self.execute("SELECT state, attempt FROM runs WHERE id = ?", (run_id,)).fetchone()
+                return bool(row and row["state"] == state.value and attempt is not None and row["attempt"] == attempt)
+            if model is not None:
+                self.execute("INSERT INTO models (run_id, data) VALUES (?, ?) ON CONFLICT (run_id) DO UPDATE "
+                             "SET data = excluded.data", (run_id, model))
+        return True
 
+    @retried
+    def requeue(self, run_id: str, attempt: int, reason: str) -> bool:
+        """A preempted run goes back to the queue as `pending` (W&B's requeue): the next free agent reruns
+        its configuration as the same run, so it counts once against run_cap and shows once."""
+        with self.transaction():
+            cur = self.execute(
+                "UPDATE runs SET state = ?, agent = NULL, claim = NULL, should_stop = 0, error = ?, "
+                "preemptions = preemptions + 1 WHERE id = ? AND state = ? AND attempt = ?",
+                (RunState.PENDING.value, reason, run_id, RunState.RUNNING.value, attempt))
+            if cur.rowcount != 1:
+                row = self.execute("SELECT state, attempt FROM runs WHERE id = ?", (run_id,)).fetchone()
+                return bool(row and row["state"] == RunState.PENDING.value and row["attempt"] == attempt)
+            self.execute("DELETE FROM epochs WHERE run_id = ?", (run_id,))
+        return True
+
+    @retried
     def request_stop(self, run_ids: list[str]) -> None:
-        if run_ids:
-            with self.transaction() as db:
-                db.executemany("UPDATE runs SET should_stop = 1 WHERE id = ?", [(r,) for r in run_ids])
+        with self.transaction():
+            for run_id in run_ids:
+                self.execute("UPDATE runs SET should_stop = 1 WHERE id = ?", (run_id,))
 
+    @retried
     def should_stop(self, run_id: str) -> bool:
-        row = self.db.execute("SELECT should_stop FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self.execute("SELECT should_stop FROM runs WHERE id = ?", (run_id,)).fetchone()
         return bool(row and row["should_stop"])
+
+    @retried
+    def record(self, run_id: str) -> RunRecord | None:
+        row = self.execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return json.loads(row["record"]) if row and row["record"] else None
+
+    @retried
+    def model(self, run_id: str) -> bytes | None:
+        row = self.execute("SELECT data FROM models WHERE run_id = ?", (run_id,)).fetchone()
+        return bytes(row["data"]) if row else None
+
+    # moving sweeps between ledgers
+    @retried
+    def dump(self, sweep_id: str) -> dict[str, list[dict[str, Any]]]:
+        """Every row of one sweep, as stored (for `copy_sweep`)."""
+        self.sweep(sweep_id)
+        return {
+            "sweeps": [dict(r) for r in self.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))],
+            "runs": [dict(r) for r in self.execute("SELECT * FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,))],
+            "epochs": [dict(r) for r in self.execute("SELECT e.* FROM epochs e JOIN runs r ON r.id = e.run_id "
+                                                     "WHERE r.sweep_id = ?", (sweep_id,))],
+            "models": [{"run_id": r["run_id"], "data": bytes(r["data"])} for r in self.execute(
+                "SELECT m.* FROM models m JOIN runs r ON r.id = m.run_id WHERE r.sweep_id = ?", (sweep_id,))],
+        }
+
+    @retried
+    def load(self, dump: dict[str, list[dict[str, Any]]]) -> None:
+        """Insert a dumped sweep, all or nothing; refused when this ledger already has it."""
+        sweep_id = dump["sweeps"][0]["id"]
+        with self.transaction():
+            if self.execute("SELECT id FROM sweeps WHERE id = ?", (sweep_id,)).fetchone():
+                raise UserError(f"ledger {self.display} already has sweep {sweep_id}; nothing copied")
+            for table in ("sweeps", "runs", "epochs", "models"):
+                for row in dump[table]:
+                    names = list(row)
+                    self.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                 [row[k] for k in names])
+
+
+def copy_sweep(sweep_id: str, source: str, destination: str) -> int:
+    """Copy one sweep with its runs, epochs, records and models to another ledger (SQLite <-> PostgreSQL),
+    so that a sweep begun on a laptop goes on on a cluster. Refused while any of its runs is running: that
+    run's agent would go on writing to the source. Returns the number of runs copied."""
+    with Ledger(source, create=False) as src:
+        dump = src.dump(sweep_id)
+    running = [r["id"] for r in dump["runs"] if r["state"] == RunState.RUNNING.value]
+    if running:
+        raise UserError(f"sweep {sweep_id} has {len(running)} running run(s) in {storage.display(source)}; "
+                        f"pause it (asl-sweep sweep --pause {sweep_id}) and wait for them to end, then copy")
+    with Ledger(destination) as dst:
+        dst.load(dump)
+    return len(dump["runs"])

@@ -98,7 +98,10 @@ def wall_time(run: dict[str, Any]) -> float | None:
 
 
 def read_record(run: dict[str, Any] | None) -> RunRecord | None:
-    """The run's result.json (written by train.py when it ends), or None while it runs or when gone."""
+    """The run's record as the ledger keeps it (`load_local` attaches it), else its result.json on this
+    machine; None while it runs or when gone."""
+    if (run or {}).get("record"):
+        return run["record"]
     path = (run or {}).get("record_path")
     if not path or not Path(path).is_file():
         return None
@@ -108,8 +111,10 @@ def read_record(run: dict[str, Any] | None) -> RunRecord | None:
         return None
 
 
-def load_local(sweep_id: str) -> SweepData | None:
-    """The sweep from the local ledger, or None when the ledger does not know the id."""
+def load_local(sweep_id: str, *, with_model: bool = False) -> SweepData | None:
+    """The sweep from the ledger, or None when the ledger does not know the id. The best run gets its
+    record from the ledger and, `with_model`, a model file: its own path when this machine has it, else
+    the copy the ledger keeps (so any machine that reaches the ledger can export)."""
     from asl_sweep.ledger import Ledger, is_local_sweep
 
     if not is_local_sweep(sweep_id):
@@ -117,10 +122,28 @@ def load_local(sweep_id: str) -> SweepData | None:
     with Ledger(create=False) as ledger:
         sweep = ledger.sweep(sweep_id)
         runs = ledger.runs(sweep_id)
-    best = best_run(runs, *metric(sweep["config"]))
+        best = best_run(runs, *metric(sweep["config"]))
+        if best is not None:
+            best["record"] = ledger.record(best["id"])
+            record = read_record(best)
+            if with_model and record is not None:
+                record["paths"]["model"] = local_model(ledger, best["id"], record["paths"].get("model"))
     for r in runs:
         r["wall_time"] = wall_time(r)
-    return SweepData(sweep_id, sweep["name"], sweep["state"], sweep["config"], runs, best, str(ledger.path))
+    return SweepData(sweep_id, sweep["name"], sweep["state"], sweep["config"], runs, best, ledger.display)
+
+
+def local_model(ledger, run_id: str, path: str | None) -> str:
+    """The run's model file on this machine: where it was saved, else written out from the ledger's copy."""
+    if path and Path(path).is_file():
+        return path
+    data = ledger.model(run_id)
+    if data is None:
+        raise UserError(f"run {run_id}'s model is not on this machine (it was saved at {path}) and the ledger "
+                        f"{ledger.display} has no copy of it; export on the machine that trained it")
+    folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{run_id}-"))
+    (folder / "model.keras").write_bytes(data)
+    return str(folder / "model.keras")
 
 
 def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
@@ -168,7 +191,7 @@ def load_sweep(sweep_id: str, *, with_model: bool = False) -> SweepData:
     from asl_sweep import runtime
     from asl_sweep.ledger import unknown_sweep
 
-    local = load_local(sweep_id)
+    local = load_local(sweep_id, with_model=with_model)
     if local is not None:
         return local
     if runtime.wandb_mode() == "online":

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import time
 
-from asl_sweep.ledger import Ledger, default_path
+from asl_sweep.ledger import Ledger, default_path, ledger_exists
 from asl_sweep.results import best_run, best_value
 from asl_sweep.sweepfile import metric
 
 
 def sweeps_table() -> str:
-    if not default_path().is_file():
+    if not ledger_exists():
         return f"no local sweeps in {default_path()}"
     with Ledger(create=False) as ledger:
         rows = ledger.sweeps()
     if not rows:
-        return f"no local sweeps in {ledger.path}"
+        return f"no local sweeps in {ledger.display}"
     lines = [f"{'id':10} {'name':14} {'method':7} {'state':9} {'runs':>4}  created"]
     for s in rows:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"]))

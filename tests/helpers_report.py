@@ -121,7 +121,7 @@ def tiny_trained_sweep() -> dict[str, Any]:
         sweep_id = ledger.create_sweep(config, "tiny")
         cache = DataCache(str(images))
         while (run := controller.claim_next(ledger, sweep_id, "test")) is not None:
-            reporter = controller.LedgerReporter(ledger, sweep_id, run["id"])
+            reporter = controller.LedgerReporter(ledger, sweep_id, run)
             try:
                 execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0)
             finally:

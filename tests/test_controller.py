@@ -165,7 +165,7 @@ def test_paused_stopped_and_canceled_sweeps_give_no_run_and_cancel_stops_running
     assert controller.claim_next(ledger, sid, "a") is not None
     ledger.control(sid, "cancel")
     assert controller.claim_next(ledger, sid, "a") is None and ledger.should_stop(running["id"])
-    reporter = controller.LedgerReporter(ledger, sid, running["id"])
+    reporter = controller.LedgerReporter(ledger, sid, running)
     try:
         assert reporter.epoch({"val_accuracy": 0.5}) is True  # the run ends at this epoch boundary
     finally:

@@ -163,7 +163,7 @@ def test_leaderboard_and_parallel_coordinates_show_the_robustness_suite(monkeypa
     sweep_id = synthetic_sweep(ledger, runs=4)
     db = Ledger(ledger)
     for r in db.runs(sweep_id)[:3]:  # the fourth run predates the suite: no numbers, shown as missing
-        db.db.execute("UPDATE runs SET summary = ? WHERE id = ?",
+        db.execute("UPDATE runs SET summary = ? WHERE id = ?",
                       (json.dumps({"val_robust_accuracy": r["config"]["dropout"], "val_robust_worst": 0.5}), r["id"]))
     db.close()
     data = load_sweep(sweep_id)
