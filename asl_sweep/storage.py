@@ -146,27 +146,31 @@ class SQLiteBackend:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self._add_columns()
             self.db.executescript(SCHEMA.format(**self.dialect))
-            self._migrate()
+            self._move_histories()
         except sqlite3.Error as exc:
             raise sqlite_error(self.path, exc) from None
 
-    def _migrate(self) -> None:
-        """Bring a ledger written by an earlier version up to date, keeping every run and its history."""
+    def _add_columns(self) -> None:
+        """A ledger written by an earlier version gets the columns added since (before the schema's indexes
+        name them)."""
         columns = {row["name"] for row in self.db.execute("PRAGMA table_info(runs)")}
-        missing = [name for name in ADDED_COLUMNS if name not in columns]
-        if not missing and "history" not in columns:
+        for name in ADDED_COLUMNS:
+            if columns and name not in columns:
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {ADDED_COLUMNS[name]}")
+
+    def _move_histories(self) -> None:
+        """Epochs used to live in a JSON list on the run: they become rows, every one kept."""
+        import json
+
+        if "history" not in {row["name"] for row in self.db.execute("PRAGMA table_info(runs)")}:
             return
         self.db.execute("BEGIN IMMEDIATE")
-        for name in missing:
-            self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {ADDED_COLUMNS[name]}")
-        if "history" in columns:  # epochs used to live in a JSON list on the run
-            import json
-
-            for run_id, history in self.db.execute("SELECT id, history FROM runs").fetchall():
-                self.db.executemany("INSERT OR IGNORE INTO epochs (run_id, step, row) VALUES (?, ?, ?)",
-                                    [(run_id, i + 1, json.dumps(r)) for i, r in enumerate(json.loads(history))])
-            self.db.execute("ALTER TABLE runs DROP COLUMN history")
+        for run_id, history in self.db.execute("SELECT id, history FROM runs").fetchall():
+            self.db.executemany("INSERT OR IGNORE INTO epochs (run_id, step, row) VALUES (?, ?, ?)",
+                                [(run_id, i + 1, json.dumps(r)) for i, r in enumerate(json.loads(history))])
+        self.db.execute("ALTER TABLE runs DROP COLUMN history")
         self.db.execute("COMMIT")
 
     def execute(self, sql: str, params: tuple | list = ()) -> sqlite3.Cursor:

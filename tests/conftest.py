@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +79,34 @@ def real_data_dir() -> Path:
     if not (REAL_DATA / "Dataset").is_dir():
         skip_unless_ci(f"real dataset not found at {REAL_DATA} (set ASL_SWEEP_DATA_DIR)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session; in CI a server that cannot start fails the tests."""
+    from tests.pg import PostgresServer
+
+    try:
+        server = PostgresServer()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        skip_unless_ci(f"cannot start PostgreSQL: {exc}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh database of its own for this test."""
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + f"_{next(DB_NUMBERS)}"
+    return postgres_server.create_database(name)
+
+
+DB_NUMBERS = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_location(request, monkeypatch, isolated) -> str:
+    """The ledger contract, run against both backends: ASL_SWEEP_LEDGER is set to the one under test."""
+    location = str(isolated / "asl-sweep.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", location)
+    return location

@@ -1,0 +1,124 @@
+"""The ledger's contract, on SQLite and on PostgreSQL: fencing, requeue, the database's clock, idempotent
+writes, records and models kept in the ledger, copying sweeps between backends, older files upgraded."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from asl_sweep import controller
+from asl_sweep.errors import UserError
+from asl_sweep.ledger import Ledger, RunState, copy_sweep
+
+RANDOM = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": 4,
+          "parameters": {"dropout": {"min": 0.0, "max": 0.8}}}
+
+
+@pytest.fixture(autouse=True)
+def backend(ledger_location: str) -> str:
+    return ledger_location
+
+
+def test_a_reaped_attempt_is_fenced_and_cannot_come_back(monkeypatch):
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "f")
+    run = controller.claim_next(ledger, sid, "a")
+    assert ledger.append_epoch(run["id"], {"val_accuracy": 0.5}, attempt=run["attempt"], step=1)
+    ledger.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 1000 WHERE id = ?", (run["id"],))
+    monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", "0.5")
+    time.sleep(0.5)  # a PostgreSQL server younger than the timeout grants every run that long (see below)
+    controller.claim_next(ledger, sid, "b")  # reaps the silent run
+    assert ledger.run(run["id"])["state"] == RunState.CRASHED
+    assert not ledger.append_epoch(run["id"], {"val_accuracy": 0.9}, attempt=run["attempt"], step=2)
+    assert not ledger.heartbeat(run["id"], run["attempt"])
+    assert not ledger.finish_run(run["id"], RunState.FINISHED, attempt=run["attempt"], summary={"val_accuracy": 0.9})
+    after = ledger.run(run["id"])
+    assert after["state"] == RunState.CRASHED and after["history"] == [{"val_accuracy": 0.5}] and after["summary"] == {}
+
+
+def test_reaping_uses_the_database_clock_not_the_agents(monkeypatch):
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "c")
+    run = controller.claim_next(ledger, sid, "a")
+    monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", "60")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this agent's clock is an hour fast
+    assert ledger.heartbeat(run["id"], run["attempt"])
+    controller.claim_next(ledger, sid, "b")
+    assert ledger.run(run["id"])["state"] == RunState.RUNNING
+    assert abs(ledger.run(run["id"])["heartbeat_at"] - real()) < 30
+
+
+def test_a_preempted_run_is_requeued_once_and_rerun_as_the_same_run():
+    ledger = Ledger()
+    sid = ledger.create_sweep({**RANDOM, "run_cap": 2}, "p")
+    first = controller.claim_next(ledger, sid, "a")
+    ledger.append_epoch(first["id"], {"val_accuracy": 0.4}, attempt=1, step=1)
+    assert ledger.requeue(first["id"], 1, "preempted (SIGTERM); requeued")
+    queued = ledger.run(first["id"])
+    assert queued["state"] == RunState.PENDING and queued["history"] == [] and queued["preemptions"] == 1
+    assert not ledger.append_epoch(first["id"], {"val_accuracy": 0.9}, attempt=1, step=2)  # the old attempt is fenced
+    again = controller.claim_next(ledger, sid, "b")
+    assert (again["id"], again["number"], again["attempt"], again["config"]) == (first["id"], 1, 2, first["config"])
+    second = controller.claim_next(ledger, sid, "c")
+    assert second["number"] == 2 and controller.claim_next(ledger, sid, "d") is None  # run_cap counts it once
+    for r in (again, second):
+        assert ledger.finish_run(r["id"], RunState.FINISHED, attempt=r["attempt"])
+    assert controller.claim_next(ledger, sid, "a") is None and ledger.sweep(sid)["state"] == "finished"
+    assert [r["number"] for r in ledger.runs(sid)] == [1, 2]
+
+
+def test_a_repeated_epoch_write_is_stored_once():
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "e")
+    run = controller.claim_next(ledger, sid, "a")
+    for _ in range(2):
+        assert ledger.append_epoch(run["id"], {"epoch": 1, "val_accuracy": 0.5}, attempt=1, step=1)
+    assert ledger.run(run["id"])["history"] == [{"epoch": 1, "val_accuracy": 0.5}]
+
+
+def test_record_and_model_live_in_the_ledger():
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "m")
+    run = controller.claim_next(ledger, sid, "a")
+    record = {"run_id": run["id"], "state": "finished", "confusion_matrix": [[1]], "paths": {"model": None}}
+    assert ledger.finish_run(run["id"], RunState.FINISHED, attempt=1, record=record, model=b"\x00keras\xff")
+    assert ledger.record(run["id"]) == record and ledger.model(run["id"]) == b"\x00keras\xff"
+
+
+def test_a_restarted_database_gives_running_runs_time_to_reconnect(monkeypatch, ledger_location):
+    """Heartbeats count from the server's start at the latest: after a database restart no run is reaped
+    before its agent had `timeout` seconds to come back (SQLite has no server to restart)."""
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "r")
+    run = controller.claim_next(ledger, sid, "a")
+    ledger.execute("UPDATE runs SET heartbeat_at = 0 WHERE id = ?", (run["id"],))  # silent since 1970
+    monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", "3600")  # longer than this test server has been up
+    controller.claim_next(ledger, sid, "b")
+    expected = RunState.RUNNING if ledger_location.startswith("postgresql") else RunState.CRASHED
+    assert ledger.run(run["id"])["state"] == expected
+
+
+def test_copy_moves_a_sweep_between_backends_and_back(tmp_path, postgres_url, ledger_location):
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "copy")
+    done = controller.claim_next(ledger, sid, "a")
+    ledger.append_epoch(done["id"], {"epoch": 1, "val_accuracy": 0.7}, attempt=1, step=1)
+    ledger.finish_run(done["id"], RunState.FINISHED, attempt=1, summary={"val_accuracy": 0.7},
+                      record={"run_id": done["id"]}, model=b"weights")
+    running = controller.claim_next(ledger, sid, "a")
+    with pytest.raises(UserError, match="1 running run"):
+        copy_sweep(sid, ledger_location, str(tmp_path / "other.db"))
+    ledger.requeue(running["id"], 1, "preempted")
+    other = str(tmp_path / "other.db") if ledger_location.startswith("postgresql") else postgres_url
+    assert copy_sweep(sid, ledger_location, other) == 2
+    with pytest.raises(UserError, match=f"already has sweep {sid}"):
+        copy_sweep(sid, ledger_location, other)
+    back = str(tmp_path / "back.db")
+    copy_sweep(sid, other, back)
+    with Ledger(back) as copied:
+        assert copied.runs(sid) == ledger.runs(sid)
+        assert copied.model(done["id"]) == b"weights" and copied.record(done["id"]) == {"run_id": done["id"]}
+        again = controller.claim_next(copied, sid, "cluster")  # the requeued run goes on where it was copied to
+        assert again["id"] == running["id"] and again["attempt"] == 2

@@ -1,0 +1,90 @@
+"""Where the ledger lives: SQLite files (older ones upgraded), PostgreSQL URLs (masked when shown, lost
+connections retried without a second claim), and one clear line for a ledger that cannot be used."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import psycopg
+import pytest
+
+from asl_sweep import controller, storage
+from asl_sweep.errors import UserError
+from asl_sweep.ledger import Ledger, RunState
+
+RANDOM = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": 4,
+          "parameters": {"dropout": {"min": 0.0, "max": 0.8}}}
+
+
+def test_a_password_in_a_ledger_url_is_never_shown():
+    assert storage.display("postgresql://ann:s3cret@db:5432/sweeps") == "postgresql://ann:***@db:5432/sweeps"
+    assert storage.display("postgresql://ann@db/sweeps") == "postgresql://ann@db/sweeps"
+
+
+def test_an_unreachable_postgresql_ledger_is_one_line_without_its_password(postgres_server):
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{postgres_server.port}/no_such_db"
+    with pytest.raises(UserError, match=r"cannot connect to ledger postgresql://postgres:\*\*\*@") as err:
+        Ledger(url)
+    assert "hunter2" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_claim_whose_commit_answer_was_lost_is_found_not_repeated(postgres_url, monkeypatch):
+    """The connection drops after COMMIT reached the server: the retry finds the claim by its id."""
+    ledger = Ledger(postgres_url)
+    sid = ledger.create_sweep(RANDOM, "lost")
+    real_commit, lost = ledger.backend.commit, []
+
+    def commit_then_drop() -> None:
+        real_commit()
+        if not lost:
+            lost.append(True)
+            ledger.backend.conn.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(ledger.backend, "commit", commit_then_drop)
+    run = controller.claim_next(ledger, sid, "a")
+    assert lost and [r["id"] for r in ledger.runs(sid)] == [run["id"]]
+
+
+def test_a_claim_whose_commit_never_landed_is_made_again(postgres_url, monkeypatch):
+    ledger = Ledger(postgres_url)
+    sid = ledger.create_sweep(RANDOM, "aborted")
+    real_commit, lost = ledger.backend.commit, []
+
+    def drop_before_commit() -> None:
+        if not lost:
+            lost.append(True)
+            ledger.backend.conn.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        real_commit()
+
+    monkeypatch.setattr(ledger.backend, "commit", drop_before_commit)
+    run = controller.claim_next(ledger, sid, "a")
+    assert lost and [(r["id"], r["number"]) for r in ledger.runs(sid)] == [(run["id"], 1)]
+
+
+def test_a_url_of_another_database_is_refused():
+    with pytest.raises(UserError, match="only postgresql:// URLs or a file path"):
+        Ledger("mysql://db/sweeps")
+
+
+def test_a_ledger_file_of_an_earlier_version_is_upgraded_keeping_its_runs(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE sweeps (id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL,
+                                 state TEXT NOT NULL DEFAULT 'running', created_at REAL NOT NULL);
+            CREATE TABLE runs (id TEXT PRIMARY KEY, sweep_id TEXT NOT NULL REFERENCES sweeps(id), number INTEGER NOT NULL,
+                config TEXT NOT NULL, state TEXT NOT NULL, should_stop INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+                heartbeat_at REAL NOT NULL, ended_at REAL, history TEXT NOT NULL DEFAULT '[]',
+                summary TEXT NOT NULL DEFAULT '{}', record_path TEXT, wandb_dir TEXT, agent TEXT, error TEXT,
+                UNIQUE (sweep_id, number));""")
+        db.execute("INSERT INTO sweeps VALUES ('s1', 'old', ?, 'finished', 1.0)", (json.dumps(RANDOM),))
+        db.execute("INSERT INTO runs (id, sweep_id, number, config, state, created_at, heartbeat_at, history) "
+                   "VALUES ('r1', 's1', 1, '{}', 'finished', 1.0, 1.0, ?)",
+                   (json.dumps([{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]),))
+    with Ledger(path) as ledger:
+        run = ledger.runs("s1")[0]
+    assert run["history"] == [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]
+    assert run["attempt"] == 1 and run["state"] == RunState.FINISHED
