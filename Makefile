@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SWEEP   ?=
 COUNT   ?=
-AGENTS  ?= 1
+AGENTS  ?=
+GPUS    ?=
 OUT     ?= exports/$(SWEEP)
 # absolute: tests and agents run in other folders, where a relative path would find nothing
 export ASL_SWEEP_DATA_DIR ?= $(abspath $(wildcard ../shared/data/sign-language-digits))
@@ -30,11 +31,11 @@ train: install
 	$(BIN)/asl-sweep train
 
 sweep: install
-	$(BIN)/asl-sweep sweep sweeps/bayes.yaml --local --run --agents $(AGENTS)
+	$(BIN)/asl-sweep sweep sweeps/bayes.yaml --local --run $(if $(AGENTS),--agents $(AGENTS)) $(if $(GPUS),--gpus $(GPUS))
 
 agent: install
-	@test -n "$(SWEEP)" || { echo "usage: make agent SWEEP=<id> [COUNT=n] [AGENTS=k]"; exit 2; }
-	$(BIN)/asl-sweep agent $(SWEEP) --agents $(AGENTS) $(if $(COUNT),--count $(COUNT))
+	@test -n "$(SWEEP)" || { echo "usage: make agent SWEEP=<id> [COUNT=n] [AGENTS=k] [GPUS=0,1,...]"; exit 2; }
+	$(BIN)/asl-sweep agent $(SWEEP) $(if $(AGENTS),--agents $(AGENTS)) $(if $(GPUS),--gpus $(GPUS)) $(if $(COUNT),--count $(COUNT))
 
 report: install
 	@test -n "$(SWEEP)" || { echo "usage: make report SWEEP=<id>"; exit 2; }

@@ -297,7 +297,7 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
     from asl_sweep.data import DataCache
 
     deadline = time.time() + opts.minutes * 60 if opts.minutes else None
-    with Ledger(create=False) as ledger:
+    with Ledger(create=False, patient=True) as ledger:
         sweep = ledger.sweep(sweep_id)
         preflight(sweep, opts)
         controller.watch_sigterm()

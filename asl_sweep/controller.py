@@ -172,7 +172,7 @@ class LedgerReporter(contextlib.AbstractContextManager):
         self._thread.start()
 
     def _beat(self) -> None:
-        own = Ledger(self.ledger.location)
+        own = Ledger(self.ledger.location, patient=True)
         try:
             while not self._stop.wait(heartbeat_interval()):
                 try:
@@ -230,7 +230,7 @@ def reporter_from_env() -> LedgerReporter | None:
     sweep_id, run_id = os.environ.get(LOCAL_SWEEP_ENV), os.environ.get("WANDB_RUN_ID")
     if not (sweep_id and run_id and ledger_exists()):
         return None
-    ledger = Ledger(default_path())
+    ledger = Ledger(default_path(), patient=True)
     run = ledger.run(run_id) if ledger.find_sweep(sweep_id) is not None else None
     if run is None:
         ledger.close()

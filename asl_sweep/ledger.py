@@ -187,8 +187,19 @@ def retried(method):
 class Ledger(contextlib.AbstractContextManager):
     """Typed access to the ledger; each public method is one transaction. A context manager."""
 
-    def __init__(self, location: str | Path | None = None, *, create: bool = True) -> None:
-        self.backend = storage.open_backend(str(location or default_path()), create=create)
+    def __init__(self, location: str | Path | None = None, *, create: bool = True, patient: bool = False) -> None:
+        """`patient`: wait (ASL_SWEEP_LEDGER_RETRY_S) for a database that does not answer yet, as agents and
+        their runs do through a database restart; commands people type fail at once instead."""
+        deadline, pause = time.monotonic() + retry_seconds(), 0.2
+        while True:
+            try:
+                self.backend = storage.open_backend(str(location or default_path()), create=create)
+                break
+            except storage.Unreachable:
+                if not patient or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
         self.location, self.display = self.backend.location, self.backend.display
         self._local = threading.local()
 
@@ -230,7 +241,7 @@ class Ledger(contextlib.AbstractContextManager):
                         try:
                             self.backend.reconnect()
                             break
-                        except UserError as down:
+                        except storage.Unreachable as down:
                             reason = str(down)
         finally:
             self._local.inside = False

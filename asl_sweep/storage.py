@@ -22,6 +22,10 @@ from asl_sweep.errors import UserError
 URL_SCHEMES = ("postgresql://", "postgres://")
 
 
+class Unreachable(UserError):
+    """The database did not answer (down, restarting, unreachable): worth waiting for in an agent."""
+
+
 def is_url(location: str) -> bool:
     return location.startswith(URL_SCHEMES)
 
@@ -233,7 +237,7 @@ class PostgresBackend:
                 options=f"-c idle_in_transaction_session_timeout={self.IDLE_IN_TRANSACTION_S * 1000}")
         except self.psycopg.Error as exc:
             reason = " ".join(str(exc).split())[:240]
-            raise UserError(f"cannot connect to ledger {self.display}: {reason}") from None
+            raise Unreachable(f"cannot connect to ledger {self.display}: {reason}") from None
 
     def _create_schema(self) -> None:
         """Tables once, even when many agents start at the same moment (concurrent CREATE TABLE IF NOT

@@ -343,3 +343,28 @@ def test_a_run_out_of_memory_is_recorded_as_failed_and_the_agent_goes_on(dataset
     runs = ledger.runs(sid)
     assert [r["state"] for r in runs] == ["failed", "finished", "finished"]
     assert runs[0]["error"] == "MemoryError: Unable to allocate 34.2 GiB for an array with shape (128, 128, 512, 4096)"
+
+
+def test_one_agent_per_listed_gpu_each_with_its_own_cuda_visible_devices(monkeypatch):
+    """AGENTS/GPUS: what each agent process is started with (our machines have no GPU to run on)."""
+    from asl_sweep import agent
+
+    started = []
+
+    class Recorded:
+        def __init__(self, cmd, env):
+            started.append(env)
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(agent.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(agent.os, "cpu_count", lambda: 8)
+    ledger = Ledger()
+    sid = ledger.create_sweep({"method": "random", "parameters": {"dropout": {"values": [0.1]}}}, "gpus")
+    agent.run_agents(sid, 4, agent.AgentOptions(gpus=("0", "1", "3", "5"), show_progress=False))
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in started] == ["0", "1", "3", "5"]
+    assert {e["ASL_SWEEP_THREADS"] for e in started} == {"2"}
+    assert agent.agent_environments(3, ("0", "1")) == [
+        {"ASL_SWEEP_THREADS": "2", "CUDA_VISIBLE_DEVICES": g} for g in ("0", "1", "0")]

@@ -315,6 +315,23 @@ CASES: list[Case] = [
     Case("sync an unknown sweep", lambda w: ["sync", "zzzz9999"], ("unknown sweep id 'zzzz9999'",)),
     Case("report out below a file", lambda w: ["report", w.sweep_id, "--out", w.file("a-file") + "/r"],
          ("output folder", "is a file")),
+    # ---- ledgers on other machines, and moving sweeps between ledgers
+    Case("export: the model is on no machine this one reaches", lambda w: ["export", w.sweep_id, "--out", str(w.work / "new")],
+         ("is not on this machine", "has no copy of it"), plant=lambda w: (w.root / "runs" / "model.keras").unlink()),
+    Case("--ledger: another database's URL", lambda w: ["status", w.sweep_id, "--ledger", "mysql://db/sweeps"],
+         ("only postgresql:// URLs or a file path",)),
+    Case("--ledger: PostgreSQL not answering", lambda w: ["sweeps", "--ledger", "postgresql://ann:pw@127.0.0.1:1/sweeps"],
+         ("cannot connect to ledger postgresql://ann:***@127.0.0.1:1/sweeps",)),
+    Case("agent: --gpus with an empty id", lambda w: ["agent", w.sweep_id, "--gpus", "0,,1"], ("expected GPU ids",)),
+    Case("ledger copy: unknown sweep", lambda w: ["ledger", "copy", "zzzz9999", str(w.ledger), str(w.work / "to.db")],
+         ("unknown sweep id 'zzzz9999'",)),
+    Case("ledger copy: no ledger at the source", lambda w: ["ledger", "copy", w.sweep_id, str(w.work / "none.db"),
+                                                            str(w.work / "to.db")], ("no ledger at",)),
+    Case("ledger copy: the destination has the sweep", lambda w: ["ledger", "copy", w.sweep_id, str(w.ledger), str(w.ledger)],
+         ("already has sweep", "nothing copied")),
+    Case("ledger copy: a sweep with a running run", lambda w: ["ledger", "copy", running_sweep(w), str(w.ledger),
+                                                               str(w.work / "to.db")], ("running run", "--pause")),
+    Case("ledger without a subcommand", lambda w: ["ledger"], ("required",)),
 ]
 
 
