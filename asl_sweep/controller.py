@@ -28,6 +28,8 @@ from asl_sweep.sweepfile import engine_config, metric, target
 
 # A local sweep's runs find their sweep here (W&B's agent sets WANDB_SWEEP_ID, which a local id must not use).
 LOCAL_SWEEP_ENV = "ASL_SWEEP_SWEEP_ID"
+# ... and the attempt the agent claimed, the fencing token its reports carry
+RUN_ATTEMPT_ENV = "ASL_SWEEP_RUN_ATTEMPT"
 # our RunState -> the engine's RunState value; an early-stopped run is "finished" to W&B as well
 ENGINE_STATE = {**{state: state.value for state in RunState}, RunState.STOPPED: RunState.FINISHED.value}
 # set by SIGTERM in this process: the run in progress ends at its epoch boundary and is requeued
@@ -220,8 +222,6 @@ class LedgerReporter(contextlib.AbstractContextManager):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-RUN_ATTEMPT_ENV = "ASL_SWEEP_RUN_ATTEMPT"
 
 
 def reporter_from_env() -> LedgerReporter | None:

@@ -35,7 +35,8 @@ def status_table(sweep_id: str) -> str:
             best = best_value(r, name, goal)
             params = " ".join(f"{k}={v}" for k, v in r["config"].items())
             shown = f"{best:.4f}" if best is not None else "-"
-            lines.append(f"{r['number']:>3} {r['id']:9} {r['state']:9} {len(r['history']):>6} {shown:>14}  {params}")
+            requeued = f"  (preempted {r['preemptions']}x, requeued)" if r["preemptions"] else ""
+            lines.append(f"{r['number']:>3} {r['id']:9} {r['state']:9} {len(r['history']):>6} {shown:>14}  {params}{requeued}")
         lines.append(best_summary(sweep_id, ledger))
         return "\n".join(lines)
 

@@ -8,6 +8,10 @@ Sections (each can be chosen with --only):
   optuna    Optuna TPE + Hyperband pruner on the same search space and the same wall-clock budget
   robustness  the robustness suite's cost per run and the sweep winner's table (from the sweep section,
             or from --sweep-id in the ledger ASL_SWEEP_LEDGER names)
+  ledger    claims per second and time holding the sweep's lock with 1-8 agent processes on sweeps of
+            50-400 runs (fake epochs), SQLite vs PostgreSQL (a server started here, as the tests do);
+            the lock time of a bayes claim as the sweep grows; a real two-agent sweep on each backend;
+            the largest number of agents one sweep serves at the default sweep's run length
 
 Not a test: nothing here asserts; it measures. Results go to bench-results/<timestamp>.json.
 """
@@ -144,6 +148,167 @@ def bench_agents(runs: int, epochs: int) -> dict[str, Any]:
                        check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         out[f"{agents}_agents"] = {"runs": runs, "wall_s": time.perf_counter() - t0}
     out["speedup"] = out["1_agents"]["wall_s"] / out["2_agents"]["wall_s"]
+    return out
+
+
+def lock_timer(ledger) -> dict[str, float]:
+    """Marks when the last transaction got its lock and when it committed (SQLite holds the lock from
+    BEGIN IMMEDIATE, PostgreSQL from lock_sweep): the claim's lock time is committed - locked."""
+    marks: dict[str, float] = {}
+    backend = ledger.backend
+
+    def timed(fn, key):
+        def wrapper(*args):
+            out = fn(*args)
+            marks[key] = time.perf_counter()
+            return out
+        return wrapper
+
+    backend.begin, backend.lock_sweep = timed(backend.begin, "locked"), timed(backend.lock_sweep, "locked")
+    backend.commit = timed(backend.commit, "committed")
+    return marks
+
+
+def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue) -> None:
+    """One agent of the ledger bench (its own process): claim, write `epochs` fake epochs, finish, until the
+    sweep is done; times each claim and how long it held the sweep's lock."""
+    import sweeps
+
+    from asl_sweep import controller
+    from asl_sweep.ledger import Ledger
+
+    ledger = Ledger(location)
+    sweeps.next_run(controller.engine_config(ledger.sweep(sweep_id)["config"]), [])  # the engine's imports (~1 s), as in an agent's preflight
+    with ledger.transaction():  # warm this connection's caches with the claim's statements (reaps nothing)
+        ledger.backend.lock_sweep(sweep_id)
+        ledger.reap_stale(sweep_id, 1e9)
+        ledger.runs(sweep_id)
+    marks = lock_timer(ledger)
+    holds, latencies = [], []
+    ready.put(os.getpid())
+    go.wait()  # every agent imported, connected and warm: none competes with another's start-up
+    while True:
+        t0 = time.perf_counter()
+        run = controller.claim_next(ledger, sweep_id, f"bench:{os.getpid()}")
+        latencies.append(time.perf_counter() - t0)
+        if run is None:
+            break
+        holds.append(marks["committed"] - marks["locked"])
+        for step in range(1, epochs + 1):
+            ledger.append_epoch(run["id"], {"epoch": step, "val_accuracy": 0.5 + step / 100}, attempt=run["attempt"],
+                                step=step)
+        ledger.finish_run(run["id"], "finished", attempt=run["attempt"], summary={"val_accuracy": 0.5})
+    queue.put({"holds": holds, "latencies": latencies, "done": time.time()})
+
+
+def claims_cell(location: str, runs: int, agents: int, epochs: int = 2) -> dict[str, Any]:
+    """k agent processes on one random sweep of `runs` runs: claims per second and lock time (ms)."""
+    import multiprocessing
+
+    from asl_sweep.ledger import Ledger
+
+    config = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": runs,
+              "parameters": {"dropout": {"min": 0.0, "max": 0.8}, "learning_rate": {"min": 1e-4, "max": 1e-2}}}
+    with Ledger(location) as ledger:
+        sid = ledger.create_sweep(config, f"claims-{runs}-{agents}")
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, queue = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=claim_worker, args=(location, sid, epochs, ready, go, queue)) for _ in range(agents)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=300)
+    start_at = time.time()
+    go.set()
+    results = [queue.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join()
+    holds = sorted(h for r in results for h in r["holds"])
+    latencies = sorted(x for r in results for x in r["latencies"])
+    wall = max(r["done"] for r in results) - start_at
+    return {"claims_per_s": len(holds) / wall, "lock_ms_median": 1000 * statistics.median(holds),
+            "lock_ms_p95": 1000 * holds[int(0.95 * (len(holds) - 1))],
+            "claim_ms_median": 1000 * statistics.median(latencies)}
+
+
+def bayes_lock_ms(location: str, runs: int, claims: int = 5) -> float:
+    """Median lock time of a bayes claim (the default sweep's space) once the sweep has `runs` finished runs."""
+    import random
+
+    import sweeps
+
+    from asl_sweep import controller, sweepfile
+    from asl_sweep.ledger import Ledger
+
+    config = sweepfile.load(REPO / "sweeps/bayes.yaml")
+    config.pop("run_cap", None)
+    with Ledger(location) as ledger:
+        sid = ledger.create_sweep(config, f"bayes-{runs}")
+        engine = controller.engine_config(config)
+        for number in range(1, runs + 1):  # finished runs at random points of the space, scored at random
+            values = {k: v["value"] for k, v in sweeps.next_run({**engine, "method": "random"}, []).config.items()}
+            with ledger.transaction():
+                ledger.insert_run(sid, number, values, "prefill", f"prefill-{sid}-{number}")
+            run = ledger.claimed(f"prefill-{sid}-{number}")
+            ledger.append_epoch(run["id"], {"epoch": 1, "val_score": random.random()}, attempt=1, step=1)
+            ledger.finish_run(run["id"], "finished", attempt=1)
+        marks = lock_timer(ledger)
+        holds = []
+        for _ in range(claims):
+            run = controller.claim_next(ledger, sid, "bench")
+            holds.append(marks["committed"] - marks["locked"])
+            ledger.finish_run(run["id"], "finished", attempt=run["attempt"])
+    return 1000 * statistics.median(holds)
+
+
+def real_two_agents(location: str, runs: int = 6, epochs: int = 6) -> float:
+    """Wall seconds of a real two-agent sweep (grid over seeds, the seed model) on this ledger."""
+    from asl_sweep.ledger import Ledger
+
+    with Ledger(location) as ledger:
+        sid = ledger.create_sweep(grid_sweep({"epochs": epochs, "seed": list(range(runs))}), "real-2")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "asl_sweep", "agent", sid, "--agents", "2", "--quiet"], check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO), "ASL_SWEEP_LEDGER": location})
+    return time.perf_counter() - t0
+
+
+def bench_ledger(run_length_s: float) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO))
+    from tests.pg import PostgresServer
+
+    server = PostgresServer()
+    out: dict[str, Any] = {}
+    try:
+        for backend in ("sqlite", "postgresql"):
+            def location(name: str) -> str:
+                if backend == "postgresql":
+                    return server.create_database(name.replace("-", "_"))
+                fresh_ledger(f"ledger-{name}")
+                return os.environ["ASL_SWEEP_LEDGER"]
+
+            cells = out[backend] = {}
+            for runs in (50, 200, 400):
+                for agents in (1, 2, 4, 8):
+                    cells[f"{runs}_runs_{agents}_agents"] = claims_cell(location(f"c{runs}-{agents}"), runs, agents)
+                    print(f"[bench] ledger {backend} {runs} runs {agents} agents: {cells[f'{runs}_runs_{agents}_agents']}",
+                          flush=True)
+            cells["bayes_lock_ms"] = {f"{n}_runs": bayes_lock_ms(location(f"b{n}"), n) for n in (50, 200, 400)}
+        for trial in range(2):  # alternating, so that a warming cache or a busy moment favours neither
+            for backend in ("sqlite", "postgresql"):
+                if backend == "sqlite":
+                    fresh_ledger(f"ledger-real-{trial}")
+                where = server.create_database(f"real_{trial}") if backend == "postgresql" else os.environ["ASL_SWEEP_LEDGER"]
+                out[backend].setdefault("real_2_agents_wall_s", []).append(real_two_agents(where))
+    finally:
+        server.close()
+    out["real_throughput_ratio_pg_over_sqlite"] = (statistics.median(out["sqlite"]["real_2_agents_wall_s"]) /
+                                                   statistics.median(out["postgresql"]["real_2_agents_wall_s"]))
+    worst = max(out["postgresql"]["bayes_lock_ms"].values())
+    out["run_length_s"] = run_length_s
+    out["max_agents_one_sweep"] = {
+        "bayes_400_runs": int(run_length_s / (worst / 1000)),
+        "random_400_runs": int(run_length_s / (out["postgresql"]["400_runs_8_agents"]["lock_ms_p95"] / 1000))}
     return out
 
 
@@ -304,9 +469,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_MINUTES", 30)),
                         help="wall-clock budget for each of the sweep and optuna sections (default 30)")
-    parser.add_argument("--only", nargs="*", default=["overhead", "floor", "agents", "sweep", "robustness", "optuna"])
+    parser.add_argument("--only", nargs="*",
+                        default=["overhead", "floor", "agents", "ledger", "sweep", "robustness", "optuna"])
     parser.add_argument("--overhead-runs", type=int, default=8)
     parser.add_argument("--sweep-id", help="robustness section: a finished local sweep (default: the sweep section's)")
+    parser.add_argument("--run-length", type=float, default=77.0,
+                        help="ledger section: seconds one run takes (default: the default sweep's median here)")
     args = parser.parse_args()
     from asl_sweep import runtime
 
@@ -323,6 +491,7 @@ def main() -> int:
         "sweep": lambda: bench_sweep(args.minutes, checkpoints),
         "optuna": lambda: bench_optuna(args.minutes, checkpoints),
         "robustness": lambda: bench_robustness(args.sweep_id or (results.get("sweep") or {}).get("sweep_id")),
+        "ledger": lambda: bench_ledger(args.run_length),
     }
     for name in args.only:
         t0 = time.perf_counter()

@@ -176,3 +176,21 @@ def test_paused_stopped_and_canceled_sweeps_give_no_run_and_cancel_stops_running
         assert reporter.epoch({"val_accuracy": 0.5}) is True  # the run ends at this epoch boundary
     finally:
         reporter.close()
+
+
+def test_hyperband_is_asked_only_when_a_run_reaches_one_of_its_bands(monkeypatch):
+    """Its decisions cannot change in between, so no agent recomputes them on every epoch."""
+    calls = []
+    real = sweeps.stop_runs
+    monkeypatch.setattr(sweeps, "stop_runs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ledger = Ledger()
+    config = {**BAYES, "method": "random", "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2}}
+    sid = ledger.create_sweep(config, "hb")
+    assert controller.hyperband_bands(config) >= {2, 4, 8, 16} and 3 not in controller.hyperband_bands(config)
+    run = controller.claim_next(ledger, sid, "a")
+    with controller.LedgerReporter(ledger, sid, run) as reporter:
+        for epoch in range(1, 10):
+            reporter.epoch({"epoch": epoch, "val_accuracy": 0.5})
+    assert len(calls) == 3  # after epochs 2, 4 and 8
+    max_iter = {**config, "early_terminate": {"type": "hyperband", "max_iter": 27, "s": 2, "eta": 3}}
+    assert controller.hyperband_bands(max_iter) == {3, 9}

@@ -50,7 +50,8 @@ class Agents:
                     "ASL_SWEEP_HEARTBEAT_TIMEOUT_S": "3", "FAKE_EPOCH_S": "0.3", "ASL_SWEEP_LEDGER_RETRY_S": "120",
                     "PYTHONPATH": str(HERE.parent), **env}
         cmd = [sys.executable, str(HERE / "faulty_agent.py"), "agent", self.sweep_id, "--quiet",
-               "--data-dir", str(self.data_dir)] + ([] if in_process else ["--subprocess"])
+               "--data-dir", str(self.data_dir)] + ([] if in_process else ["--subprocess"]) + \
+            (["--agents", env["AGENTS_FLAG"]] if "AGENTS_FLAG" in env else [])
         proc = subprocess.Popen(cmd, cwd=work, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         self.procs[name] = proc
@@ -237,7 +238,7 @@ def test_an_agent_whose_clock_is_minutes_off_is_not_reaped_and_reaps_nobody(tmp_
     assert {r["state"] for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
 
 
-def test_sigterm_requeues_the_run_and_another_agent_finishes_it(tmp_path, postgres_url, dataset_dir):
+def test_sigterm_requeues_the_run_and_another_agent_finishes_it(tmp_path, postgres_url, dataset_dir, monkeypatch):
     seeds = SEEDS[:4]
     sid = create(postgres_url, grid_sweep(epochs=6, seeds=seeds))
     agents = Agents(tmp_path, postgres_url, sid, dataset_dir)
@@ -255,6 +256,10 @@ def test_sigterm_requeues_the_run_and_another_agent_finishes_it(tmp_path, postgr
     assert (rerun["state"], rerun["attempt"], rerun["number"]) == (RunState.FINISHED, 2, preempted["number"])
     assert rerun["agent"].endswith(f":{second.pid}") and len(rerun["history"]) == 6
     assert len(final) == len(seeds) and {r["state"] for r in final} == {RunState.FINISHED}
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", postgres_url)
+    from asl_sweep.status import status_table
+
+    assert status_table(sid).count("preempted 1x, requeued") == 1
 
 
 def test_two_machines_train_a_smoke_sweep_and_a_third_exports_the_winner(tmp_path, postgres_url, dataset_dir):
@@ -278,3 +283,42 @@ def test_two_machines_train_a_smoke_sweep_and_a_third_exports_the_winner(tmp_pat
                           cwd=third, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (third / "best" / "model.keras").stat().st_size > 1000 and (third / "best" / "metrics.json").is_file()
+
+
+def test_every_command_works_on_a_postgresql_ledger(tmp_path, postgres_url, capsys, monkeypatch):
+    """sweep (create and control), sweeps, status, report and sync, unchanged, with --ledger URL."""
+    from asl_sweep import cli
+    from tests.helpers_report import synthetic_sweep
+
+    monkeypatch.delenv("ASL_SWEEP_LEDGER")
+    sid = synthetic_sweep(postgres_url, runs=5)
+
+    def ok(*argv: str) -> str:
+        capsys.readouterr()
+        assert cli.main(list(argv) + ["--ledger", postgres_url]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    created = ok("sweep", str(HERE.parent / "sweeps" / "smoke.yaml"), "--local")
+    assert "postgresql://postgres@127.0.0.1" in created
+    new = created.split()[3]
+    assert "paused" in ok("sweep", "--pause", new) and "running" in ok("sweep", "--resume", new)
+    listed = ok("sweeps")
+    assert sid in listed and new in listed
+    assert "best run:" in ok("status", sid)
+    assert "report of 5 runs" in ok("report", sid, "--out", str(tmp_path / "report"))
+    assert cli.main(["sync", sid, "--ledger", postgres_url]) == 2  # offline: one line, nothing changed
+    assert "W&B is not reachable" in capsys.readouterr().err
+
+
+def test_sigterm_to_a_machine_running_several_agents_requeues_every_run(tmp_path, postgres_url, dataset_dir):
+    """`asl-sweep agent ID --agents 2` passes SIGTERM on to each agent; each requeues its own run."""
+    sid = create(postgres_url, grid_sweep(epochs=8, seeds=SEEDS[:4]))
+    agents = Agents(tmp_path, postgres_url, sid, dataset_dir)
+    parent = agents.start("node", AGENTS_FLAG="2")
+    wait_until(lambda: sum(r["state"] == RunState.RUNNING and len(r["history"]) >= 1 for r in runs(postgres_url, sid)) == 2,
+               what="two runs in progress")
+    parent.send_signal(signal.SIGTERM)
+    out, _ = parent.communicate(timeout=60)
+    assert parent.returncode == 0, out
+    queued = [r for r in runs(postgres_url, sid) if r["state"] == RunState.PENDING]
+    assert len(queued) == 2 and all(r["preemptions"] == 1 and r["history"] == [] for r in queued)
