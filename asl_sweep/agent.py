@@ -232,7 +232,7 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
     except OSError as exc:
         ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"cannot start {cmd[0]!r}: {exc.strerror}")
         return RunState.FAILED.value
-    passed_on = False
+    passed_on, beat = False, time.monotonic()
     while True:
         try:
             _, err = proc.communicate(timeout=0.5)
@@ -241,12 +241,20 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
             if controller.PREEMPTED.is_set() and not passed_on:
                 proc.send_signal(signal.SIGTERM)
                 passed_on = True
+            if time.monotonic() - beat > controller.heartbeat_interval():
+                # the agent beats for its run too: the child's own heartbeat starts only after its
+                # imports and data checks, which can outlast the timeout on a busy shared filesystem
+                beat = time.monotonic()
+                if not ledger.heartbeat(run["id"], run["attempt"]) and not passed_on:
+                    now = ledger.run(run["id"])  # not running: ended by the child itself, or reaped meanwhile
+                    if now is None or now["attempt"] != run["attempt"] or now["state"] == RunState.CRASHED:
+                        proc.kill()  # reaped: its result could not be recorded anyway
         except KeyboardInterrupt:
             proc.wait()
             raise
     after = ledger.run(run["id"])
     if after is None or after["attempt"] != run["attempt"]:
-        return "fenced"
+        return "requeued" if controller.PREEMPTED.is_set() else "fenced"
     if after["state"] == RunState.RUNNING:  # the child died without ending its run
         if controller.PREEMPTED.is_set():
             return "requeued" if ledger.requeue(run["id"], run["attempt"], "preempted (SIGTERM); requeued") else "fenced"

@@ -86,6 +86,23 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Co
 KNOWN_KEYS: frozenset[str] = frozenset(FIELDS)
 
 
+def inactive_keys(values: Mapping[str, Any]) -> list[str]:
+    """Keys that cannot change a run with these values (a conditional search space): the filters of conv
+    blocks the model does not have, and warm-up without the cosine schedule (model.make_optimizer).
+    Missing keys take their defaults, so a W&B run's partial config works too."""
+    def value(key: str) -> Any:
+        return values.get(key, FIELDS[key].default)
+
+    try:
+        blocks = int(value("conv_blocks"))
+    except (TypeError, ValueError):
+        return []
+    out = [f"filters_{i}" for i in range(blocks + 1, MAX_BLOCKS + 1)]
+    if value("lr_schedule") != "cosine":
+        out.append("warmup_epochs")
+    return out
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Turn `value` into the type of field `key`, or raise naming the key and the source."""
     f = FIELDS[key]

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger, RunRecord, RunRow, RunState, default_path, ledger_exists, new_id
 from asl_sweep.results import best_value
 from asl_sweep.runtime import env_number
@@ -102,6 +101,9 @@ def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> RunRow | None:
             return landed
         with ledger.transaction():
             ledger.backend.lock_sweep(sweep_id)
+            landed = ledger.claimed(claim)  # a lost COMMIT still in flight above has ended by now
+            if landed is not None:
+                return landed
             ledger.reap_stale(sweep_id, heartbeat_timeout())
             if ledger.sweep(sweep_id)["state"] != "running":  # a paused, finished or canceled sweep gives no run
                 return None
@@ -174,16 +176,20 @@ class LedgerReporter(contextlib.AbstractContextManager):
         self._thread.start()
 
     def _beat(self) -> None:
-        own = Ledger(self.ledger.location, patient=True)
+        own: Ledger | None = None
         try:
             while not self._stop.wait(heartbeat_interval()):
                 try:
+                    own = own or Ledger(self.ledger.location, patient=True)
                     if not own.heartbeat(self.run_id, self.attempt):
                         self.fenced = True
-                except UserError:  # the ledger stayed unreachable: keep trying while the run goes on
-                    continue
+                except Exception:  # whatever the ledger raised, a dead heartbeat would get a live run reaped
+                    if own is not None:
+                        own.close()
+                    own = None
         finally:
-            own.close()
+            if own is not None:
+                own.close()
 
     def epoch(self, row: dict[str, float]) -> bool:
         self.step += 1

@@ -215,10 +215,10 @@ class Ledger(contextlib.AbstractContextManager):
     def retrying(self, work):
         """Run `work`; when the connection is lost, reconnect with backoff and run it again, for up to
         ASL_SWEEP_LEDGER_RETRY_S seconds. Nested calls run once: only the outermost unit is repeated."""
-        if getattr(self._local, "inside", False) or not self.backend.retryable:
+        if getattr(self._local, "inside", False) or not self.backend.can_reconnect:
             return work()
         deadline, pause, told = time.monotonic() + retry_seconds(), 0.1, False
-        self._local.inside = True
+        self._local.inside, self._local.repeat = True, False
         try:
             while True:
                 try:
@@ -226,7 +226,10 @@ class Ledger(contextlib.AbstractContextManager):
                     if told:
                         print(f"ledger {self.display}: reconnected", file=sys.stderr, flush=True)
                     return result
-                except self.backend.retryable as exc:
+                except Exception as exc:
+                    if not self.backend.is_lost(exc):
+                        raise
+                    self._local.repeat = True  # the unit may have landed before its answer was lost
                     reason = " ".join(str(exc).split())[:200] or type(exc).__name__
                     self.backend.rollback()
                     while True:
@@ -244,7 +247,11 @@ class Ledger(contextlib.AbstractContextManager):
                         except storage.Unreachable as down:
                             reason = str(down)
         finally:
-            self._local.inside = False
+            self._local.inside = self._local.repeat = False
+
+    def repeating(self) -> bool:
+        """Inside a unit of work that runs again after a lost connection: its first run may have landed."""
+        return getattr(self._local, "repeat", False)
 
     @contextmanager
     def transaction(self) -> Iterator[Ledger]:
@@ -255,15 +262,23 @@ class Ledger(contextlib.AbstractContextManager):
         except BaseException:
             self.backend.rollback()
             raise
-        self.backend.commit()
+        try:
+            self.backend.commit()
+        except BaseException:  # a COMMIT that failed must not leave the transaction open on this connection
+            self.backend.rollback()
+            raise
 
     # sweeps
+    def create_sweep(self, config: dict[str, Any], name: str) -> str:
+        """A new sweep; its id is made here, before the insert, so a repeated insert is the same sweep."""
+        sweep_id = new_id()
+        self._insert_sweep(sweep_id, config, name)
+        return sweep_id
+
     @retried
-    def create_sweep(self, config: dict[str, Any], name: str, sweep_id: str | None = None) -> str:
-        sweep_id = sweep_id or new_id()
+    def _insert_sweep(self, sweep_id: str, config: dict[str, Any], name: str) -> None:
         self.execute("INSERT INTO sweeps (id, name, config, created_at) VALUES (?, ?, ?, {now}) "
                      "ON CONFLICT (id) DO NOTHING", (sweep_id, name, json.dumps(config)))
-        return sweep_id
 
     @retried
     def find_sweep(self, sweep_id: str) -> SweepRow | None:
@@ -302,12 +317,18 @@ class Ledger(contextlib.AbstractContextManager):
             row = self.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
             if row is None:
                 raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.display}; 'asl-sweep sweeps' lists them)")
+            if row["state"] == new and self.repeating():  # it landed before the answer was lost
+                return new
             if row["state"] not in allowed:
                 raise UserError(f"cannot {action} sweep {sweep_id}: it is {row['state']}")
             self.execute("UPDATE sweeps SET state = ? WHERE id = ?", (new, sweep_id))
+            if action in ("stop", "cancel"):  # requeued runs would wait for a claim that never comes
+                self.execute("UPDATE runs SET state = ?, ended_at = {now}, error = ? WHERE sweep_id = ? AND state = ?",
+                             (RunState.STOPPED.value, f"sweep {new} before this preempted run was rerun",
+                              sweep_id, RunState.PENDING.value))
             if action == "cancel":
-                self.execute("UPDATE runs SET should_stop = 1 WHERE sweep_id = ? AND state IN (?, ?)",
-                             (sweep_id, *ACTIVE))
+                self.execute("UPDATE runs SET should_stop = 1 WHERE sweep_id = ? AND state = ?",
+                             (sweep_id, RunState.RUNNING.value))
         return new
 
     # runs
@@ -357,7 +378,7 @@ class Ledger(contextlib.AbstractContextManager):
         if row is None:
             return False
         self.execute("UPDATE runs SET state = ?, attempt = attempt + 1, agent = ?, claim = ?, heartbeat_at = {now}, "
-                     "should_stop = 0 WHERE id = ?", (RunState.RUNNING.value, agent, claim, row["id"]))
+                     "should_stop = 0, error = NULL WHERE id = ?", (RunState.RUNNING.value, agent, claim, row["id"]))
         return True
 
     @retried
@@ -389,8 +410,8 @@ class Ledger(contextlib.AbstractContextManager):
                    summary: dict[str, Any] | None = None, record: RunRecord | None = None,
                    model: bytes | None = None, record_path: str | None = None,
                    wandb_dir: str | None = None, error: str | None = None) -> bool:
-        """Move an active run to a final state with its record and model; False when it was no longer this
-        attempt's to end (already ended, reaped or requeued)."""
+        """Move a running run to a final state with its record and model; False when it was no longer this
+        attempt's to end (already ended, reaped or requeued: a requeued run waits for its rerun)."""
         state = RunState(state)
         assert state.is_final, state
         with self.transaction():
@@ -398,10 +419,10 @@ class Ledger(contextlib.AbstractContextManager):
                 "UPDATE runs SET state = ?, ended_at = {now}, summary = COALESCE(?, summary), "
                 "record = COALESCE(?, record), record_path = COALESCE(?, record_path), "
                 f"wandb_dir = COALESCE(?, wandb_dir), error = COALESCE(?, error) "
-                f"WHERE id = ? AND state IN (?, ?) AND {OF_ATTEMPT}",
+                f"WHERE id = ? AND state = ? AND {OF_ATTEMPT}",
                 (state.value, json.dumps(summary) if summary is not None else None,
                  json.dumps(record) if record is not None else None, record_path, wandb_dir, error,
-                 run_id, *ACTIVE, attempt, attempt))
+                 run_id, RunState.RUNNING.value, attempt, attempt))
             if cur.rowcount != 1:  # a repeat of a COMMIT whose answer was lost has nothing left to do
                 row = self.execute("SELECT state, attempt FROM runs WHERE id = ?", (run_id,)).fetchone()
                 return bool(row and row["state"] == state.value and attempt is not None and row["attempt"] == attempt)
@@ -466,6 +487,8 @@ class Ledger(contextlib.AbstractContextManager):
         sweep_id = dump["sweeps"][0]["id"]
         with self.transaction():
             if self.execute("SELECT id FROM sweeps WHERE id = ?", (sweep_id,)).fetchone():
+                if self.repeating():  # the copy landed before the answer was lost
+                    return
                 raise UserError(f"ledger {self.display} already has sweep {sweep_id}; nothing copied")
             for table in ("sweeps", "runs", "epochs", "models"):
                 for row in dump[table]:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from asl_sweep.ledger import ACTIVE, RunRecord, RunState
+from asl_sweep.config import inactive_keys
 from asl_sweep.results import SweepData, load_sweep, metric_value, read_record, swept_params
 
 LOG_DISTRIBUTIONS = {"log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
@@ -39,6 +40,7 @@ class Axis:
     ticks: list[float] | None = None
     ticktext: list[str] | None = None
     categories: list[str] | None = None
+    inactive: list[bool] | None = None  # per run: the parameter had no effect there (config.inactive_keys)
 
 
 # ---------------------------------------------------------------- analysis
@@ -49,23 +51,39 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     return inside if len(inside) >= 2 else [lo, hi]
 
 
-def encode_param(name: str, spec: dict[str, Any], raw: list[Any]) -> Axis:
-    """Numbers stay numbers (log10 for log distributions); anything else becomes category indices."""
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
-    if numeric and spec.get("distribution") in LOG_DISTRIBUTIONS and all(v > 0 for v in raw):
-        ticks = _log_ticks(min(raw), max(raw))
-        return Axis(name, f"{name} (log)", [math.log10(v) for v in raw], [math.log10(t) for t in ticks],
-                    [f"{t:g}" for t in ticks])
-    if numeric:
-        return Axis(name, name, [float(v) for v in raw])
+INACTIVE = "(inactive)"
+
+
+def encode_param(name: str, spec: dict[str, Any], raw: list[Any], inactive: list[bool] | None = None) -> Axis:
+    """Numbers stay numbers (log10 for log distributions); anything else becomes category indices. Runs
+    where the parameter had no effect get their own place: the category "(inactive)", or a tick below
+    a numeric axis's range; importance and correlation leave them out (`importance`)."""
+    inactive = inactive or [False] * len(raw)
+    active = [v for v, off in zip(raw, inactive) if not off]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in active)
+    if numeric and active:
+        log = spec.get("distribution") in LOG_DISTRIBUTIONS and all(v > 0 for v in active)
+        values = [math.log10(v) if log else float(v) for v in active]
+        ticks = [math.log10(t) for t in _log_ticks(min(active), max(active))] if log else None
+        axis = Axis(name, f"{name} (log)" if log else name, values, ticks,
+                    [f"{10 ** t:g}" for t in ticks] if log else None)
+        if not any(inactive):
+            return axis
+        lo, hi = min(values), max(values)
+        below = lo - 0.2 * ((hi - lo) or 1.0)
+        ticks = axis.ticks or [lo, (lo + hi) / 2, hi]
+        it = iter(values)
+        return Axis(name, axis.label, [below if off else next(it) for off in inactive], [below, *ticks],
+                    [INACTIVE, *(axis.ticktext or [f"{t:.3g}" for t in ticks])], inactive=inactive)
 
     def label(v: Any) -> str:
         return "(unset)" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
+    labels = [INACTIVE if off else label(v) for v, off in zip(raw, inactive)]
     categories = [label(v) for v in spec.get("values", [])]
-    categories += sorted({label(v) for v in raw} - set(categories))
-    return Axis(name, name, [float(categories.index(label(v))) for v in raw], list(map(float, range(len(categories)))),
-                categories, categories)
+    categories += sorted(set(labels) - set(categories) - {INACTIVE}) + ([INACTIVE] if any(inactive) else [])
+    return Axis(name, name, [float(categories.index(x)) for x in labels], list(map(float, range(len(categories)))),
+                categories, categories, inactive=inactive if any(inactive) else None)
 
 
 def scored_runs(data: SweepData) -> list[tuple[dict[str, Any], float]]:
@@ -76,42 +94,74 @@ def scored_runs(data: SweepData) -> list[tuple[dict[str, Any], float]]:
 
 def param_axes(data: SweepData, runs: list[dict[str, Any]]) -> list[Axis]:
     params = data.config.get("parameters") or {}
-    return [encode_param(p, params[p], [r["config"].get(p) for r in runs]) for p in swept_params(data.config)]
+    off = [set(inactive_keys(r["config"])) for r in runs]
+    return [encode_param(p, params[p], [r["config"].get(p) for r in runs], [p in o for o in off])
+            for p in swept_params(data.config)]
 
 
-def design_matrix(axes: list[Axis]) -> tuple[list[str], np.ndarray]:
-    """Feature columns as W&B builds them: numbers as is, two-level categories 0/1, others one-hot."""
-    names, cols = [], []
+def design_matrix(axes: list[Axis]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Feature columns as W&B builds them (numbers as is, two-level categories 0/1, others one-hot), and
+    per column which runs it is active in; an "(inactive)" category gets no column of its own."""
+    names, cols, masks = [], [], []
     for a in axes:
         v = np.asarray(a.values)
-        if a.categories is None or len(a.categories) <= 2:
+        active = ~np.asarray(a.inactive, dtype=bool) if a.inactive else np.ones(len(v), dtype=bool)
+        levels = [c for c in a.categories or [] if c != INACTIVE]
+        if a.categories is None or len(levels) <= 2 and INACTIVE not in a.categories:
             names.append(a.name if a.categories is None else f"{a.name}={a.categories[-1]}")
             cols.append(v)
+            masks.append(active)
         else:
-            for i, c in enumerate(a.categories):
+            for c in levels:
                 names.append(f"{a.name}={c}")
-                cols.append((v == i).astype(float))
-    return names, np.column_stack(cols) if cols else np.empty((len(axes[0].values) if axes else 0, 0))
+                cols.append((v == a.categories.index(c)).astype(float))
+                masks.append(active)
+    n = len(axes[0].values) if axes else 0
+    if not cols:
+        return names, np.empty((n, 0)), np.empty((n, 0), dtype=bool)
+    return names, np.column_stack(cols), np.column_stack(masks)
+
+
+def masked_permutation_importance(forest, x: np.ndarray, y: np.ndarray, active: np.ndarray,
+                                  repeats: int = 20, seed: int = 0) -> np.ndarray:
+    """How much worse the forest predicts when a feature's values are shuffled among the runs where it is
+    active only (sklearn's permutation_importance shuffles whole columns). A parameter that does nothing
+    in some runs is then credited only for what it does where it acts, not for standing in for the
+    parameter that switched it off (filters_4 for conv_blocks)."""
+    rng = np.random.default_rng(seed)
+    base = np.mean((forest.predict(x) - y) ** 2)
+    out = np.zeros(x.shape[1])
+    for j in range(x.shape[1]):
+        rows = np.flatnonzero(active[:, j])
+        for _ in range(repeats):
+            shuffled = x.copy()
+            shuffled[rows, j] = rng.permutation(x[rows, j])
+            out[j] += np.mean((forest.predict(shuffled) - y) ** 2) - base
+    out = np.clip(out / repeats, 0, None)
+    return out / out.sum() if out.sum() > 0 else out
 
 
 def importance(data: SweepData) -> list[dict[str, Any]]:
-    """Random-forest importance and Pearson correlation of each feature with the metric, most important first."""
+    """Random-forest permutation importance (shares summing to 1) and Pearson correlation of each feature
+    with the metric, each over the runs where the feature is active, most important first."""
     from sklearn.ensemble import RandomForestRegressor
 
     scored = scored_runs(data)
     if len(scored) < 2:
         return []
-    names, x = design_matrix(param_axes(data, [r for r, _ in scored]))
-    keep = x.std(axis=0) > 0 if x.size else np.zeros(0, dtype=bool)
-    names, x = [n for n, k in zip(names, keep) if k], x[:, keep]
+    names, x, active = design_matrix(param_axes(data, [r for r, _ in scored]))
+    keep = np.array([x[m, j].std() > 0 if m.sum() > 1 else False for j, m in enumerate(active.T)], dtype=bool)
+    names, x, active = [n for n, k in zip(names, keep) if k], x[:, keep], active[:, keep]
     if not names:
         return []
     y = np.array([v for _, v in scored])
     forest = RandomForestRegressor(n_estimators=200, random_state=0).fit(x, y)
+    shares = masked_permutation_importance(forest, x, y, active)
     rows = []
     for i, name in enumerate(names):
-        corr = float(np.corrcoef(x[:, i], y)[0, 1]) if y.std() > 0 else None
-        rows.append({"feature": name, "importance": float(forest.feature_importances_[i]), "correlation": corr})
+        m = active[:, i]
+        corr = float(np.corrcoef(x[m, i], y[m])[0, 1]) if y[m].std() > 0 and m.sum() > 2 else None
+        rows.append({"feature": name, "importance": float(shares[i]), "correlation": corr, "runs": int(m.sum())})
     return sorted(rows, key=lambda r: -r["importance"])
 
 
@@ -142,7 +192,8 @@ def leaderboard(data: SweepData) -> list[dict[str, Any]]:
         rows.append({"run": f"#{r['number']} {r['id']}", "state": r["state"],
                      data.metric_name: metric_value(r, data.metric_name, data.goal),
                      **{k: (r.get("summary") or {}).get(k) for k in robust},
-                     **{p: r["config"].get(p) for p in swept_params(data.config)},
+                     **{p: None if p in inactive_keys(r["config"]) else r["config"].get(p)
+                        for p in swept_params(data.config)},
                      "epochs": len(r["history"]), "wall time (s)": r.get("wall_time")})
     sign = -1 if data.goal == "maximize" else 1
     return sorted(rows, key=lambda row: (row[data.metric_name] is None, sign * (row[data.metric_name] or 0)))
@@ -239,7 +290,7 @@ def fig_importance(f: Figures):
     names = [r["feature"] for r in rows][::-1]
     corr = [r["correlation"] or 0.0 for r in rows][::-1]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=("importance (random forest)", "correlation (Pearson)"))
+                        subplot_titles=("importance (random forest, permutation)", "correlation (Pearson)"))
     fig.add_trace(go.Bar(x=[r["importance"] for r in rows][::-1], y=names, orientation="h", marker_color="#4c78a8",
                          name="importance"), 1, 1)
     fig.add_trace(go.Bar(x=corr, y=names, orientation="h", name="correlation",
@@ -383,7 +434,7 @@ def png_importance(f: Figures, fig) -> None:
     names = [r["feature"] for r in rows]
     corr = [r["correlation"] or 0.0 for r in rows]
     left.barh(names, [r["importance"] for r in rows], color="#4c78a8")
-    left.set_title("importance (random forest)")
+    left.set_title("importance (random forest, permutation)")
     right.barh(names, corr, color=["#2ca02c" if c >= 0 else "#d62728" for c in corr])
     right.set_xlim(-1, 1)
     right.set_title("correlation (Pearson)")
@@ -519,11 +570,14 @@ def _grid_rows(f: Figures) -> int:
 
 SECTIONS = (
     Section("Parallel coordinates", "One line per run over every swept hyperparameter; the last axis is the metric "
-            "(each run's best epoch). Categorical values are numbered; drag on an axis to filter.",
+            "(each run's best epoch). Categorical values are numbered; drag on an axis to filter. A parameter that "
+            "had no effect in a run (filters of a block it does not have, warm-up without cosine) is on its axis's "
+            "'(inactive)' mark.",
             "parallel_coordinates.png", fig_parallel, png_parallel, lambda f: (12, 5)),
-    Section("Parameter importance", "As W&B computes it: a random forest predicts the metric from the "
-            "hyperparameters (categories one-hot); importance is its feature importance, correlation the linear "
-            "(Pearson) one.", "importance.png", fig_importance, png_importance, lambda f: (11, 5), True),
+    Section("Parameter importance", "A random forest predicts the metric from the hyperparameters (categories "
+            "one-hot), as in W&B's panel; importance is how much worse it predicts when a parameter's values are "
+            "shuffled among the runs where the parameter acts, correlation the linear (Pearson) one over those runs: "
+            "a parameter is not credited for runs where it did nothing.", "importance.png", fig_importance, png_importance, lambda f: (11, 5), True),
     Section("Training curves", "Per-epoch train and validation loss and accuracy of every run, on shared axes.",
             "curves.png", fig_curves, png_curves, lambda f: (13, 8), True),
     Section("Leaderboard", "Every run, best first; wall time is the run's own when finished, else elapsed so far.",

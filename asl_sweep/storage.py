@@ -4,7 +4,7 @@ never know which one they talk to (as Optuna's RDB storage).
 
 A backend runs the ledger's SQL (written once, with `?` parameters and `{now}`/`{started}`/`{greatest}`/
 `{float}`/`{blob}` for what differs), gives transactions and a per-sweep claim lock, and says which of its
-errors mean "the connection was lost: reconnect and try again" (`retryable`). Times come from the
+errors mean "the connection was lost: reconnect and try again" (`is_lost`). Times come from the
 database's clock: on a cluster, machines' clocks disagree, the database's is the one every agent shares.
 """
 
@@ -44,7 +44,10 @@ def display(location: str) -> str:
 class Backend(Protocol):
     location: str  # what ASL_SWEEP_LEDGER holds for it (absolute path or URL)
     display: str  # the location safe to print
-    retryable: tuple[type[BaseException], ...]
+    can_reconnect: bool
+
+    def is_lost(self, exc: BaseException) -> bool:
+        """True when `exc` means the connection is gone: reconnect and repeat the unit of work."""
 
     def execute(self, sql: str, params: tuple | list = ()) -> Any:
         """Run one statement of the ledger's SQL; the cursor's rows are mappings."""
@@ -129,7 +132,7 @@ class SQLiteBackend:
     """One file in WAL mode; IMMEDIATE transactions queue every writer, so the claim lock is the file's.
     Not for network filesystems (SQLite's own advice): that is what PostgreSQL is for."""
 
-    retryable: tuple[type[BaseException], ...] = ()
+    can_reconnect = False
     dialect = {"now": "((julianday('now') - 2440587.5) * 86400.0)", "started": "0", "greatest": "max",
                "float": "REAL", "blob": "BLOB"}
 
@@ -183,6 +186,9 @@ class SQLiteBackend:
         except sqlite3.Error as exc:
             raise sqlite_error(self.path, exc) from None
 
+    def is_lost(self, exc: BaseException) -> bool:
+        return False
+
     def begin(self) -> None:
         self.execute("BEGIN IMMEDIATE")
 
@@ -222,10 +228,15 @@ class PostgresBackend:
             raise UserError("a PostgreSQL ledger needs psycopg: pip install 'asl-sweep[postgresql]'") from None
         self.psycopg = psycopg
         self.location, self.display = location, display(location)
-        self.retryable = (psycopg.OperationalError, psycopg.InterfaceError)
+        self.can_reconnect = True
         self.conn = self._connect()
-        if create or self.execute("SELECT to_regclass('runs') AS t").fetchone()["t"] is None:
-            self._create_schema()
+        try:  # the tables once, by whoever comes first: DDL on every open would queue behind writes
+            if self.execute("SELECT to_regclass('runs') AS t").fetchone()["t"] is None:
+                self._create_schema()
+        except psycopg.Error as exc:
+            if self.is_lost(exc):
+                raise Unreachable(f"cannot connect to ledger {self.display}: {' '.join(str(exc).split())[:240]}") from None
+            raise
 
     def _connect(self):
         from psycopg.rows import dict_row
@@ -253,8 +264,20 @@ class PostgresBackend:
             raise
         self.commit()
 
+    def is_lost(self, exc: BaseException) -> bool:
+        """Connection errors, and any error after which the connection is closed (the server ends a session
+        idle in a transaction too long with an InternalError, for one)."""
+        return isinstance(exc, (self.psycopg.OperationalError, self.psycopg.InterfaceError)) or \
+            (isinstance(exc, self.psycopg.Error) and self.conn.closed)
+
     def execute(self, sql: str, params: tuple | list = ()):
-        return self.conn.execute(sql.format(**self.dialect).replace("?", "%s"), params)
+        """One statement; an error that is not a lost connection is one line naming the ledger."""
+        try:
+            return self.conn.execute(sql.format(**self.dialect).replace("?", "%s"), params)
+        except self.psycopg.Error as exc:
+            if self.is_lost(exc):
+                raise
+            raise UserError(f"ledger {self.display}: {' '.join(str(exc).split())[:300]}") from None
 
     def begin(self) -> None:
         self.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -265,8 +288,8 @@ class PostgresBackend:
     def rollback(self) -> None:
         if not self.conn.closed:
             try:
-                self.execute("ROLLBACK")
-            except self.retryable:
+                self.conn.execute("ROLLBACK")
+            except self.psycopg.Error:
                 pass
 
     def lock_sweep(self, sweep_id: str) -> None:

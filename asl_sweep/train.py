@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from asl_sweep import controller, runtime
-from asl_sweep.config import Config, from_mapping, parse_overrides, read_yaml
+from asl_sweep.config import Config, from_mapping, inactive_keys, parse_overrides, read_yaml
 from asl_sweep.data import DataCache
 from asl_sweep.ledger import RunRecord, RunState
 
@@ -168,6 +168,8 @@ def run_summary(cfg: Config, state: RunState, history: list[dict[str, float]], c
         "fit_time": fit_time,
         "train_images": train_images,
         "val_images": len(correct),
+        # the config keys this run's model does not depend on: report and importance do not credit them
+        "inactive_params": ",".join(inactive_keys(cfg.to_dict())),
     }
 
 

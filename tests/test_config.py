@@ -96,3 +96,11 @@ def test_config_paths_that_are_not_files(tmp_path):
 def test_utf16_yaml_with_a_byte_order_mark_still_reads(tmp_path):
     (tmp_path / "c.yaml").write_bytes("epochs: 4\n".encode("utf-16"))
     assert read_yaml(tmp_path / "c.yaml") == {"epochs": 4}
+
+
+def test_inactive_keys_are_the_parameters_a_run_does_not_use():
+    from asl_sweep.config import inactive_keys
+
+    assert inactive_keys({"conv_blocks": 2, "lr_schedule": "cosine"}) == ["filters_3", "filters_4"]
+    assert inactive_keys({"conv_blocks": 4, "lr_schedule": "constant"}) == ["warmup_epochs"]
+    assert inactive_keys({}) == ["filters_3", "filters_4", "warmup_epochs"]  # the defaults: 2 blocks, constant

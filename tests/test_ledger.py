@@ -122,3 +122,36 @@ def test_copy_moves_a_sweep_between_backends_and_back(tmp_path, postgres_url, le
         assert copied.model(done["id"]) == b"weights" and copied.record(done["id"]) == {"run_id": done["id"]}
         again = controller.claim_next(copied, sid, "cluster")  # the requeued run goes on where it was copied to
         assert again["id"] == running["id"] and again["attempt"] == 2
+
+
+def test_a_requeued_run_cannot_be_ended_by_its_old_attempt_and_stop_ends_it():
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "s")
+    run = controller.claim_next(ledger, sid, "a")
+    ledger.requeue(run["id"], 1, "preempted")
+    assert not ledger.finish_run(run["id"], RunState.FAILED, attempt=1, error="wandb.finish raised")
+    assert ledger.run(run["id"])["state"] == RunState.PENDING  # still waiting for its rerun
+    ledger.control(sid, "stop")  # no claim will come: it must not wait forever
+    assert ledger.run(run["id"])["state"] == RunState.STOPPED
+
+
+def test_the_heartbeat_survives_any_error_from_the_ledger(monkeypatch):
+    monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_S", "0.05")
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "h")
+    run = controller.claim_next(ledger, sid, "a")
+    real, failures = Ledger.heartbeat, []
+
+    def flaky(self, run_id, attempt=None):
+        if len(failures) < 2:
+            failures.append(1)
+            raise RuntimeError("read-only transaction after a failover")
+        return real(self, run_id, attempt)
+
+    monkeypatch.setattr(Ledger, "heartbeat", flaky)
+    first = ledger.run(run["id"])["heartbeat_at"]
+    with controller.LedgerReporter(ledger, sid, run) as reporter:
+        deadline = time.time() + 10
+        while ledger.run(run["id"])["heartbeat_at"] == first and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(failures) == 2 and ledger.run(run["id"])["heartbeat_at"] > first and not reporter.fenced

@@ -15,7 +15,7 @@ from tests.conftest import skip_unless_ci
 from tests.helpers_report import isolate, synthetic_sweep, tiny_trained_sweep
 
 from asl_sweep import cli, report
-from asl_sweep.results import load_sweep, read_record
+from asl_sweep.results import SweepData, load_sweep, read_record
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger
 
@@ -174,3 +174,46 @@ def test_leaderboard_and_parallel_coordinates_show_the_robustness_suite(monkeypa
     rows = report.leaderboard(data)
     assert {"val_robust_accuracy", "val_robust_worst"} <= set(rows[0])
     report.write_report(data, tmp_path / "out")  # both backends draw the missing values
+
+
+def conditional_sweep(runs_per_setting: int = 6) -> SweepData:
+    """conv_blocks decides the metric; filters_4 does nothing, and exists only with 4 blocks. Its value in
+    2-block runs (where the sampler still drew one) happens to track conv_blocks, as a bayes search's
+    draws can: naive importance credits filters_4 with conv_blocks' effect."""
+    params = {"conv_blocks": {"values": [2, 4]}, "filters_4": {"values": [64, 128]},
+              "lr_schedule": {"values": ["constant", "cosine"]}, "warmup_epochs": {"values": [0, 3]}}
+    config = {"method": "bayes", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": params}
+    runs = []
+    for i in range(4 * runs_per_setting):
+        blocks = 2 if i % 2 else 4
+        cfg = {"conv_blocks": blocks, "filters_4": 64 if blocks == 2 else (64, 128)[i // 2 % 2],
+               "lr_schedule": ("constant", "cosine")[i // 4 % 2], "warmup_epochs": (0, 3)[i // 8 % 2]}
+        value = 0.9 if blocks == 4 else 0.6
+        runs.append({"id": f"r{i}", "number": i + 1, "state": "finished", "config": cfg,
+                     "history": [{"epoch": 1, "val_accuracy": value + 0.001 * (i % 3)}], "summary": {}})
+    return SweepData("s", "conditional", "finished", config, runs, None, "test")
+
+
+def test_a_parameter_is_not_credited_for_runs_where_it_did_nothing():
+    data = conditional_sweep()
+    rows = {r["feature"]: r for r in report.importance(data)}
+    assert max(rows, key=lambda f: rows[f]["importance"]) == "conv_blocks"
+    assert rows["conv_blocks"]["importance"] > 0.9 and rows["conv_blocks"]["correlation"] > 0.99
+    four = rows["filters_4"]  # judged on the 4-block runs only, where it changes nothing
+    assert four["runs"] == 12 and four["importance"] < 0.05 and abs(four["correlation"]) < 0.3
+    assert rows["warmup_epochs"]["runs"] == 12  # the cosine runs only
+
+
+def test_inactive_values_have_their_own_mark_on_axes_and_none_in_the_leaderboard():
+    data = conditional_sweep(1)
+    axes = {a.name: a for a in report.param_axes(data, data.runs)}
+    f4 = axes["filters_4"]  # numbers: the inactive runs sit on a mark below the axis's range
+    assert f4.inactive == [r["config"]["conv_blocks"] == 2 for r in data.runs] and f4.ticktext[0] == report.INACTIVE
+    assert all(v == f4.ticks[0] < 64 for v, off in zip(f4.values, f4.inactive) if off)
+    log = report.encode_param("lr", {"distribution": "log_uniform_values"}, [1e-3, 1e-2, 5e-3], [False, True, False])
+    assert log.ticktext[0] == report.INACTIVE and log.values[1] == log.ticks[0] < min(log.values[::2])
+    named = report.encode_param("opt", {"values": ["adam", "sgd"]}, ["adam", "sgd", "adam"], [False, False, True])
+    assert named.categories == ["adam", "sgd", report.INACTIVE] and named.values == [0.0, 1.0, 2.0]
+    board = {row["run"]: row for row in report.leaderboard(data)}
+    two_blocks = next(r for r in data.runs if r["config"]["conv_blocks"] == 2)
+    assert board[f"#{two_blocks['number']} {two_blocks['id']}"]["filters_4"] is None

@@ -88,3 +88,29 @@ def test_a_ledger_file_of_an_earlier_version_is_upgraded_keeping_its_runs(tmp_pa
         run = ledger.runs("s1")[0]
     assert run["history"] == [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]
     assert run["attempt"] == 1 and run["state"] == RunState.FINISHED
+
+
+def test_a_session_the_server_ended_for_idling_in_a_transaction_is_reconnected_and_repeated(postgres_url):
+    """PostgreSQL reports that end as an InternalError, not a connection error: it is a lost connection all
+    the same (a suspended job, a paused VM)."""
+    ledger = Ledger(postgres_url)
+    sid = ledger.create_sweep(RANDOM, "idle")
+    tries = []
+
+    def work() -> str:
+        tries.append(1)
+        with ledger.transaction():
+            if len(tries) == 1:
+                ledger.execute("SET idle_in_transaction_session_timeout = 200")
+                import time
+
+                time.sleep(0.6)  # the server ends the session meanwhile
+            return ledger.sweep(sid)["state"]
+
+    assert ledger.retrying(work) == "running" and len(tries) == 2
+
+
+def test_a_postgresql_error_that_is_not_a_lost_connection_is_one_line(postgres_url):
+    ledger = Ledger(postgres_url)
+    with pytest.raises(UserError, match=r"^ledger postgresql://.*relation \"nope\" does not exist"):
+        ledger.execute("SELECT * FROM nope")

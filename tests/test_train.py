@@ -34,6 +34,7 @@ def test_execute_trains_logs_offline_and_writes_the_record(dataset_dir):
     assert 0 < record["summary"]["robust_time"] < record["summary"]["wall_time"]
     s = record["summary"]
     assert s["best_val_accuracy"] == max(h["val_accuracy"] for h in record["history"]) and s["param_count"] > 0
+    assert s["inactive_params"] == "filters_3,filters_4,warmup_epochs"  # TINY: 2 blocks, constant schedule
     assert s["val_accuracy"] == pytest.approx(s["best_val_accuracy"], abs=1e-6)  # the saved model is the best epoch's
     run_dir = Path(record["paths"]["run_dir"])
     assert run_dir.parent == Path.cwd() / "wandb" and run_dir.name.startswith("offline-run-")
