@@ -12,8 +12,10 @@ OUT     ?= exports/$(SWEEP)
 export ASL_SWEEP_DATA_DIR ?= $(abspath $(wildcard ../shared/data/sign-language-digits))
 
 BENCH_MINUTES ?= 30
+SEARCH_MINUTES ?= 10
+SEARCH_SEEDS ?= 3
 
-.PHONY: install test train sweep agent report export bench clean
+.PHONY: install test train sweep agent report export bench bench-search clean
 
 install: $(STAMP)
 
@@ -51,6 +53,10 @@ $(VENV)/.bench: $(STAMP)
 
 bench: $(VENV)/.bench
 	$(BIN)/python bench/bench.py --minutes $(BENCH_MINUTES)
+
+# ~70 min on 2 cores with the defaults: 4 methods x SEARCH_SEEDS x SEARCH_MINUTES, two at a time, then re-training
+bench-search: $(VENV)/.bench
+	$(BIN)/python bench/search.py --minutes $(SEARCH_MINUTES) --seeds $(SEARCH_SEEDS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -378,57 +378,66 @@ def bench_robustness(sweep_id: str | None) -> dict[str, Any]:
             "winner_table": record.get("robustness") or {}}
 
 
-def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
-    """The same search space as the sweep YAML, in Optuna's terms."""
+def suggest(name: str, spec: dict[str, Any], *, choice, integer, floating) -> Any:
+    """A sweep YAML parameter drawn through another tool's API (Optuna's trial, Keras Tuner's hp)."""
     if "value" in spec:
         return spec["value"]
     if "values" in spec:
-        return trial.suggest_categorical(name, spec["values"])
+        return choice(name, spec["values"])
     dist = spec.get("distribution", "uniform")
     if dist == "int_uniform":
-        return trial.suggest_int(name, spec["min"], spec["max"])
-    return trial.suggest_float(name, spec["min"], spec["max"], log=dist == "log_uniform_values")
+        return integer(name, spec["min"], spec["max"])
+    return floating(name, spec["min"], spec["max"], dist == "log_uniform_values")
+
+
+def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
+    """The same search space as the sweep YAML, in Optuna's terms."""
+    return suggest(name, spec, choice=trial.suggest_categorical, integer=trial.suggest_int,
+                   floating=lambda n, lo, hi, log: trial.suggest_float(n, lo, hi, log=log))
 
 
 class OptunaReporter:
     """Feeds epochs to an Optuna trial and relays its pruning decision, like the ledger reporter."""
 
-    def __init__(self, trial) -> None:
-        self.trial, self.pruned = trial, False
+    def __init__(self, trial, deadline: float = float("inf")) -> None:
+        self.trial, self.pruned, self.deadline = trial, False, deadline
 
     def epoch(self, row: dict[str, float]) -> bool:
+        """Stop when pruned, or at the budget's end (what ends later does not count)."""
         self.trial.report(row["val_accuracy"], int(row["epoch"]))
         self.pruned = self.trial.should_prune()
-        return self.pruned
+        return self.pruned or time.time() > self.deadline
 
     def finish(self, record: dict[str, Any]) -> None:
         pass
 
 
-def bench_optuna(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
+def optuna_events(config: dict[str, Any], seed: int, minutes: float) -> list[tuple[float, float, bool, dict]]:
+    """Optuna TPE + Hyperband pruner on a sweep YAML's space, training with `train.execute`, until `minutes`
+    have passed (no new trial after that): (elapsed s at the trial's end, its best val_accuracy, finished
+    (not pruned), its config) per trial."""
     import optuna
 
     from asl_sweep.data import DataCache
     from asl_sweep.train import execute
 
-    config = yaml.safe_load((REPO / "sweeps/bayes.yaml").read_text())
     et = config["early_terminate"]
     max_epochs = config["parameters"]["epochs"]["value"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0),
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=et["min_iter"],
                                                                       max_resource=max_epochs,
                                                                       reduction_factor=et["eta"]))
     cache = DataCache()
     start = time.time()
-    events: list[tuple[float, float, bool]] = []  # (elapsed, best value, pruned)
+    events: list[tuple[float, float, bool, dict]] = []
 
     def objective(trial):
         values = {k: optuna_suggest(trial, k, v) for k, v in config["parameters"].items()}
-        reporter = OptunaReporter(trial)
+        reporter = OptunaReporter(trial, deadline=start + minutes * 60)
         record = execute(values, cache, reporter=reporter, verbose=0)
         best = max(h["val_accuracy"] for h in record["history"])
-        events.append((time.time() - start, best, reporter.pruned))
+        events.append((time.time() - start, best, not reporter.pruned, values))
         print(f"optuna trial {trial.number}: best val_accuracy {best:.4f}{' (pruned)' if reporter.pruned else ''}",
               flush=True)
         if reporter.pruned:
@@ -436,10 +445,15 @@ def bench_optuna(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
         return best
 
     study.optimize(objective, timeout=minutes * 60)
-    return {"trials": len(study.trials), "best_val_accuracy": max((v for _, v, _ in events), default=None),
+    return events
+
+
+def bench_optuna(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
+    events = optuna_events(yaml.safe_load((REPO / "sweeps/bayes.yaml").read_text()), 0, minutes)
+    return {"trials": len(events), "best_val_accuracy": max((e[1] for e in events), default=None),
             # as for the sweep: time to 95% counts finished (unpruned) trials only
-            "time_to_95_s": min((t for t, v, pruned in events if v >= 0.95 and not pruned), default=None),
-            "best_at": best_by([(t, v) for t, v, _ in events], checkpoints)}
+            "time_to_95_s": min((t for t, v, finished, _ in events if v >= 0.95 and finished), default=None),
+            "best_at": best_by([(t, v) for t, v, _, _ in events], checkpoints)}
 
 
 def table(results: dict[str, Any]) -> str:

@@ -33,3 +33,32 @@ def test_sweep_summary_counts_only_finished_runs_for_time_to_95():
 def test_best_by_checkpoint():
     events = [(100.0, 0.5), (700.0, 0.9), (1300.0, 0.95)]
     assert bench.best_by(events, [10, 20, 30]) == {"10min": 0.5, "20min": 0.9, "30min": 0.95}
+
+
+search_spec = importlib.util.spec_from_file_location("search", Path(__file__).resolve().parents[1] / "bench/search.py")
+search = importlib.util.module_from_spec(search_spec)
+search_spec.loader.exec_module(search)
+
+
+def test_search_summary_counts_only_what_ended_within_the_budget():
+    runs = [
+        {"method": "bayes", "seed": 0, "events": [[100, 0.9, True, {}], [200, 0.96, False, {}], [400, 0.97, True, {}]]},
+        {"method": "bayes", "seed": 1, "events": [[250, 0.99, True, {}], [700, 0.995, True, {}]]},
+        {"method": "bayes", "seed": 2, "events": [[590, 0.5, True, {}]]},
+    ]
+    out = search.summarize(runs, minutes=10)["bayes"]
+    assert out["best_at_5min"] == {"median": 0.975, "min": 0.96, "max": 0.99}  # seed 2 has nothing by 5 min
+    assert out["best_at_10min"] == {"median": 0.97, "min": 0.5, "max": 0.99}  # 700 s is past the budget
+    assert out["time_to_0.95_s"] == {"median": 325.0, "reached": "2/3"}  # a stopped run does not count
+    assert out["time_to_0.99_s"] == {"median": None, "reached": "1/3"}  # no median when most seeds never got there
+    assert out["runs_completed_median"] == 1
+
+
+def test_keras_tuner_gets_the_yaml_space(monkeypatch):
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    assert search.kt_suggest(hp, "a", {"value": 3}) == 3
+    assert search.kt_suggest(hp, "b", {"values": [8, 16]}) == 8
+    assert search.kt_suggest(hp, "lr", {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}) == 1e-4
+    assert hp.get("lr") == 1e-4 and hp._hps["lr"][0].sampling == "log"
