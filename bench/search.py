@@ -219,13 +219,13 @@ def plot(results: list[dict[str, Any]], minutes: float, path: Path) -> None:
     grid = np.linspace(0, minutes * 60, 200)
     fig, ax = plt.subplots(figsize=(9, 5))
     for method, color in zip(METHODS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")):
-        curves = [[best_so_far(r["events"], t) or np.nan for t in grid] for r in results if r["method"] == method]
+        # no run ended yet counts as 0 (off the chart), so each curve and their median only go up
+        curves = [[best_so_far(r["events"], t) or 0.0 for t in grid] for r in results if r["method"] == method]
         if not curves:
             continue
         c = np.array(curves, dtype=float)
-        with np.errstate(all="ignore"):
-            ax.plot(grid / 60, np.nanmedian(c, axis=0), color=color, label=f"{method} (median of {len(curves)})")
-            ax.fill_between(grid / 60, np.nanmin(c, axis=0), np.nanmax(c, axis=0), color=color, alpha=0.15)
+        ax.plot(grid / 60, np.median(c, axis=0), color=color, label=f"{method} (median of {len(curves)})")
+        ax.fill_between(grid / 60, c.min(axis=0), c.max(axis=0), color=color, alpha=0.15)
     ax.set(xlabel="minutes", ylabel="best val_accuracy so far", ylim=(0.5, 1.0),
            title="sweeps/wide.yaml: best-so-far against time (line: median over seeds, band: min-max)")
     ax.axhline(0.95, color="grey", lw=0.6, ls=":")
