@@ -96,12 +96,9 @@ def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> RunRow | None:
     claim = new_id(16)
 
     def attempt() -> RunRow | None:
-        landed = ledger.claimed(claim)
-        if landed is not None:
-            return landed
         with ledger.transaction():
             ledger.backend.lock_sweep(sweep_id)
-            landed = ledger.claimed(claim)  # a lost COMMIT still in flight above has ended by now
+            landed = ledger.claimed(claim)  # a repeat after a lost COMMIT: that COMMIT has ended by now
             if landed is not None:
                 return landed
             ledger.reap_stale(sweep_id, heartbeat_timeout())

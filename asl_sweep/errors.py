@@ -12,6 +12,11 @@ class UserError(Exception):
     """Bad input (config, data, sweep file, id): shown as one clear line, exit code 2."""
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library's (often multi-line) error message as one line for ours: whitespace folded, cut at `limit`."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
 def guarded(fn: Callable[[], int | None], *, debug: bool = False) -> int:
     """Run a command: UserError -> one line and exit 2, Ctrl-C -> exit 130, real bugs -> traceback."""
     try:

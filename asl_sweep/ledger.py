@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypedDict
 
 from asl_sweep import storage
-from asl_sweep.errors import UserError
+from asl_sweep.errors import UserError, one_line
 
 
 class RunState(str, Enum):
@@ -230,7 +230,7 @@ class Ledger(contextlib.AbstractContextManager):
                     if not self.backend.is_lost(exc):
                         raise
                     self._local.repeat = True  # the unit may have landed before its answer was lost
-                    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                    reason = one_line(exc, 200)
                     self.backend.rollback()
                     while True:
                         if time.monotonic() > deadline:

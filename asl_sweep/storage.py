@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from asl_sweep.errors import UserError
+from asl_sweep.errors import UserError, one_line
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -235,7 +235,7 @@ class PostgresBackend:
                 self._create_schema()
         except psycopg.Error as exc:
             if self.is_lost(exc):
-                raise Unreachable(f"cannot connect to ledger {self.display}: {' '.join(str(exc).split())[:240]}") from None
+                raise self._unreachable(exc) from None
             raise
 
     def _connect(self):
@@ -247,8 +247,10 @@ class PostgresBackend:
                 application_name="asl-sweep", keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
                 options=f"-c idle_in_transaction_session_timeout={self.IDLE_IN_TRANSACTION_S * 1000}")
         except self.psycopg.Error as exc:
-            reason = " ".join(str(exc).split())[:240]
-            raise Unreachable(f"cannot connect to ledger {self.display}: {reason}") from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: BaseException) -> Unreachable:
+        return Unreachable(f"cannot connect to ledger {self.display}: {one_line(exc, 240)}")
 
     def _create_schema(self) -> None:
         """Tables once, even when many agents start at the same moment (concurrent CREATE TABLE IF NOT
@@ -277,7 +279,7 @@ class PostgresBackend:
         except self.psycopg.Error as exc:
             if self.is_lost(exc):
                 raise
-            raise UserError(f"ledger {self.display}: {' '.join(str(exc).split())[:300]}") from None
+            raise UserError(f"ledger {self.display}: {one_line(exc)}") from None
 
     def begin(self) -> None:
         self.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
