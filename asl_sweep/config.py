@@ -65,7 +65,7 @@ class Config:
     brightness: float = field(default=0.0, metadata=_range(0.0, 0.9))
     contrast: float = field(default=0.0, metadata=_range(0.0, 0.9))
     normalize: str = field(default="none", metadata=_choices("none", "image"))
-    checkpoint_metric: str = field(default="val_accuracy", metadata=_choices("val_accuracy", "val_score"))
+    checkpoint_metric: str = field(default="val_accuracy", metadata=_choices("val_accuracy", "val_score", "val_soft_accuracy"))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     epochs: int = field(default=15, metadata=_range(1, 1000))
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))

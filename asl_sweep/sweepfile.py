@@ -17,7 +17,7 @@ DEFAULT_PROJECT = "asl-sweep"
 # What a sweep's `metric.name` can be: the per-epoch keys every run logs (plain names, as W&B sees
 # them); tests/test_train.py checks that a run's history has exactly these keys and `epoch`.
 LOGGED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "learning_rate", "epoch_time",
-                  "val_robust_accuracy", "val_score")
+                  "val_robust_accuracy", "val_score", "soft_accuracy", "val_soft_accuracy")
 # W&B's schema default for `metric.goal` (the `sweeps` engine reads the key without a default).
 DEFAULT_GOAL = "minimize"
 # Schema keys that need W&B's servers (Launch, multi-objective custom search): the engine cannot run them.

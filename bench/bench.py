@@ -399,12 +399,12 @@ def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
 class OptunaReporter:
     """Feeds epochs to an Optuna trial and relays its pruning decision, like the ledger reporter."""
 
-    def __init__(self, trial, deadline: float = float("inf")) -> None:
-        self.trial, self.pruned, self.deadline = trial, False, deadline
+    def __init__(self, trial, metric: str = "val_accuracy", deadline: float = float("inf")) -> None:
+        self.trial, self.metric, self.pruned, self.deadline = trial, metric, False, deadline
 
     def epoch(self, row: dict[str, float]) -> bool:
         """Stop when pruned, or at the budget's end (what ends later does not count)."""
-        self.trial.report(row["val_accuracy"], int(row["epoch"]))
+        self.trial.report(row[self.metric], int(row["epoch"]))
         self.pruned = self.trial.should_prune()
         return self.pruned or time.time() > self.deadline
 
@@ -413,9 +413,10 @@ class OptunaReporter:
 
 
 def optuna_events(config: dict[str, Any], seed: int, minutes: float) -> list[tuple[float, float, bool, dict]]:
-    """Optuna TPE + Hyperband pruner on a sweep YAML's space, training with `train.execute`, until `minutes`
-    have passed (no new trial after that): (elapsed s at the trial's end, its best val_accuracy, finished
-    (not pruned), its config) per trial."""
+    """Optuna TPE + Hyperband pruner on a sweep YAML's space and metric (the study maximizes the run's best
+    `metric.name`, as our sweep ranks runs), training with `train.execute`, until `minutes` have passed (no
+    new trial after that): (elapsed s at the trial's end, its best val_accuracy, finished (not pruned), its
+    config) per trial."""
     import optuna
 
     from asl_sweep.data import DataCache
@@ -424,7 +425,8 @@ def optuna_events(config: dict[str, Any], seed: int, minutes: float) -> list[tup
     et = config["early_terminate"]
     max_epochs = config["parameters"]["epochs"]["value"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+    metric, goal = config["metric"]["name"], config["metric"].get("goal", "minimize")
+    study = optuna.create_study(direction=goal, sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=et["min_iter"],
                                                                       max_resource=max_epochs,
                                                                       reduction_factor=et["eta"]))
@@ -434,15 +436,15 @@ def optuna_events(config: dict[str, Any], seed: int, minutes: float) -> list[tup
 
     def objective(trial):
         values = {k: optuna_suggest(trial, k, v) for k, v in config["parameters"].items()}
-        reporter = OptunaReporter(trial, deadline=start + minutes * 60)
-        record = execute(values, cache, reporter=reporter, verbose=0)
-        best = max(h["val_accuracy"] for h in record["history"])
+        reporter = OptunaReporter(trial, metric, deadline=start + minutes * 60)
+        history = execute(values, cache, reporter=reporter, verbose=0)["history"]
+        best = max(h["val_accuracy"] for h in history)
         events.append((time.time() - start, best, not reporter.pruned, values))
         print(f"optuna trial {trial.number}: best val_accuracy {best:.4f}{' (pruned)' if reporter.pruned else ''}",
               flush=True)
         if reporter.pruned:
             raise optuna.TrialPruned()
-        return best
+        return (max if goal == "maximize" else min)(h[metric] for h in history)
 
     study.optimize(objective, timeout=minutes * 60)
     return events

@@ -4,8 +4,8 @@ On `sweeps/wide.yaml` (the wide search a new user writes), with the same data sp
 `seed`, signer-grouped) and equal wall-clock budgets, each method for --seeds repetitions:
   bayes   our local sweep, bayes + hyperband as the YAML says (train.execute, in-process agent)
   random  our local sweep, random + hyperband
-  optuna  Optuna TPE + HyperbandPruner (the YAML's min_iter/eta/epochs), training with train.execute
-  kt      Keras Tuner Hyperband (max_epochs = the YAML's epochs, factor = eta) over the same space, the
+  optuna  Optuna TPE + HyperbandPruner (the YAML's metric, min_iter/eta/epochs), training with train.execute
+  kt      Keras Tuner Hyperband (the YAML's metric as objective, max_epochs = the YAML's epochs, factor = eta) over the same space, the
           same model builder (model.compiled_model) and the same preprocessed inputs; Keras Tuner runs
           its own fit loop (it resumes trials from checkpoints), so it skips our per-epoch logging
 Two methods run at a time, one CPU core each (ASL_SWEEP_THREADS=1), so 4 methods x 3 seeds x 10
@@ -37,7 +37,6 @@ import bench  # noqa: E402  (bench/bench.py: the Optuna runner and the YAML-to-t
 REPO = Path(__file__).resolve().parents[1]
 WIDE = REPO / "sweeps" / "wide.yaml"
 METHODS = ("bayes", "random", "optuna", "kt")
-PAIRS = (("bayes", "random"), ("optuna", "kt"))  # run side by side, one core each
 # (seconds since start when the run ended, its best val_accuracy, finished (not stopped early), its config)
 Event = tuple[float, float, bool, dict]
 
@@ -128,7 +127,9 @@ def keras_tuner_events(config: dict[str, Any], seed: int, minutes: float, folder
         def on_train_end(self, logs=None):
             events.append((time.time() - start, self.best, self.epoch >= max_epochs, dict(trial_config)))
 
-    tuner = Tuner(build, objective=kt.Objective("val_accuracy", "max"), max_epochs=max_epochs,
+    metric = config["metric"]
+    objective = kt.Objective(metric["name"], "max" if metric.get("goal") == "maximize" else "min")
+    tuner = Tuner(build, objective=objective, max_epochs=max_epochs,
                   factor=config["early_terminate"]["eta"], hyperband_iterations=1000, seed=seed,
                   directory=str(folder), project_name=f"kt-{seed}", overwrite=True)
     try:
@@ -139,12 +140,12 @@ def keras_tuner_events(config: dict[str, Any], seed: int, minutes: float, folder
     return events
 
 
-def worker(method: str, seed: int, minutes: float, out: Path) -> None:
+def worker(method: str, seed: int, minutes: float, out: Path, sweep: Path) -> None:
     """One method, one seed, in this process (the parent gives it one core)."""
     from asl_sweep import runtime
 
     runtime.setup(tensorflow=True)
-    config = yaml.safe_load(WIDE.read_text())
+    config = yaml.safe_load(sweep.read_text())
     if method in ("bayes", "random"):
         events = local_sweep_events(config, method, minutes, out.with_suffix(".db"))
     elif method == "optuna":
@@ -189,13 +190,12 @@ def summarize(results: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
     return out
 
 
-def retrain_winners(results: list[dict[str, Any]], folds: int, budget_s: float) -> dict[str, Any]:
+def retrain_winners(results: list[dict[str, Any]], folds: int, budget_s: float, epochs: int) -> dict[str, Any]:
     """Each method's best run within the budget over all its seeds, its configuration re-trained for the
     YAML's full epochs on `folds` other signer folds (signers it was not chosen on)."""
     from asl_sweep.data import DataCache
     from asl_sweep.train import execute
 
-    epochs = yaml.safe_load(WIDE.read_text())["parameters"]["epochs"]["value"]
     cache, out = DataCache(), {}
     for method in METHODS:
         events = [e for r in results if r["method"] == method for e in in_budget(r["events"], budget_s)]
@@ -209,7 +209,7 @@ def retrain_winners(results: list[dict[str, Any]], folds: int, budget_s: float) 
     return out
 
 
-def plot(results: list[dict[str, Any]], minutes: float, path: Path) -> None:
+def plot(results: list[dict[str, Any]], minutes: float, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,7 +227,7 @@ def plot(results: list[dict[str, Any]], minutes: float, path: Path) -> None:
         ax.plot(grid / 60, np.median(c, axis=0), color=color, label=f"{method} (median of {len(curves)})")
         ax.fill_between(grid / 60, c.min(axis=0), c.max(axis=0), color=color, alpha=0.15)
     ax.set(xlabel="minutes", ylabel="best val_accuracy so far", ylim=(0.5, 1.0),
-           title="sweeps/wide.yaml: best-so-far against time (line: median over seeds, band: min-max)")
+           title=f"{title}: best-so-far against time (line: median over seeds, band: min-max)")
     ax.axhline(0.95, color="grey", lw=0.6, ls=":")
     ax.axhline(0.99, color="grey", lw=0.6, ls=":")
     ax.legend(loc="lower right")
@@ -240,24 +240,32 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget per method and seed")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--folds", type=int, default=3, help="other signer folds each winner is re-trained on")
+    parser.add_argument("--sweep", type=Path, default=WIDE, help="the sweep YAML every method searches")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated, run two at a time in this order (default: %(default)s)")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.seed, args.minutes, args.out)
+        worker(args.worker, args.seed, args.minutes, args.out, args.sweep)
         return 0
+    methods = args.methods.split(",")
+    if unknown := set(methods) - set(METHODS):
+        parser.error(f"unknown method(s) {', '.join(sorted(unknown))}; known: {', '.join(METHODS)}")
+    pairs = [methods[i:i + 2] for i in range(0, len(methods), 2)]  # side by side, one core each
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = REPO / "bench-results" / f"search-{stamp}"
+    folder = REPO / "bench-results" / f"search-{args.sweep.stem}-{stamp}"
     folder.mkdir(parents=True)
     env = {**os.environ, "ASL_SWEEP_THREADS": "1", "PYTHONPATH": str(REPO)}
     results = []
     t0 = time.time()
     for seed in range(args.seeds):
-        for pair in PAIRS:
+        for pair in pairs:
             outs = {m: folder / f"{m}-{seed}.json" for m in pair}
             procs = [subprocess.Popen([sys.executable, __file__, "--worker", m, "--seed", str(seed), "--minutes",
-                                       str(args.minutes), "--out", str(outs[m])], env=env) for m in pair]
+                                       str(args.minutes), "--out", str(outs[m]), "--sweep", str(args.sweep)], env=env)
+                     for m in pair]
             for p in procs:
                 p.wait()
             for m in pair:
@@ -267,13 +275,14 @@ def main() -> int:
     from asl_sweep import runtime
 
     runtime.setup(tensorflow=True)  # the re-training below runs here, with both cores
-    summary["retrained_winners"] = retrain_winners(results, args.folds, args.minutes * 60)
+    epochs = yaml.safe_load(args.sweep.read_text())["parameters"]["epochs"]["value"]
+    summary["retrained_winners"] = retrain_winners(results, args.folds, args.minutes * 60, epochs)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    report = {"meta": {"time": stamp, "commit": commit, "minutes": args.minutes, "seeds": args.seeds,
+    report = {"meta": {"time": stamp, "commit": commit, "sweep": str(args.sweep), "minutes": args.minutes, "seeds": args.seeds,
                        "cpus": os.cpu_count(), "wall_min": (time.time() - t0) / 60}, "summary": summary, "runs": results}
-    out = REPO / "bench-results" / f"search-{stamp}.json"
+    out = folder.with_suffix(".json")
     out.write_text(json.dumps(report, indent=1))
-    plot(results, args.minutes, out.with_suffix(".png"))
+    plot(results, args.minutes, out.with_suffix(".png"), args.sweep.name)
     print(json.dumps(summary, indent=1))
     print(f"written: {out} and {out.with_suffix('.png')}")
     return 0

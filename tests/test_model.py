@@ -121,3 +121,18 @@ def test_robustness_augmentations_are_built_in_layers_and_train_only():
     assert {"aug_flip", "aug_brightness", "aug_contrast", "aug_rotate", "standardize"} <= names
     x = np.random.default_rng(1).uniform(0, 255, (2, 40, 40, 3)).astype("float32")
     assert np.allclose(net.predict_on_batch(x), net.predict_on_batch(x))  # serving is deterministic
+
+
+def test_soft_accuracy_is_the_mean_probability_of_the_true_digit_and_ranks_runs_that_tie_on_accuracy():
+    cfg = Config().replace(image_size=16, conv_blocks=2)
+    net = model.compiled_model(cfg, train_images=8)
+    x = np.random.default_rng(0).uniform(0, 1, (8, 16, 16, 1)).astype("float32")
+    y = np.arange(8) % 10
+    onehot = np.eye(10, dtype="float32")[y]
+    scores = net.evaluate(x, onehot, return_dict=True, verbose=0)
+    probs = np.asarray(net(x, training=False))
+    assert scores["soft_accuracy"] == pytest.approx(probs[np.arange(8), y].mean(), rel=1e-5)
+    sure, unsure = np.eye(10)[[3, 5]] * 0.99 + 0.001, np.eye(10)[[3, 5]] * 0.5 + 0.05
+    right = np.eye(10)[[3, 5]]
+    assert np.asarray(model.true_class_probability(right, sure)).mean() > \
+        np.asarray(model.true_class_probability(right, unsure)).mean()  # both 100% accurate; still ranked

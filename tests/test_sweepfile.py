@@ -10,7 +10,7 @@ SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
 @pytest.mark.parametrize("name, metric", [("bayes", "val_score"), ("random", "val_score"), ("grid", "val_accuracy"),
-                                          ("smoke", "val_accuracy")])
+                                          ("smoke", "val_accuracy"), ("wide", "val_soft_accuracy")])
 def test_shipped_sweeps_are_valid_and_launch_the_entrypoint(name, metric):
     config = sweepfile.load(SWEEPS / f"{name}.yaml")
     assert config["metric"] == {"name": metric, "goal": "maximize"}
