@@ -18,9 +18,9 @@ from typing import Any
 
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import RunRecord, RunState
-from asl_sweep.sweepfile import metric
+from asl_sweep.sweepfile import LOGGED_METRICS, metric
 
-HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time")
+HISTORY_KEYS = ("epoch", *LOGGED_METRICS)  # what a W&B-hosted run's history is read back with
 
 
 def _finite(value: Any) -> bool:

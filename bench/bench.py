@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -396,6 +397,14 @@ def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
                    floating=lambda n, lo, hi, log: trial.suggest_float(n, lo, hi, log=log))
 
 
+def best_of(history: list[dict[str, float]], metric: dict[str, Any]) -> float:
+    """A run's best value of a sweep's metric, in its goal (NaN epochs, from a diverged run, skipped)."""
+    values = [h[metric["name"]] for h in history if math.isfinite(h.get(metric["name"], math.nan))]
+    if not values:
+        return -math.inf if metric.get("goal") == "maximize" else math.inf
+    return max(values) if metric.get("goal") == "maximize" else min(values)
+
+
 class OptunaReporter:
     """Feeds epochs to an Optuna trial and relays its pruning decision, like the ledger reporter."""
 
@@ -412,9 +421,9 @@ class OptunaReporter:
         pass
 
 
-def optuna_events(config: dict[str, Any], seed: int, minutes: float) -> list[tuple[float, float, bool, dict]]:
-    """Optuna TPE + Hyperband pruner on a sweep YAML's space and metric (the study maximizes the run's best
-    `metric.name`, as our sweep ranks runs), training with `train.execute`, until `minutes` have passed (no
+def optuna_events(config: dict[str, Any], seed: int, minutes: float) -> list[tuple[float, float, bool, dict, float]]:
+    """Optuna TPE + Hyperband pruner on a sweep YAML's space and metric (a trial's value is its best
+    `metric.name` in the metric's goal, as our sweep ranks runs), training with `train.execute`, until `minutes` have passed (no
     new trial after that): (elapsed s at the trial's end, its best val_accuracy, finished (not pruned), its
     config) per trial."""
     import optuna
@@ -432,19 +441,19 @@ def optuna_events(config: dict[str, Any], seed: int, minutes: float) -> list[tup
                                                                       reduction_factor=et["eta"]))
     cache = DataCache()
     start = time.time()
-    events: list[tuple[float, float, bool, dict]] = []
+    events: list[tuple[float, float, bool, dict, float]] = []
 
     def objective(trial):
         values = {k: optuna_suggest(trial, k, v) for k, v in config["parameters"].items()}
         reporter = OptunaReporter(trial, metric, deadline=start + minutes * 60)
         history = execute(values, cache, reporter=reporter, verbose=0)["history"]
         best = max(h["val_accuracy"] for h in history)
-        events.append((time.time() - start, best, not reporter.pruned, values))
+        events.append((time.time() - start, best, not reporter.pruned, values, best_of(history, config["metric"])))
         print(f"optuna trial {trial.number}: best val_accuracy {best:.4f}{' (pruned)' if reporter.pruned else ''}",
               flush=True)
         if reporter.pruned:
             raise optuna.TrialPruned()
-        return (max if goal == "maximize" else min)(h[metric] for h in history)
+        return best_of(history, config["metric"])
 
     study.optimize(objective, timeout=minutes * 60)
     return events
@@ -454,8 +463,8 @@ def bench_optuna(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
     events = optuna_events(yaml.safe_load((REPO / "sweeps/bayes.yaml").read_text()), 0, minutes)
     return {"trials": len(events), "best_val_accuracy": max((e[1] for e in events), default=None),
             # as for the sweep: time to 95% counts finished (unpruned) trials only
-            "time_to_95_s": min((t for t, v, finished, _ in events if v >= 0.95 and finished), default=None),
-            "best_at": best_by([(t, v) for t, v, _, _ in events], checkpoints)}
+            "time_to_95_s": min((t for t, v, finished, *_ in events if v >= 0.95 and finished), default=None),
+            "best_at": best_by([(t, v) for t, v, *_ in events], checkpoints)}
 
 
 def table(results: dict[str, Any]) -> str:

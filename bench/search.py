@@ -13,7 +13,7 @@ minutes take 60 minutes, plus the winners' re-training. At the budget every meth
 is stopped at its epoch boundary, and only runs that ended within the budget count. Per method: median and range over seeds of the best
 val_accuracy at each checkpoint, time to the first finished run >= 0.95 and >= 0.99, runs completed;
 the method's winner (best over its seeds) re-trained on 3 other signer folds. Written to
-bench-results/search-<time>.json with a PNG of best-so-far against time beside it.
+bench-results/search-<sweep>-<time>.json with a PNG of best-so-far against time beside it.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ import bench  # noqa: E402  (bench/bench.py: the Optuna runner and the YAML-to-t
 REPO = Path(__file__).resolve().parents[1]
 WIDE = REPO / "sweeps" / "wide.yaml"
 METHODS = ("bayes", "random", "optuna", "kt")
-# (seconds since start when the run ended, its best val_accuracy, finished (not stopped early), its config)
-Event = tuple[float, float, bool, dict]
+# (seconds since start when the run ended, its best val_accuracy, finished (not stopped early), its config,
+#  its best value of the YAML's metric: what the method itself ranks runs by)
+Event = tuple[float, float, bool, dict, float]
 
 
 def local_sweep_events(config: dict[str, Any], method: str, minutes: float, ledger: Path) -> list[Event]:
@@ -65,8 +66,8 @@ def local_sweep_events(config: dict[str, Any], method: str, minutes: float, ledg
     timer.cancel()
     with Ledger(ledger) as db:
         runs = db.runs(sid)
-    return [(r["ended_at"] - start, max(h["val_accuracy"] for h in r["history"]), r["state"] == "finished", r["config"])
-            for r in runs if r["ended_at"] and r["history"]]
+    return [(r["ended_at"] - start, max(h["val_accuracy"] for h in r["history"]), r["state"] == "finished", r["config"],
+             bench.best_of(r["history"], config["metric"])) for r in runs if r["ended_at"] and r["history"]]
 
 
 def kt_suggest(hp, name: str, spec: dict[str, Any]) -> Any:
@@ -117,15 +118,18 @@ def keras_tuner_events(config: dict[str, Any], seed: int, minutes: float, folder
 
     class Record(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.best, self.epoch = 0.0, 0
+            self.history = []
 
         def on_epoch_end(self, epoch, logs=None):
-            self.best, self.epoch = max(self.best, float((logs or {}).get("val_accuracy", 0.0))), epoch + 1
+            self.history.append({k: float(v) for k, v in (logs or {}).items()})
             if time.time() > deadline:
                 self.model.stop_training = True
 
         def on_train_end(self, logs=None):
-            events.append((time.time() - start, self.best, self.epoch >= max_epochs, dict(trial_config)))
+            if self.history:
+                events.append((time.time() - start, max(h["val_accuracy"] for h in self.history),
+                               len(self.history) >= max_epochs, dict(trial_config),
+                               bench.best_of(self.history, config["metric"])))
 
     metric = config["metric"]
     objective = kt.Objective(metric["name"], "max" if metric.get("goal") == "maximize" else "min")
@@ -190,9 +194,10 @@ def summarize(results: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
     return out
 
 
-def retrain_winners(results: list[dict[str, Any]], folds: int, budget_s: float, epochs: int) -> dict[str, Any]:
-    """Each method's best run within the budget over all its seeds, its configuration re-trained for the
-    YAML's full epochs on `folds` other signer folds (signers it was not chosen on)."""
+def retrain_winners(results: list[dict[str, Any]], folds: int, budget_s: float, sweep: dict[str, Any]) -> dict[str, Any]:
+    """Each method's winner within the budget over all its seeds (the run it ranks best by the YAML's metric,
+    as its own report would pick it), its configuration re-trained for the YAML's full epochs on `folds`
+    other signer folds (signers it was not chosen on)."""
     from asl_sweep.data import DataCache
     from asl_sweep.train import execute
 
@@ -201,7 +206,9 @@ def retrain_winners(results: list[dict[str, Any]], folds: int, budget_s: float, 
         events = [e for r in results if r["method"] == method for e in in_budget(r["events"], budget_s)]
         if not events:
             continue
-        _, chosen_at, _, config = max(events, key=lambda e: e[1])
+        sign = 1 if sweep["metric"]["goal"] == "maximize" else -1
+        _, chosen_at, _, config, _ = max(events, key=lambda e: sign * e[4])
+        epochs = sweep["parameters"]["epochs"]["value"]
         scores = [execute({**config, "epochs": epochs, "seed": fold}, cache, verbose=0)["summary"]["val_accuracy"]
                   for fold in range(1, folds + 1)]
         out[method] = {"config": config, "chosen_at": chosen_at, "other_folds": scores,
@@ -235,6 +242,25 @@ def plot(results: list[dict[str, Any]], minutes: float, path: Path, title: str) 
     fig.savefig(path, dpi=120)
 
 
+def comparable_sweep(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The sweep file, checked before any method starts: every method needs its metric, hyperband and a
+    fixed epoch count."""
+    from asl_sweep.errors import UserError
+    from asl_sweep.sweepfile import load
+
+    try:
+        sweep = load(path)
+    except UserError as exc:
+        parser.error(str(exc))
+    if "name" not in sweep.get("metric", {}):
+        parser.error(f"{path}: every method ranks runs by the sweep's metric; add metric.name")
+    if (sweep.get("early_terminate") or {}).get("type") != "hyperband":
+        parser.error(f"{path}: Optuna's and Keras Tuner's Hyperband take the sweep's settings; add early_terminate: hyperband")
+    if "value" not in sweep["parameters"].get("epochs", {}):
+        parser.error(f"{path}: Hyperband needs a fixed epoch count; set parameters.epochs.value")
+    return sweep
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget per method and seed")
@@ -253,6 +279,9 @@ def main() -> int:
     methods = args.methods.split(",")
     if unknown := set(methods) - set(METHODS):
         parser.error(f"unknown method(s) {', '.join(sorted(unknown))}; known: {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        parser.error(f"--methods names a method twice: {args.methods}")
+    sweep = comparable_sweep(args.sweep, parser)
     pairs = [methods[i:i + 2] for i in range(0, len(methods), 2)]  # side by side, one core each
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = REPO / "bench-results" / f"search-{args.sweep.stem}-{stamp}"
@@ -275,12 +304,11 @@ def main() -> int:
     from asl_sweep import runtime
 
     runtime.setup(tensorflow=True)  # the re-training below runs here, with both cores
-    epochs = yaml.safe_load(args.sweep.read_text())["parameters"]["epochs"]["value"]
-    summary["retrained_winners"] = retrain_winners(results, args.folds, args.minutes * 60, epochs)
+    summary["retrained_winners"] = retrain_winners(results, args.folds, args.minutes * 60, sweep)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     report = {"meta": {"time": stamp, "commit": commit, "sweep": str(args.sweep), "minutes": args.minutes, "seeds": args.seeds,
                        "cpus": os.cpu_count(), "wall_min": (time.time() - t0) / 60}, "summary": summary, "runs": results}
-    out = folder.with_suffix(".json")
+    out = folder.parent / f"{folder.name}.json"
     out.write_text(json.dumps(report, indent=1))
     plot(results, args.minutes, out.with_suffix(".png"), args.sweep.name)
     print(json.dumps(summary, indent=1))

@@ -1,6 +1,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from asl_sweep.config import Config
 
 spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[1] / "bench/bench.py")
@@ -62,3 +64,41 @@ def test_keras_tuner_gets_the_yaml_space(monkeypatch):
     assert search.kt_suggest(hp, "b", {"values": [8, 16]}) == 8
     assert search.kt_suggest(hp, "lr", {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}) == 1e-4
     assert hp.get("lr") == 1e-4 and hp._hps["lr"][0].sampling == "log"
+
+
+def test_a_runs_best_metric_follows_the_goal_and_skips_diverged_epochs():
+    history = [{"val_soft_accuracy": 0.4, "val_loss": 1.0}, {"val_soft_accuracy": float("nan"), "val_loss": 0.5},
+               {"val_soft_accuracy": 0.7, "val_loss": 0.8}]
+    assert bench.best_of(history, {"name": "val_soft_accuracy", "goal": "maximize"}) == 0.7
+    assert bench.best_of(history, {"name": "val_loss", "goal": "minimize"}) == 0.5
+    assert bench.best_of([{"val_loss": float("nan")}], {"name": "val_loss", "goal": "minimize"}) == float("inf")
+
+
+def test_each_methods_winner_is_the_run_its_own_metric_ranks_best(monkeypatch):
+    """Two runs tie at val_accuracy 1.000: the winner is the one the sweep's metric ranks higher."""
+    import asl_sweep.data
+    import asl_sweep.train
+
+    trained = []
+    monkeypatch.setattr(asl_sweep.data, "DataCache", lambda: None)
+    monkeypatch.setattr(asl_sweep.train, "execute", lambda values, cache, verbose: trained.append(values)
+                        or {"summary": {"val_accuracy": 0.99}})
+    runs = [{"method": "bayes", "seed": 0, "events": [[100, 1.0, True, {"x": 1}, 0.95], [200, 1.0, True, {"x": 2}, 0.98],
+                                                       [900, 1.0, True, {"x": 3}, 0.99]]}]
+    sweep = {"metric": {"name": "val_soft_accuracy", "goal": "maximize"}, "parameters": {"epochs": {"value": 20}}}
+    out = search.retrain_winners(runs, folds=2, budget_s=600, sweep=sweep)["bayes"]
+    assert out["config"] == {"x": 2}  # the run at 900 s ended after the budget
+    assert trained == [{"x": 2, "epochs": 20, "seed": 1}, {"x": 2, "epochs": 20, "seed": 2}]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--methods", "bayes,bayes"], "names a method twice"),
+    (["--methods", "bayes,hyperopt"], "unknown method(s) hyperopt"),
+    (["--sweep", str(Path(__file__).resolve().parents[1] / "sweeps/grid.yaml")], "add early_terminate: hyperband"),
+    (["--sweep", "no-such.yaml"], "no-such.yaml"),
+])
+def test_bench_search_refuses_what_it_cannot_compare_before_starting(monkeypatch, capsys, args, fragment):
+    monkeypatch.setattr("sys.argv", ["search.py", *args])
+    with pytest.raises(SystemExit) as exc:
+        search.main()
+    assert exc.value.code == 2 and fragment in capsys.readouterr().err

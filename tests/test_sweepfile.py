@@ -23,6 +23,12 @@ def test_bayes_has_hyperband_and_a_cap():
     assert config["parameters"]["learning_rate"]["distribution"] == "log_uniform_values"
 
 
+@pytest.mark.parametrize("name", ["bayes", "random", "wide"])
+def test_a_sweep_saves_the_epoch_its_metric_ranks(name):
+    config = sweepfile.load(SWEEPS / f"{name}.yaml")
+    assert config["parameters"]["checkpoint_metric"] == {"value": config["metric"]["name"]}
+
+
 def test_the_default_sweep_ranks_and_saves_by_clean_and_robust_accuracy():
     params = sweepfile.load(SWEEPS / "bayes.yaml")["parameters"]
     assert params["checkpoint_metric"] == {"value": "val_score"}
