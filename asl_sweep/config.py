@@ -62,6 +62,7 @@ class Config:
     augment: float = field(default=0.0, metadata=_range(0.0, 0.5))
     rotate: float = field(default=0.0, metadata=_range(0.0, 45.0))
     flip: bool = False
+    mirror: bool = False
     brightness: float = field(default=0.0, metadata=_range(0.0, 0.9))
     contrast: float = field(default=0.0, metadata=_range(0.0, 0.9))
     normalize: str = field(default="none", metadata=_choices("none", "image"))
@@ -170,6 +171,9 @@ def from_mapping(values: Mapping[str, Any], source: str = "config", base: Config
     config = Config(**merged)
     if config.warmup_epochs >= config.epochs and config.warmup_epochs > 0:
         raise UserError(f"config key 'warmup_epochs' from {source}: must be less than epochs ({config.epochs})")
+    if config.mirror and config.pooling != "global_avg":
+        raise UserError(f"config key 'mirror' from {source}: needs pooling=global_avg (flatten would tell the two "
+                        "halves apart by position)")
     return config
 
 

@@ -207,6 +207,8 @@ CASES: list[Case] = [
     Case("robustness: rotate out of range", lambda w: ["train", "--rotate=90"], ("'rotate'", "must be in")),
     Case("robustness: checkpoint on a metric that is not kept", lambda w: ["train", "--checkpoint_metric=val_loss"],
          ("'checkpoint_metric'", "val_accuracy, val_score, val_soft_accuracy")),
+    Case("robustness: mirror without global pooling", lambda w: ["train", "--mirror=true"],
+         ("'mirror'", "needs pooling=global_avg")),
     Case("override not a choice", lambda w: ["train", "--optimizer=lion"], ("'optimizer'", "must be one of")),
     Case("train data-dir is a file", lambda w: ["train", "--epochs=1", "--data-dir", w.file("photos.zip")],
          ("--data-dir", "is a file, not a folder"), subprocess=True),
