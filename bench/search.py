@@ -12,7 +12,7 @@ Two methods run at a time, one CPU core each (ASL_SWEEP_THREADS=1), so 4 methods
 minutes take 60 minutes, plus the winners' re-training. At the budget every method's run in progress
 is stopped at its epoch boundary, and only runs that ended within the budget count. Per method: median and range over seeds of the best
 val_accuracy at each checkpoint, time to the first finished run >= 0.95 and >= 0.99, runs completed;
-the method's winner (best over its seeds) re-trained on 3 other signer folds. Written to
+the method's winner (over its seeds, the run the YAML's metric ranks best) re-trained on 3 other signer folds. Written to
 bench-results/search-<sweep>-<time>.json with a PNG of best-so-far against time beside it.
 """
 
@@ -284,6 +284,8 @@ def main() -> int:
     sweep = comparable_sweep(args.sweep, parser)
     pairs = [methods[i:i + 2] for i in range(0, len(methods), 2)]  # side by side, one core each
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    # the code that runs: read now, as commits made while a long bench runs would be a different one
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     folder = REPO / "bench-results" / f"search-{args.sweep.stem}-{stamp}"
     folder.mkdir(parents=True)
     env = {**os.environ, "ASL_SWEEP_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -305,7 +307,6 @@ def main() -> int:
 
     runtime.setup(tensorflow=True)  # the re-training below runs here, with both cores
     summary["retrained_winners"] = retrain_winners(results, args.folds, args.minutes * 60, sweep)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     report = {"meta": {"time": stamp, "commit": commit, "sweep": str(args.sweep), "minutes": args.minutes, "seeds": args.seeds,
                        "cpus": os.cpu_count(), "wall_min": (time.time() - t0) / 60}, "summary": summary, "runs": results}
     out = folder.parent / f"{folder.name}.json"
