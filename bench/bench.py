@@ -398,11 +398,16 @@ def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
 
 
 def best_of(history: list[dict[str, float]], metric: dict[str, Any]) -> float:
-    """A run's best value of a sweep's metric, in its goal (NaN epochs, from a diverged run, skipped)."""
-    values = [h[metric["name"]] for h in history if math.isfinite(h.get(metric["name"], math.nan))]
-    if not values:
-        return -math.inf if metric.get("goal") == "maximize" else math.inf
-    return max(values) if metric.get("goal") == "maximize" else min(values)
+    """A run's best value of a sweep's metric, in its goal (NaN epochs, from a diverged run, skipped), as
+    the report ranks it; the worst value there is when no epoch has one."""
+    from asl_sweep.results import best_epoch
+    from asl_sweep.sweepfile import DEFAULT_GOAL
+
+    goal = metric.get("goal", DEFAULT_GOAL)
+    row = best_epoch(history, metric["name"], goal)
+    if row is None:
+        return -math.inf if goal == "maximize" else math.inf
+    return row[metric["name"]]
 
 
 class OptunaReporter:
@@ -423,18 +428,19 @@ class OptunaReporter:
 
 def optuna_events(config: dict[str, Any], seed: int, minutes: float) -> list[tuple[float, float, bool, dict, float]]:
     """Optuna TPE + Hyperband pruner on a sweep YAML's space and metric (a trial's value is its best
-    `metric.name` in the metric's goal, as our sweep ranks runs), training with `train.execute`, until `minutes` have passed (no
-    new trial after that): (elapsed s at the trial's end, its best val_accuracy, finished (not pruned), its
-    config) per trial."""
+    `metric.name` in the metric's goal, as our sweep ranks runs), training with `train.execute`, until
+    `minutes` have passed (no new trial after that): per trial (elapsed s at its end, its best val_accuracy,
+    finished (not pruned), its config, its best metric value)."""
     import optuna
 
+    from asl_sweep import sweepfile
     from asl_sweep.data import DataCache
     from asl_sweep.train import execute
 
     et = config["early_terminate"]
     max_epochs = config["parameters"]["epochs"]["value"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    metric, goal = config["metric"]["name"], config["metric"].get("goal", "minimize")
+    metric, goal = sweepfile.metric(config)
     study = optuna.create_study(direction=goal, sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.HyperbandPruner(min_resource=et["min_iter"],
                                                                       max_resource=max_epochs,

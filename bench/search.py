@@ -199,6 +199,7 @@ def retrain_winners(results: list[dict[str, Any]], folds: int, budget_s: float, 
     as its own report would pick it), its configuration re-trained for the YAML's full epochs on `folds`
     other signer folds (signers it was not chosen on)."""
     from asl_sweep.data import DataCache
+    from asl_sweep.sweepfile import metric
     from asl_sweep.train import execute
 
     cache, out = DataCache(), {}
@@ -206,7 +207,7 @@ def retrain_winners(results: list[dict[str, Any]], folds: int, budget_s: float, 
         events = [e for r in results if r["method"] == method for e in in_budget(r["events"], budget_s)]
         if not events:
             continue
-        sign = 1 if sweep["metric"]["goal"] == "maximize" else -1
+        sign = 1 if metric(sweep)[1] == "maximize" else -1
         _, chosen_at, _, config, _ = max(events, key=lambda e: sign * e[4])
         epochs = sweep["parameters"]["epochs"]["value"]
         scores = [execute({**config, "epochs": epochs, "seed": fold}, cache, verbose=0)["summary"]["val_accuracy"]
