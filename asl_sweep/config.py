@@ -63,6 +63,7 @@ class Config:
     rotate: float = field(default=0.0, metadata=_range(0.0, 45.0))
     flip: bool = False
     mirror: bool = False
+    hand_aware: bool = False
     brightness: float = field(default=0.0, metadata=_range(0.0, 0.9))
     contrast: float = field(default=0.0, metadata=_range(0.0, 0.9))
     normalize: str = field(default="none", metadata=_choices("none", "image"))
@@ -174,6 +175,9 @@ def from_mapping(values: Mapping[str, Any], source: str = "config", base: Config
     if config.mirror and config.pooling != "global_avg":
         raise UserError(f"config key 'mirror' from {source}: needs pooling=global_avg (flatten would tell the two "
                         "halves apart by position)")
+    if config.hand_aware and (config.flip or config.mirror):
+        raise UserError(f"config key 'hand_aware' from {source}: trains on every photo and its mirror image already; "
+                        "set flip=false and mirror=false")
     return config
 
 

@@ -85,7 +85,6 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     Returns (model, per-epoch history, number of images).
     """
     import keras
-    import numpy as np
 
     from asl_sweep import model as model_lib
     from asl_sweep.data import DataCache
@@ -93,8 +92,8 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     cache = DataCache(data_dir)
     dataset = cache.get(cfg)
     net = model_lib.compiled_model(cfg, len(dataset.y))
-    onehot = np.eye(model_lib.NUM_CLASSES, dtype=np.float32)[dataset.y]
-    fit = net.fit(cache.inputs(cfg, dataset), onehot, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
+    x, t = model_lib.targets(cfg, cache.inputs(cfg, dataset), dataset.y)
+    fit = net.fit(x, t, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
                   callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
     history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
                for i in range(len(fit.history.get("loss", [])))]

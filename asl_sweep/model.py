@@ -74,7 +74,7 @@ def memory_estimate(cfg: Config) -> tuple[int, int]:
     if cfg.dense_units:
         params += (features + 1) * cfg.dense_units
         features = cfg.dense_units
-    params += (features + 1) * NUM_CLASSES
+    params += (features + 1) * outputs(cfg)
     need = params * FLOAT_BYTES * COPIES_PER_PARAMETER + maps * cfg.batch_size * FLOAT_BYTES * ACTIVATION_FACTOR
     return params, need
 
@@ -161,8 +161,8 @@ def classifier(cfg: Config) -> keras.Model:
         x = layers.Dense(cfg.dense_units, activation="relu", name="dense")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="dropout")(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="digit")(x)
-    net = keras.Model(inputs, outputs, name="classifier")
+    probs = layers.Dense(outputs(cfg), activation="softmax", name="digit_hand" if cfg.hand_aware else "digit")(x)
+    net = keras.Model(inputs, probs, name="classifier")
     if cfg.mirror:
         width = cfg.image_size
         pair = np.zeros((width, 2 * width), np.float32)
@@ -170,6 +170,37 @@ def classifier(cfg: Config) -> keras.Model:
         pair[np.arange(width), 2 * width - 1 - np.arange(width)] = 1  # the right half: its mirror image
         net.get_layer("mirror_pair").set_weights([pair])
     return net
+
+
+def outputs(cfg: Config) -> int:
+    """The classifier's classes: the 10 digits, or with `hand_aware` each digit as photographed (0-9) and
+    mirrored (10-19).
+
+    A network trained on both hands through random flips must guess which hand it sees, and it guesses from
+    the tilt: a clockwise-tilted right hand reads as a left hand, and the finger it reads swaps (measured:
+    7/8 and 6/9 confused, `rotated_right` 0.85-0.90). Told the hand in its labels it learns the hand itself."""
+    return 2 * NUM_CLASSES if cfg.hand_aware else NUM_CLASSES
+
+
+def digits(probs):
+    """Digit probabilities from the classifier's output: a hand-aware network's two hands summed, others
+    unchanged (numpy arrays and Keras tensors alike, so metrics and predictions agree)."""
+    return probs[..., :NUM_CLASSES] + probs[..., NUM_CLASSES:] if probs.shape[-1] == 2 * NUM_CLASSES else probs
+
+
+def targets(cfg: Config, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training inputs and one-hot targets for the classifier: with `hand_aware`, every photo twice, as
+    photographed (class d) and mirrored (class d + 10), so an epoch shows each photo as both hands."""
+    if not cfg.hand_aware:
+        return x, np.eye(NUM_CLASSES, dtype=np.float32)[y]
+    return (np.concatenate([x, x[:, :, ::-1]]),
+            np.eye(2 * NUM_CLASSES, dtype=np.float32)[np.concatenate([y, y + NUM_CLASSES])])
+
+
+def hand_sum(x):
+    """The served model's digit probabilities from a hand-aware classifier: a frozen built-in Dense that
+    adds the two hands' probabilities (safe-mode loadable; the kernel is set in `build`)."""
+    return layers.Dense(NUM_CLASSES, use_bias=False, trainable=False, name="digit")(x)
 
 
 def mirror_pair(x, width: int):
@@ -194,7 +225,11 @@ def build(cfg: Config, trained: keras.Model | None = None) -> keras.Model:
     x = pre.output
     for layer in core.layers[1:]:  # the classifier is a chain: each layer feeds the next
         x = layer(x)
-    return keras.Model(pre.input, x, name="asl_digits_cnn")
+    if not cfg.hand_aware:
+        return keras.Model(pre.input, x, name="asl_digits_cnn")
+    served = keras.Model(pre.input, hand_sum(x), name="asl_digits_cnn")
+    served.get_layer("digit").set_weights([np.tile(np.eye(NUM_CLASSES, dtype=np.float32), (2, 1))])
+    return served
 
 
 def load(path: str) -> keras.Model:
@@ -235,17 +270,25 @@ def true_class_probability(y_true, y_pred):
     Unlike accuracy it does not saturate: on a few hundred validation images many runs tie at
     val_accuracy 1.000, and this still ranks them by how sure they are of the right answer. A model
     that is always sure and right scores 1, chance scores 0.1, like accuracy."""
-    return keras.ops.sum(y_true * y_pred, axis=-1)
+    return keras.ops.sum(digits(y_true) * digits(y_pred), axis=-1)
+
+
+def correct_digit(y_true, y_pred):
+    """Per image, 1 when the most probable digit is the true one (`accuracy`; a hand-aware network's
+    answer counts whichever hand it names)."""
+    same = keras.ops.argmax(digits(y_true), axis=-1) == keras.ops.argmax(digits(y_pred), axis=-1)
+    return keras.ops.cast(same, "float32")
 
 
 def compiled_model(cfg: Config, train_images: int):
-    """Seed, build and compile `cfg`'s classifier: the one recipe shared by sweep runs and re-training."""
+    """Seed, build and compile `cfg`'s classifier: the one recipe shared by sweep runs and re-training
+    (`train_images`: photos, which `targets` doubles for a hand-aware network)."""
     keras.utils.set_random_seed(cfg.seed)
     net = classifier(cfg)
     net.compile(
-        optimizer=make_optimizer(cfg, math.ceil(train_images / cfg.batch_size)),
+        optimizer=make_optimizer(cfg, math.ceil(train_images * (2 if cfg.hand_aware else 1) / cfg.batch_size)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+        metrics=[keras.metrics.MeanMetricWrapper(correct_digit, name="accuracy"),
                  keras.metrics.MeanMetricWrapper(true_class_probability, name="soft_accuracy")],
     )
     return net

@@ -58,7 +58,9 @@ def probabilities(net, x, batch: int = 256):
     run (~0.3 s of overhead)."""
     import numpy as np
 
-    return np.concatenate([np.asarray(net(x[i:i + batch], training=False)) for i in range(0, len(x), batch)])
+    from asl_sweep.model import digits
+
+    return digits(np.concatenate([np.asarray(net(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]))
 
 
 def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]], robust: tuple[Any, Any]):
@@ -105,16 +107,17 @@ def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None
     import numpy as np
     from wandb.integration.keras import WandbMetricsLogger
 
-    from asl_sweep.model import NUM_CLASSES
+    from asl_sweep.model import outputs, targets
 
     history: list[dict[str, float]] = []
     epoch_cb = _epoch_callback(run, reporter, history, robust)
     best_weights = keras.callbacks.EarlyStopping(monitor=cfg.checkpoint_metric, mode="max", patience=cfg.epochs,
                                                  restore_best_weights=True)
-    onehot = np.eye(NUM_CLASSES, dtype=np.float32)
+    x_tr, t_tr = targets(cfg, x_tr, y_tr)
+    t_va = np.eye(outputs(cfg), dtype=np.float32)[y_va]  # the photos as photographed
     t_fit = time.perf_counter()
     net.fit(
-        x_tr, onehot[y_tr], validation_data=(x_va, onehot[y_va]), batch_size=cfg.batch_size,
+        x_tr, t_tr, validation_data=(x_va, t_va), batch_size=cfg.batch_size,
         epochs=cfg.epochs, shuffle=True, verbose=verbose,
         callbacks=[epoch_cb, keras.callbacks.TerminateOnNaN(), best_weights, WandbMetricsLogger()],
     )

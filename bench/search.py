@@ -95,7 +95,9 @@ def keras_tuner_events(config: dict[str, Any], seed: int, minutes: float, folder
     cache = DataCache()
     dataset = cache.get(base)
     tr, va = cache.split(base, dataset)
-    x, onehot = cache.inputs(base, dataset), np.eye(10, dtype="float32")[dataset.y]
+    x = cache.inputs(base, dataset)
+    x_tr, t_tr = model_lib.targets(base, x[tr], dataset.y[tr])  # `hand_aware`, when used, is fixed in the YAML
+    t_va = np.eye(model_lib.outputs(base), dtype="float32")[dataset.y[va]]
     start = time.time()
     deadline = start + minutes * 60
     events: list[Event] = []
@@ -137,7 +139,7 @@ def keras_tuner_events(config: dict[str, Any], seed: int, minutes: float, folder
                   factor=config["early_terminate"]["eta"], hyperband_iterations=1000, seed=seed,
                   directory=str(folder), project_name=f"kt-{seed}", overwrite=True)
     try:
-        tuner.search(x[tr], onehot[tr], validation_data=(x[va], onehot[va]), batch_size=base.batch_size,
+        tuner.search(x_tr, t_tr, validation_data=(x[va], t_va), batch_size=base.batch_size,
                      callbacks=[Record()], verbose=0)
     except OutOfTime:
         pass

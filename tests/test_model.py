@@ -74,7 +74,8 @@ def test_bad_model_files_are_one_clear_error(tmp_path):
 @pytest.mark.parametrize("changes", [{}, {"color_mode": "rgb", "batch_norm": True, "conv_blocks": 4,
                                           "convs_per_block": 2, "kernel_size": 5},
                                      {"pooling": "global_avg", "dense_units": 0},
-                                     {"pooling": "global_avg", "mirror": True, "batch_norm": True}])
+                                     {"pooling": "global_avg", "mirror": True, "batch_norm": True},
+                                     {"hand_aware": True}])
 def test_memory_estimate_counts_the_parameters_keras_builds(changes):
     cfg = Config().replace(**changes)
     params, need = model.memory_estimate(cfg)
@@ -149,3 +150,27 @@ def test_mirror_shows_the_photo_and_its_mirror_image_side_by_side_in_a_safe_mode
     net.save(tmp_path / "m.keras")
     x = np.random.uniform(0, 255, (2, 50, 40, 3)).astype("float32")
     assert np.allclose(np.asarray(net(x)), np.asarray(model.load(str(tmp_path / "m.keras"))(x)), atol=1e-5)
+
+
+def test_hand_aware_trains_on_both_hands_as_labelled_classes_and_serves_their_sum(tmp_path):
+    cfg = Config().replace(image_size=16, conv_blocks=2, hand_aware=True, augment=0.1, normalize="image")
+    x = np.random.default_rng(0).uniform(0, 1, (3, 16, 16, 1)).astype("float32")
+    doubled, t = model.targets(cfg, x, np.array([7, 8, 0]))
+    assert np.array_equal(doubled[3:], x[:, :, ::-1]) and np.array_equal(doubled[:3], x)
+    assert list(t.argmax(axis=1)) == [7, 8, 0, 17, 18, 10]
+    net = model.compiled_model(cfg, train_images=3)
+    net.fit(doubled, t, epochs=1, verbose=0)
+    hands = np.asarray(net(x, training=False))
+    assert hands.shape == (3, 20)
+    served = model.build(cfg, net)
+    assert served.get_layer("digit").trainable is False
+    served.save(tmp_path / "m.keras")
+    raw = np.random.default_rng(1).uniform(0, 255, (2, 40, 30, 3)).astype("float32")
+    again = model.load(str(tmp_path / "m.keras"))
+    probs = np.asarray(again.predict_on_batch(raw))  # inference mode: no random augmentation
+    inner = np.asarray(net(model.preprocessor(cfg)(raw), training=False))
+    assert probs.shape == (2, 10) and np.allclose(probs, inner[:, :10] + inner[:, 10:], atol=1e-5)
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    scores = net.evaluate(doubled, t, return_dict=True, verbose=0)  # accuracy counts the digit, either hand
+    folded = model.digits(np.asarray(net(doubled, training=False)))
+    assert scores["accuracy"] == pytest.approx((folded.argmax(axis=1) == [7, 8, 0] * 2).mean())

@@ -32,7 +32,7 @@ def test_a_sweep_saves_the_epoch_its_metric_ranks(name):
 def test_the_default_sweep_ranks_and_saves_by_clean_and_robust_accuracy():
     params = sweepfile.load(SWEEPS / "bayes.yaml")["parameters"]
     assert params["checkpoint_metric"] == {"value": "val_score"}
-    assert params["normalize"] == {"value": "image"} and params["flip"] == {"value": True}
+    assert params["normalize"] == {"value": "image"} and params["hand_aware"] == {"value": True}
 
 
 def _write(tmp_path, config):
