@@ -6,8 +6,9 @@ Sections (each can be chosen with --only):
   agents    the same fixed runs with one agent vs two agents on this machine
   sweep     the default bayes sweep (sweeps/bayes.yaml) for --minutes: time to 95%, best at checkpoints
   optuna    Optuna TPE + Hyperband pruner on the same search space and the same wall-clock budget
-  robustness  the robustness suite's cost per run and the sweep winner's table (from the sweep section,
-            or from --sweep-id in the ledger ASL_SWEEP_LEDGER names)
+  robustness  the robustness suite's cost per run and the sweep winner's table (from the sweep section's
+            first run_cap runs, i.e. `make sweep`'s winner, or from --sweep-id in the ledger ASL_SWEEP_LEDGER
+            names), and the winner re-trained on --winner-folds other signer folds (clean, suite mean, worst)
   ledger    claims per second and time holding the sweep's lock with 1-8 agent processes on sweeps of
             50-400 runs (fake epochs), SQLite vs PostgreSQL (a server started here, as the tests do);
             the lock time of a bayes claim as the sweep grows; a real two-agent sweep on each backend;
@@ -353,12 +354,21 @@ def bench_sweep(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
     return out
 
 
-def bench_robustness(sweep_id: str | None) -> dict[str, Any]:
-    """What scoring the robustness suite costs a run (its share of the run's wall time) and how the sweep's
-    winner holds up under each change, from a finished sweep's records."""
+def robustness_scores(summary: dict[str, Any]) -> dict[str, Any]:
+    """The issue's three numbers (clean, suite mean, worst case) from a run's summary."""
+    return {"clean": summary.get("val_accuracy"), "robust_mean": summary.get("val_robust_accuracy"),
+            "robust_worst": summary.get("val_robust_worst"), "worst_change": summary.get("val_robust_worst_change")}
+
+
+def bench_robustness(sweep_id: str | None, folds: int) -> dict[str, Any]:
+    """What scoring the robustness suite costs a run (its share of the run's wall time), how the winner of
+    the sweep's first run_cap runs (what `make sweep` runs) holds up under each change, and the same
+    configuration re-trained on `folds` other signer folds (seeds 1..folds: signers it was not chosen on)."""
+    from asl_sweep.data import DataCache
     from asl_sweep.ledger import Ledger
     from asl_sweep.results import best_run, read_record
-    from asl_sweep.sweepfile import metric
+    from asl_sweep.sweepfile import load, metric
+    from asl_sweep.train import execute
 
     if sweep_id is None:
         return {"skipped": "needs the sweep section or --sweep-id"}
@@ -366,17 +376,21 @@ def bench_robustness(sweep_id: str | None) -> dict[str, Any]:
         sweep, runs = ledger.sweep(sweep_id), ledger.runs(sweep_id)
     timed = [r["summary"] for r in runs if r["summary"].get("robust_time") is not None]
     shares = [s["robust_time"] / s["wall_time"] for s in timed]
-    best = best_run(runs, *metric(sweep["config"]))
+    cap = sweep["config"].get("run_cap") or load(REPO / "sweeps/bayes.yaml").get("run_cap") or len(runs)
+    best = best_run(runs[:cap], *metric(sweep["config"]))  # runs come in run-number order
     record = read_record(best) or {}
-    summary = record.get("summary") or {}
-    return {"sweep_id": sweep_id, "runs_timed": len(timed),
-            "robust_time_median_s": statistics.median(s["robust_time"] for s in timed) if timed else None,
-            "robust_share_median": statistics.median(shares) if shares else None,
-            "robust_share_max": max(shares) if shares else None,
-            "winner": {"run": (best or {}).get("id"), "clean": summary.get("val_accuracy"),
-                       "robust_mean": summary.get("val_robust_accuracy"), "robust_worst": summary.get("val_robust_worst"),
-                       "worst_change": summary.get("val_robust_worst_change")},
-            "winner_table": record.get("robustness") or {}}
+    out = {"sweep_id": sweep_id, "runs_timed": len(timed),
+           "robust_time_median_s": statistics.median(s["robust_time"] for s in timed) if timed else None,
+           "robust_share_median": statistics.median(shares) if shares else None,
+           "robust_share_max": max(shares) if shares else None,
+           "winner": {"run": (best or {}).get("id"), **robustness_scores(record.get("summary") or {})},
+           "winner_table": record.get("robustness") or {}}
+    if record.get("config"):
+        cache = DataCache()
+        out["winner_other_folds"] = {
+            f"seed_{fold}": robustness_scores(execute({**record["config"], "seed": fold}, cache, verbose=0)["summary"])
+            for fold in range(1, folds + 1)}
+    return out
 
 
 def suggest(name: str, spec: dict[str, Any], *, choice, integer, floating) -> Any:
@@ -504,6 +518,8 @@ def main() -> int:
                         default=["overhead", "floor", "agents", "ledger", "sweep", "robustness", "optuna"])
     parser.add_argument("--overhead-runs", type=int, default=8)
     parser.add_argument("--sweep-id", help="robustness section: a finished local sweep (default: the sweep section's)")
+    parser.add_argument("--winner-folds", type=int, default=3,
+                        help="robustness section: other signer folds to re-train the winner on (default 3)")
     parser.add_argument("--run-length", type=float, default=77.0,
                         help="ledger section: seconds one run takes (default: the default sweep's median here)")
     args = parser.parse_args()
@@ -521,7 +537,8 @@ def main() -> int:
         "agents": lambda: bench_agents(runs=4, epochs=8),
         "sweep": lambda: bench_sweep(args.minutes, checkpoints),
         "optuna": lambda: bench_optuna(args.minutes, checkpoints),
-        "robustness": lambda: bench_robustness(args.sweep_id or (results.get("sweep") or {}).get("sweep_id")),
+        "robustness": lambda: bench_robustness(args.sweep_id or (results.get("sweep") or {}).get("sweep_id"),
+                                               args.winner_folds),
         "ledger": lambda: bench_ledger(args.run_length),
     }
     for name in args.only:

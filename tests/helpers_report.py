@@ -37,7 +37,7 @@ def isolate(monkeypatch, tmp_path: Path) -> Path:
 def synthetic_sweep(ledger_path: Path, *, metric_name: str = "val_accuracy", goal: str = "maximize", runs: int = 12,
                     score: Callable[[dict[str, Any]], float] = lambda c: 0.2 + c["dropout"],
                     record_for: Callable[[dict[str, Any], float], str | None] | None = None,
-                    extra_running: bool = False) -> str:
+                    extra_running: bool = False, run_cap: int | None = None) -> str:
     """A sweep whose finished runs score `score(config)` at their last (best) epoch, through the ledger's own API.
 
     With `extra_running`, one run is left running after one epoch and one running with no epoch at all.
@@ -48,6 +48,8 @@ def synthetic_sweep(ledger_path: Path, *, metric_name: str = "val_accuracy", goa
     ledger = Ledger(ledger_path)
     config = {"method": "random", "metric": {"name": metric_name, "goal": goal},
               "run_cap": runs + (2 if extra_running else 0), "parameters": SWEEP_PARAMS}
+    if run_cap is not None:  # 0: no cap in the sweep, as the bench's lifted default sweep
+        config["run_cap"] = run_cap or None
     sweep_id = ledger.create_sweep(config, "synthetic")
     for i in range(runs):
         run = controller.claim_next(ledger, sweep_id, "test")

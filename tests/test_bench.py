@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from asl_sweep.config import Config
+from tests.helpers_report import isolate, synthetic_sweep
 
 spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[1] / "bench/bench.py")
 bench = importlib.util.module_from_spec(spec)
@@ -102,3 +103,36 @@ def test_bench_search_refuses_what_it_cannot_compare_before_starting(monkeypatch
     with pytest.raises(SystemExit) as exc:
         search.main()
     assert exc.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_robustness_section_takes_make_sweeps_winner_and_retrains_it_on_other_folds(monkeypatch, tmp_path):
+    """The winner is the best of the first run_cap runs (what `make sweep` runs), not of the runs the bench's
+    lifted cap added; its configuration is re-trained on other signer folds and scored on the suite."""
+    import json
+
+    import asl_sweep.data
+    import asl_sweep.sweepfile
+    import asl_sweep.train
+
+    ledger = isolate(monkeypatch, tmp_path)
+    scores = iter([0.5, 0.6, 0.9, 0.99])
+
+    def record_for(run, value):
+        path = tmp_path / f"{run['id']}.json"
+        path.write_text(json.dumps({"config": {"dropout": run["config"]["dropout"], "seed": 0},
+                                    "summary": {"val_accuracy": value, "val_robust_worst": value - 0.1},
+                                    "robustness": {"darker": value}}))
+        return str(path)
+
+    sid = synthetic_sweep(ledger, runs=4, run_cap=0, score=lambda c: next(scores), record_for=record_for)
+    monkeypatch.setattr(asl_sweep.sweepfile, "load", lambda path: {"run_cap": 3})  # sweeps/bayes.yaml's cap
+    trained = []
+    monkeypatch.setattr(asl_sweep.data, "DataCache", lambda: None)
+    monkeypatch.setattr(asl_sweep.train, "execute", lambda values, cache, verbose: trained.append(values) or {
+        "summary": {"val_accuracy": 0.99, "val_robust_accuracy": 0.98, "val_robust_worst": 0.95,
+                    "val_robust_worst_change": "blur"}})
+    out = bench.bench_robustness(sid, folds=2)
+    assert out["winner"]["clean"] == 0.9 and out["winner_table"] == {"darker": 0.9}  # 0.99 came after the cap
+    assert [v["seed"] for v in trained] == [1, 2] and len({v["dropout"] for v in trained}) == 1
+    assert out["winner_other_folds"]["seed_2"] == {"clean": 0.99, "robust_mean": 0.98, "robust_worst": 0.95,
+                                                   "worst_change": "blur"}
