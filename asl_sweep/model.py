@@ -15,10 +15,11 @@ import numpy as np
 from keras import layers
 
 from asl_sweep.config import Config
+from asl_sweep.data import CLASSES
 from asl_sweep.errors import UserError
 from asl_sweep.runtime import env_number
 
-NUM_CLASSES = 10
+NUM_CLASSES = len(CLASSES)
 LUMA = (0.299, 0.587, 0.114)
 # Keras' default 0.99 leaves the moving variance ~1e2 too large after the few hundred steps a run
 # on this small dataset takes (measured: val accuracy 0.36 vs train 0.96); 0.9 settles in ~50 steps.
@@ -182,9 +183,15 @@ def outputs(cfg: Config) -> int:
     return 2 * NUM_CLASSES if cfg.hand_aware else NUM_CLASSES
 
 
-def digits(probs):
+def copies(cfg: Config) -> int:
+    """How many times an epoch shows each training photo: twice (as photographed, mirrored) with `hand_aware`."""
+    return outputs(cfg) // NUM_CLASSES
+
+
+def digits(probs: Any) -> Any:
     """Digit probabilities from the classifier's output: a hand-aware network's two hands summed, others
-    unchanged (numpy arrays and Keras tensors alike, so metrics and predictions agree)."""
+    unchanged (numpy arrays and Keras tensors alike, so metrics and predictions agree). Told apart by the
+    output's width, because Keras metrics and the eager predictions see only the tensor."""
     return probs[..., :NUM_CLASSES] + probs[..., NUM_CLASSES:] if probs.shape[-1] == 2 * NUM_CLASSES else probs
 
 
@@ -197,7 +204,7 @@ def targets(cfg: Config, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
             np.eye(2 * NUM_CLASSES, dtype=np.float32)[np.concatenate([y, y + NUM_CLASSES])])
 
 
-def hand_sum(x):
+def hand_sum(x: Any) -> Any:
     """The served model's digit probabilities from a hand-aware classifier: a frozen built-in Dense that
     adds the two hands' probabilities (safe-mode loadable; the kernel is set in `build`)."""
     return layers.Dense(NUM_CLASSES, use_bias=False, trainable=False, name="digit")(x)
@@ -286,7 +293,7 @@ def compiled_model(cfg: Config, train_images: int):
     keras.utils.set_random_seed(cfg.seed)
     net = classifier(cfg)
     net.compile(
-        optimizer=make_optimizer(cfg, math.ceil(train_images * (2 if cfg.hand_aware else 1) / cfg.batch_size)),
+        optimizer=make_optimizer(cfg, math.ceil(train_images * copies(cfg) / cfg.batch_size)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.MeanMetricWrapper(correct_digit, name="accuracy"),
                  keras.metrics.MeanMetricWrapper(true_class_probability, name="soft_accuracy")],

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from asl_sweep import controller, runtime
 from asl_sweep.config import Config, from_mapping, inactive_keys, parse_overrides, read_yaml
-from asl_sweep.data import DataCache
+from asl_sweep.data import CLASSES, DataCache
 from asl_sweep.ledger import RunRecord, RunState
 
 EXAMPLE_IMAGES = 24  # each wandb.Image costs ~2 ms to make and log, per run
@@ -54,8 +54,8 @@ def example_indices(correct, count: int, seed: int):
 
 
 def probabilities(net, x, batch: int = 256):
-    """Class probabilities from eager calls in batches: `net.predict` would trace a new tf.function per
-    run (~0.3 s of overhead)."""
+    """Digit probabilities (a hand-aware network's 20 outputs folded to 10) from eager calls in batches:
+    `net.predict` would trace a new tf.function per run (~0.3 s of overhead)."""
     import numpy as np
 
     from asl_sweep.model import digits
@@ -135,7 +135,7 @@ def validation_probabilities(net, x_va, state: RunState):
     """Class probabilities for the validation images (zeros for a failed run)."""
     import numpy as np
 
-    return np.zeros((len(x_va), 10)) if state == RunState.FAILED else probabilities(net, x_va)
+    return np.zeros((len(x_va), len(CLASSES))) if state == RunState.FAILED else probabilities(net, x_va)
 
 
 def log_robustness(run, per_change: dict[str, float]) -> None:
@@ -187,7 +187,7 @@ def log_examples(run, dataset, va, y_va, preds, conf, seed: int) -> None:
     run.log({
         "val_predictions": table,
         "confusion_matrix": wandb.plot.confusion_matrix(
-            y_true=y_va.tolist(), preds=preds.tolist(), class_names=[str(c) for c in range(10)]),
+            y_true=y_va.tolist(), preds=preds.tolist(), class_names=list(CLASSES)),
     })
 
 
@@ -238,7 +238,7 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
         "config": cfg.to_dict(),
         "history": history,
         "summary": summary,
-        "confusion_matrix": confusion_matrix(y_va, preds, labels=list(range(10))).tolist(),
+        "confusion_matrix": confusion_matrix(y_va, preds, labels=list(range(len(CLASSES)))).tolist(),
         "robustness": per_change,
         "val_predictions": [
             {"path": dataset.paths[j], "true": int(t), "pred": int(p), "confidence": round(float(c), 4)}

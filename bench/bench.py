@@ -8,7 +8,7 @@ Sections (each can be chosen with --only):
   optuna    Optuna TPE + Hyperband pruner on the same search space and the same wall-clock budget
   robustness  the robustness suite's cost per run and the sweep winner's table (from the sweep section's
             first run_cap runs, i.e. `make sweep`'s winner, or from --sweep-id in the ledger ASL_SWEEP_LEDGER
-            names), and the winner re-trained on --winner-folds other signer folds (clean, suite mean, worst)
+            names), and the winner re-trained on --winner-folds other signer splits (clean, suite mean, worst)
   ledger    claims per second and time holding the sweep's lock with 1-8 agent processes on sweeps of
             50-400 runs (fake epochs), SQLite vs PostgreSQL (a server started here, as the tests do);
             the lock time of a bayes claim as the sweep grows; a real two-agent sweep on each backend;
@@ -347,7 +347,7 @@ def bench_sweep(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
     start = time.time()
     agent.local_agent(sid, agent.AgentOptions(minutes=minutes))
     runs = ledger.runs(sid)  # in run-number order
-    out = {"sweep_id": sid, "budget": sweep_summary(runs, start, checkpoints)}
+    out = {"sweep_id": sid, "run_cap": cap, "budget": sweep_summary(runs, start, checkpoints)}
     if cap:
         out[f"default_run_cap_{cap}"] = sweep_summary(runs[:cap], start, [])
         out[f"default_run_cap_{cap}"].pop("best_at")
@@ -355,19 +355,20 @@ def bench_sweep(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
 
 
 def robustness_scores(summary: dict[str, Any]) -> dict[str, Any]:
-    """The issue's three numbers (clean, suite mean, worst case) from a run's summary."""
+    """Clean accuracy, the suite's mean and worst case (and which change) from a run's summary."""
     return {"clean": summary.get("val_accuracy"), "robust_mean": summary.get("val_robust_accuracy"),
             "robust_worst": summary.get("val_robust_worst"), "worst_change": summary.get("val_robust_worst_change")}
 
 
-def bench_robustness(sweep_id: str | None, folds: int) -> dict[str, Any]:
+def bench_robustness(sweep_id: str | None, folds: int, run_cap: int | None = None) -> dict[str, Any]:
     """What scoring the robustness suite costs a run (its share of the run's wall time), how the winner of
-    the sweep's first run_cap runs (what `make sweep` runs) holds up under each change, and the same
-    configuration re-trained on `folds` other signer folds (seeds 1..folds: signers it was not chosen on)."""
+    the sweep's first `run_cap` runs (the bench's sweep lifts the cap: its first runs are what `make sweep`
+    runs) holds up under each change, and the same configuration re-trained on `folds` other signer splits
+    (the next seeds: different validation signers, about a fifth of them shared with the winner's)."""
     from asl_sweep.data import DataCache
     from asl_sweep.ledger import Ledger
     from asl_sweep.results import best_run, read_record
-    from asl_sweep.sweepfile import load, metric
+    from asl_sweep.sweepfile import metric
     from asl_sweep.train import execute
 
     if sweep_id is None:
@@ -376,7 +377,7 @@ def bench_robustness(sweep_id: str | None, folds: int) -> dict[str, Any]:
         sweep, runs = ledger.sweep(sweep_id), ledger.runs(sweep_id)
     timed = [r["summary"] for r in runs if r["summary"].get("robust_time") is not None]
     shares = [s["robust_time"] / s["wall_time"] for s in timed]
-    cap = sweep["config"].get("run_cap") or load(REPO / "sweeps/bayes.yaml").get("run_cap") or len(runs)
+    cap = run_cap or sweep["config"].get("run_cap") or len(runs)
     best = best_run(runs[:cap], *metric(sweep["config"]))  # runs come in run-number order
     record = read_record(best) or {}
     out = {"sweep_id": sweep_id, "runs_timed": len(timed),
@@ -386,10 +387,11 @@ def bench_robustness(sweep_id: str | None, folds: int) -> dict[str, Any]:
            "winner": {"run": (best or {}).get("id"), **robustness_scores(record.get("summary") or {})},
            "winner_table": record.get("robustness") or {}}
     if record.get("config"):
-        cache = DataCache()
+        cache, own = DataCache(), record["config"].get("seed", 0)
+        seeds = [s for s in range(folds + 1) if s != own][:folds]
         out["winner_other_folds"] = {
-            f"seed_{fold}": robustness_scores(execute({**record["config"], "seed": fold}, cache, verbose=0)["summary"])
-            for fold in range(1, folds + 1)}
+            f"seed_{s}": robustness_scores(execute({**record["config"], "seed": s}, cache, verbose=0)["summary"])
+            for s in seeds}
     return out
 
 
@@ -538,7 +540,8 @@ def main() -> int:
         "sweep": lambda: bench_sweep(args.minutes, checkpoints),
         "optuna": lambda: bench_optuna(args.minutes, checkpoints),
         "robustness": lambda: bench_robustness(args.sweep_id or (results.get("sweep") or {}).get("sweep_id"),
-                                               args.winner_folds),
+                                               args.winner_folds, None if args.sweep_id else
+                                               (results.get("sweep") or {}).get("run_cap")),
         "ledger": lambda: bench_ledger(args.run_length),
     }
     for name in args.only:

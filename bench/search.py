@@ -261,6 +261,8 @@ def comparable_sweep(path: Path, parser: argparse.ArgumentParser) -> dict[str, A
         parser.error(f"{path}: Optuna's and Keras Tuner's Hyperband take the sweep's settings; add early_terminate: hyperband")
     if "value" not in sweep["parameters"].get("epochs", {}):
         parser.error(f"{path}: Hyperband needs a fixed epoch count; set parameters.epochs.value")
+    if "hand_aware" in sweep["parameters"] and "value" not in sweep["parameters"]["hand_aware"]:
+        parser.error(f"{path}: Keras Tuner trains every trial on one set of targets; fix hand_aware with value:")
     return sweep
 
 

@@ -111,7 +111,6 @@ def test_robustness_section_takes_make_sweeps_winner_and_retrains_it_on_other_fo
     import json
 
     import asl_sweep.data
-    import asl_sweep.sweepfile
     import asl_sweep.train
 
     ledger = isolate(monkeypatch, tmp_path)
@@ -119,20 +118,19 @@ def test_robustness_section_takes_make_sweeps_winner_and_retrains_it_on_other_fo
 
     def record_for(run, value):
         path = tmp_path / f"{run['id']}.json"
-        path.write_text(json.dumps({"config": {"dropout": run["config"]["dropout"], "seed": 0},
+        path.write_text(json.dumps({"config": {"dropout": run["config"]["dropout"], "seed": 1},
                                     "summary": {"val_accuracy": value, "val_robust_worst": value - 0.1},
                                     "robustness": {"darker": value}}))
         return str(path)
 
-    sid = synthetic_sweep(ledger, runs=4, run_cap=0, score=lambda c: next(scores), record_for=record_for)
-    monkeypatch.setattr(asl_sweep.sweepfile, "load", lambda path: {"run_cap": 3})  # sweeps/bayes.yaml's cap
+    sid = synthetic_sweep(ledger, runs=4, score=lambda c: next(scores), record_for=record_for)
     trained = []
     monkeypatch.setattr(asl_sweep.data, "DataCache", lambda: None)
     monkeypatch.setattr(asl_sweep.train, "execute", lambda values, cache, verbose: trained.append(values) or {
         "summary": {"val_accuracy": 0.99, "val_robust_accuracy": 0.98, "val_robust_worst": 0.95,
                     "val_robust_worst_change": "blur"}})
-    out = bench.bench_robustness(sid, folds=2)
+    out = bench.bench_robustness(sid, folds=2, run_cap=3)  # the bench's sweep lifted make sweep's cap of 3
     assert out["winner"]["clean"] == 0.9 and out["winner_table"] == {"darker": 0.9}  # 0.99 came after the cap
-    assert [v["seed"] for v in trained] == [1, 2] and len({v["dropout"] for v in trained}) == 1
+    assert [v["seed"] for v in trained] == [0, 2] and len({v["dropout"] for v in trained}) == 1  # not its own seed
     assert out["winner_other_folds"]["seed_2"] == {"clean": 0.99, "robust_mean": 0.98, "robust_worst": 0.95,
                                                    "worst_change": "blur"}

@@ -138,3 +138,11 @@ def test_out_folders_that_cannot_be_exported_to(tmp_path):
     with pytest.raises(UserError, match="not a previous export .* even with --force"):
         export.check_out_dir(home, force=True)  # a subfolder: not ours to delete
     export.check_out_dir(tmp_path / "new" / "deeper", force=False)  # missing folders are created later
+
+
+def test_retraining_a_hand_aware_config_shows_both_hands_and_ships_a_ten_digit_model(dataset_dir):
+    cfg = from_mapping({**TINY, "hand_aware": True, "epochs": 1})
+    net, history, images = export.retrain_all(cfg, str(dataset_dir))
+    assert len(history) == 1 and 0 <= history[0]["accuracy"] <= 1
+    x = np.random.default_rng(0).uniform(0, 255, (2, 30, 30, 3)).astype("float32")
+    assert np.asarray(net.predict_on_batch(x)).shape == (2, 10)

@@ -174,3 +174,4 @@ def test_hand_aware_trains_on_both_hands_as_labelled_classes_and_serves_their_su
     scores = net.evaluate(doubled, t, return_dict=True, verbose=0)  # accuracy counts the digit, either hand
     folded = model.digits(np.asarray(net(doubled, training=False)))
     assert scores["accuracy"] == pytest.approx((folded.argmax(axis=1) == [7, 8, 0] * 2).mean())
+    assert scores["soft_accuracy"] == pytest.approx(folded[np.arange(6), [7, 8, 0] * 2].mean(), rel=1e-5)

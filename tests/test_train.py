@@ -151,3 +151,21 @@ def test_the_saved_model_is_the_epoch_the_checkpoint_metric_ranks(dataset_dir):
                      DataCache(str(dataset_dir)))
     scores = [h["val_score"] for h in record["history"]]
     assert record["summary"]["best_epoch"] == scores.index(max(scores)) + 1
+
+
+def test_a_hand_aware_run_answers_digits_and_saves_a_model_that_answers_the_same(dataset_dir):
+    """The 20 hand-labelled outputs never reach a user: predictions, confusion matrix, accuracy and the saved
+    model all speak in the 10 digits."""
+    from asl_sweep import model
+
+    record = execute({**TINY, "epochs": 2, "split": "random", "hand_aware": True}, DataCache(str(dataset_dir)))
+    truth = np.array([p["true"] for p in record["val_predictions"]])
+    preds = np.array([p["pred"] for p in record["val_predictions"]])
+    assert preds.min() >= 0 and preds.max() < 10
+    matrix = np.array(record["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == record["summary"]["val_images"]
+    assert record["summary"]["val_accuracy"] == pytest.approx((preds == truth).mean())
+    served = model.load(record["paths"]["model"])
+    photos = np.stack([data.decode(Path(p["path"])) for p in record["val_predictions"]]).astype("float32")
+    probs = np.asarray(served.predict_on_batch(photos))
+    assert probs.shape == (len(truth), 10) and np.array_equal(probs.argmax(axis=1), preds)
