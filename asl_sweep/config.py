@@ -39,6 +39,7 @@ class Config:
     color_mode: str = field(default="grayscale", metadata=_choices("grayscale", "rgb"))
     split: str = field(default="signer", metadata=_choices("signer", "random"))
     val_fraction: float = field(default=0.2, metadata=_range(0.05, 0.5))
+    fold: int = field(default=0, metadata=_range(0, 19))
     max_per_class: int = field(default=0, metadata=_range(0, 10_000))
     # model
     conv_blocks: int = field(default=2, metadata=_range(1, MAX_BLOCKS))
@@ -155,6 +156,11 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return out
 
 
+def folds(val_fraction: float) -> int:
+    """How many signer folds the data is cut into: each fold in turn is a validation set of that fraction."""
+    return max(2, round(1 / val_fraction))
+
+
 def from_mapping(values: Mapping[str, Any], source: str = "config", base: Config | None = None) -> Config:
     """Validate `values` (unknown keys rejected) and apply them over `base` (or the defaults).
 
@@ -175,6 +181,11 @@ def from_mapping(values: Mapping[str, Any], source: str = "config", base: Config
     if config.mirror and config.pooling != "global_avg":
         raise UserError(f"config key 'mirror' from {source}: needs pooling=global_avg (flatten would tell the two "
                         "halves apart by position)")
+    if config.fold and config.split != "signer":
+        raise UserError(f"config key 'fold' from {source}: needs split=signer (a random split has no folds)")
+    if config.fold >= folds(config.val_fraction):
+        raise UserError(f"config key 'fold' from {source}: must be less than {folds(config.val_fraction)}, the number "
+                        f"of signer folds val_fraction={config.val_fraction} makes")
     if config.hand_aware and (config.flip or config.mirror):
         raise UserError(f"config key 'hand_aware' from {source}: trains on every photo and its mirror image already; "
                         "set flip=false and mirror=false")

@@ -34,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from asl_sweep.config import folds
 from asl_sweep.errors import UserError
 
 if TYPE_CHECKING:
@@ -367,8 +368,10 @@ def signer_groups(numbers: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return groups
 
 
-def split(ds: Dataset, how: str, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train/validation indices, stratified by digit; grouped by signer unless `how == 'random'`."""
+def split(ds: Dataset, how: str, val_fraction: float, seed: int, fold: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation indices, stratified by digit; grouped by signer unless `how == 'random'`. The signers
+    are cut into folds (shuffled by `seed`) and `fold` is the validation one: folds 0, 1, ... of one seed
+    share no signer, so a configuration chosen on fold 0 can be checked on signers it never saw."""
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     idx = np.arange(len(ds.y))
@@ -379,12 +382,12 @@ def split(ds: Dataset, how: str, val_fraction: float, seed: int) -> tuple[np.nda
             raise UserError(f"cannot split {len(idx)} images randomly: {exc}") from None
         return np.sort(tr), np.sort(va)
     groups = signer_groups(ds.numbers, ds.y)
-    n_splits = max(2, round(1 / val_fraction))
+    n_splits = folds(val_fraction)
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
         raise UserError(f"only {n_groups} signer(s) found, need at least {n_splits} for val_fraction={val_fraction}")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    tr, va = next(folds.split(idx, ds.y, groups))
+    cut = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    tr, va = list(cut.split(idx, ds.y, groups))[fold]
     return np.sort(tr), np.sort(va)
 
 
@@ -409,9 +412,9 @@ class DataCache:
 
     def split(self, cfg: Config, dataset) -> tuple[Any, Any]:
         """Train/validation indices, computed once per split setting (signer grouping costs ~0.2 s)."""
-        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed)
+        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold)
         if key not in self._splits:
-            self._splits[key] = split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
+            self._splits[key] = split(dataset, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold)
         return self._splits[key]
 
     def inputs(self, cfg: Config, dataset):
@@ -428,7 +431,7 @@ class DataCache:
         classifier: built once per split and preprocessing setting (a few seconds), then reused."""
         from asl_sweep import robustness
 
-        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed, cfg.color_mode)
+        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold, cfg.color_mode)
         if key not in self._suites:
             originals = [decode(Path(dataset.paths[i])) for i in va]
             self._suites[key] = robustness.preprocessed_suite(cfg, originals)

@@ -138,7 +138,7 @@ def model_card(meta: dict[str, Any], cfg: Config, swept: list[str]) -> str:
         "",
         "Sign Language Digits dataset (ardamavi/Sign-Language-Digits-Dataset): colour photos of hands, "
         "one folder per digit `Dataset/0..9`.",
-        f"Validation split: {split}, {cfg.val_fraction:.0%} of the images (seed {cfg.seed}); "
+        f"Validation split: {split}, {cfg.val_fraction:.0%} of the images (seed {cfg.seed}, fold {cfg.fold}); "
         f"{s.get('train_images', '?')} training and {s.get('val_images', '?')} validation images"
         + (f", at most {cfg.max_per_class} per digit" if cfg.max_per_class else "") + ".",
         "",

@@ -201,7 +201,7 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     from asl_sweep import data, model as model_lib, robustness
 
     t_start = time.perf_counter()
-    tr, va = split if split is not None else data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed)
+    tr, va = split if split is not None else data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold)
     pixels = inputs if inputs is not None else model_lib.preprocess(cfg, dataset.x)
     y_va = dataset.y[va]
     t_suite = time.perf_counter()

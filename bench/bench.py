@@ -8,7 +8,7 @@ Sections (each can be chosen with --only):
   optuna    Optuna TPE + Hyperband pruner on the same search space and the same wall-clock budget
   robustness  the robustness suite's cost per run and the sweep winner's table (from the sweep section's
             first run_cap runs, i.e. `make sweep`'s winner, or from --sweep-id in the ledger ASL_SWEEP_LEDGER
-            names), and the winner re-trained on --winner-folds other signer splits (clean, suite mean, worst)
+            names), and the winner re-trained on --winner-folds other signer folds (clean, suite mean, worst)
   ledger    claims per second and time holding the sweep's lock with 1-8 agent processes on sweeps of
             50-400 runs (fake epochs), SQLite vs PostgreSQL (a server started here, as the tests do);
             the lock time of a bayes claim as the sweep grows; a real two-agent sweep on each backend;
@@ -363,8 +363,9 @@ def robustness_scores(summary: dict[str, Any]) -> dict[str, Any]:
 def bench_robustness(sweep_id: str | None, folds: int, run_cap: int | None = None) -> dict[str, Any]:
     """What scoring the robustness suite costs a run (its share of the run's wall time), how the winner of
     the sweep's first `run_cap` runs (the bench's sweep lifts the cap: its first runs are what `make sweep`
-    runs) holds up under each change, and the same configuration re-trained on `folds` other signer splits
-    (the next seeds: different validation signers, about a fifth of them shared with the winner's)."""
+    runs) holds up under each change, and the same configuration re-trained on `folds` other signer folds
+    (the same seed's other folds: validation signers the winner was not chosen on)."""
+    from asl_sweep.config import folds as signer_folds
     from asl_sweep.data import DataCache
     from asl_sweep.ledger import Ledger
     from asl_sweep.results import best_run, read_record
@@ -387,11 +388,11 @@ def bench_robustness(sweep_id: str | None, folds: int, run_cap: int | None = Non
            "winner": {"run": (best or {}).get("id"), **robustness_scores(record.get("summary") or {})},
            "winner_table": record.get("robustness") or {}}
     if record.get("config"):
-        cache, own = DataCache(), record["config"].get("seed", 0)
-        seeds = [s for s in range(folds + 1) if s != own][:folds]
+        config, cache = record["config"], DataCache()
+        others = [f for f in range(signer_folds(config.get("val_fraction", 0.2))) if f != config.get("fold", 0)]
         out["winner_other_folds"] = {
-            f"seed_{s}": robustness_scores(execute({**record["config"], "seed": s}, cache, verbose=0)["summary"])
-            for s in seeds}
+            f"fold_{f}": robustness_scores(execute({**config, "fold": f}, cache, verbose=0)["summary"])
+            for f in others[:folds]}
     return out
 
 
@@ -521,7 +522,7 @@ def main() -> int:
     parser.add_argument("--overhead-runs", type=int, default=8)
     parser.add_argument("--sweep-id", help="robustness section: a finished local sweep (default: the sweep section's)")
     parser.add_argument("--winner-folds", type=int, default=3,
-                        help="robustness section: other signer folds to re-train the winner on (default 3)")
+                        help="robustness section: the winner's seed's other signer folds to re-train it on (default 3)")
     parser.add_argument("--run-length", type=float, default=77.0,
                         help="ledger section: seconds one run takes (default: the default sweep's median here)")
     args = parser.parse_args()

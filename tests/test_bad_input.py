@@ -209,6 +209,8 @@ CASES: list[Case] = [
          ("'checkpoint_metric'", "val_accuracy, val_score, val_soft_accuracy")),
     Case("robustness: mirror without global pooling", lambda w: ["train", "--mirror=true"],
          ("'mirror'", "needs pooling=global_avg")),
+    Case("fold past the last signer fold", lambda w: ["train", "--fold=5"], ("'fold'", "must be less than 5")),
+    Case("fold of a random split", lambda w: ["train", "--fold=1", "--split=random"], ("'fold'", "needs split=signer")),
     Case("robustness: hand_aware with random flips", lambda w: ["train", "--hand_aware=true", "--flip=true"],
          ("'hand_aware'", "set flip=false and mirror=false")),
     Case("override not a choice", lambda w: ["train", "--optimizer=lion"], ("'optimizer'", "must be one of")),

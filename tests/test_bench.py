@@ -118,7 +118,7 @@ def test_robustness_section_takes_make_sweeps_winner_and_retrains_it_on_other_fo
 
     def record_for(run, value):
         path = tmp_path / f"{run['id']}.json"
-        path.write_text(json.dumps({"config": {"dropout": run["config"]["dropout"], "seed": 1},
+        path.write_text(json.dumps({"config": {"dropout": run["config"]["dropout"], "seed": 7, "fold": 1},
                                     "summary": {"val_accuracy": value, "val_robust_worst": value - 0.1},
                                     "robustness": {"darker": value}}))
         return str(path)
@@ -131,6 +131,7 @@ def test_robustness_section_takes_make_sweeps_winner_and_retrains_it_on_other_fo
                     "val_robust_worst_change": "blur"}})
     out = bench.bench_robustness(sid, folds=2, run_cap=3)  # the bench's sweep lifted make sweep's cap of 3
     assert out["winner"]["clean"] == 0.9 and out["winner_table"] == {"darker": 0.9}  # 0.99 came after the cap
-    assert [v["seed"] for v in trained] == [0, 2] and len({v["dropout"] for v in trained}) == 1  # not its own seed
-    assert out["winner_other_folds"]["seed_2"] == {"clean": 0.99, "robust_mean": 0.98, "robust_worst": 0.95,
+    assert [(v["seed"], v["fold"]) for v in trained] == [(7, 0), (7, 2)]  # the same signer cut, not its own fold
+    assert len({v["dropout"] for v in trained}) == 1
+    assert out["winner_other_folds"]["fold_2"] == {"clean": 0.99, "robust_mean": 0.98, "robust_worst": 0.95,
                                                    "worst_change": "blur"}

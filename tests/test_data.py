@@ -149,6 +149,9 @@ def test_signer_split_shares_no_signer_and_is_deterministic(tmp_path):
     assert np.array_equal(va, va2)
     rtr, rva = data.split(ds, "random", 0.25, seed=1)
     assert len(rva) == 30 and not set(rtr) & set(rva)
+    seen = [set(groups[data.split(ds, "signer", 0.25, seed=1, fold=f)[1]]) for f in range(4)]
+    assert seen[0] == set(groups[va]) and set().union(*seen) == set(groups)  # fold 0 is the default split
+    assert all(not seen[i] & seen[j] for i in range(4) for j in range(i + 1, 4))  # folds share no signer
 
 
 def test_signer_rule_tolerates_retakes_and_gaps():
