@@ -132,7 +132,7 @@ def final_state(history: list[dict[str, float]], stopped: bool) -> RunState:
 
 
 def validation_probabilities(net, x_va, state: RunState):
-    """Class probabilities for the validation images (zeros for a failed run)."""
+    """Digit probabilities for the validation images (zeros for a failed run)."""
     import numpy as np
 
     return np.zeros((len(x_va), len(CLASSES))) if state == RunState.FAILED else probabilities(net, x_va)
