@@ -63,7 +63,6 @@ class Config:
     augment: float = field(default=0.0, metadata=_range(0.0, 0.5))
     rotate: float = field(default=0.0, metadata=_range(0.0, 45.0))
     flip: bool = False
-    mirror: bool = False
     hand_aware: bool = False
     brightness: float = field(default=0.0, metadata=_range(0.0, 0.9))
     contrast: float = field(default=0.0, metadata=_range(0.0, 0.9))
@@ -178,17 +177,14 @@ def from_mapping(values: Mapping[str, Any], source: str = "config", base: Config
     config = Config(**merged)
     if config.warmup_epochs >= config.epochs and config.warmup_epochs > 0:
         raise UserError(f"config key 'warmup_epochs' from {source}: must be less than epochs ({config.epochs})")
-    if config.mirror and config.pooling != "global_avg":
-        raise UserError(f"config key 'mirror' from {source}: needs pooling=global_avg (flatten would tell the two "
-                        "halves apart by position)")
     if config.fold and config.split != "signer":
         raise UserError(f"config key 'fold' from {source}: needs split=signer (a random split has no folds)")
     if config.fold >= folds(config.val_fraction):
         raise UserError(f"config key 'fold' from {source}: must be less than {folds(config.val_fraction)}, the number "
                         f"of signer folds val_fraction={config.val_fraction} makes")
-    if config.hand_aware and (config.flip or config.mirror):
+    if config.hand_aware and config.flip:
         raise UserError(f"config key 'hand_aware' from {source}: trains on every photo and its mirror image already; "
-                        "set flip=false and mirror=false")
+                        "set flip=false")
     return config
 
 

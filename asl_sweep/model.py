@@ -51,8 +51,6 @@ def preprocessor(cfg: Config) -> keras.Model:
 
 def preprocess(cfg: Config, images, batch: int = 512):
     """Run the preprocessor over a whole image array once, in batches (float32 array out)."""
-    import numpy as np
-
     pre = preprocessor(cfg)
     return np.concatenate([np.asarray(pre(images[i:i + batch])) for i in range(0, len(images), batch)])
 
@@ -63,12 +61,10 @@ def memory_estimate(cfg: Config) -> tuple[int, int]:
     small factor, which is enough to refuse a model that could never fit before it is built."""
     channels = 1 if cfg.color_mode == "grayscale" else 3
     size, params, maps = cfg.image_size, 0, 0
-    if cfg.mirror:
-        params += 2 * size * size  # the frozen kernel that pairs the photo with its mirror image
     for filters in cfg.filters:
         for _ in range(cfg.convs_per_block):
             params += channels * cfg.kernel_size**2 * filters + (4 if cfg.batch_norm else 1) * filters
-            maps += size * size * filters * (2 if cfg.mirror else 1)
+            maps += size * size * filters
             channels = filters
         size //= 2
     features = channels if cfg.pooling == "global_avg" else size * size * channels
@@ -143,8 +139,6 @@ def classifier(cfg: Config) -> keras.Model:
     if cfg.augment > 0:
         x = layers.RandomZoom(cfg.augment, fill_mode="nearest", seed=cfg.seed, name="aug_zoom")(x)
         x = layers.RandomTranslation(cfg.augment, cfg.augment, fill_mode="nearest", seed=cfg.seed, name="aug_shift")(x)
-    if cfg.mirror:  # the photo and its mirror image side by side: either hand is the same input
-        x = mirror_pair(x, cfg.image_size)
     if cfg.normalize == "image":  # per-photo standardization: exposure and contrast no longer matter
         x = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1e-5, name="standardize")(x)
     for b, filters in enumerate(cfg.filters, start=1):
@@ -163,14 +157,7 @@ def classifier(cfg: Config) -> keras.Model:
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="dropout")(x)
     probs = layers.Dense(outputs(cfg), activation="softmax", name="digit_hand" if cfg.hand_aware else "digit")(x)
-    net = keras.Model(inputs, probs, name="classifier")
-    if cfg.mirror:
-        width = cfg.image_size
-        pair = np.zeros((width, 2 * width), np.float32)
-        pair[np.arange(width), np.arange(width)] = 1  # the left half: the photo
-        pair[np.arange(width), 2 * width - 1 - np.arange(width)] = 1  # the right half: its mirror image
-        net.get_layer("mirror_pair").set_weights([pair])
-    return net
+    return keras.Model(inputs, probs, name="classifier")
 
 
 def outputs(cfg: Config) -> int:
@@ -208,17 +195,6 @@ def hand_sum(x: Any) -> Any:
     """The served model's digit probabilities from a hand-aware classifier: a frozen built-in Dense that
     adds the two hands' probabilities (safe-mode loadable; the kernel is set in `build`)."""
     return layers.Dense(NUM_CLASSES, use_bias=False, trainable=False, name="digit")(x)
-
-
-def mirror_pair(x, width: int):
-    """[photo | mirror image], twice as wide, from built-in layers (a frozen Dense along the width axis).
-
-    A model trained on both hands with flips reads a clockwise tilt as a left hand and swaps the fingers
-    it reads (measured: 7/8 and 6/9 confused); seeing both versions at once, with shared filters and
-    global average pooling, it need not decide which hand it sees. The kernel is set in `classifier`."""
-    x = layers.Permute((1, 3, 2), name="width_last")(x)
-    x = layers.Dense(2 * width, use_bias=False, trainable=False, name="mirror_pair")(x)
-    return layers.Permute((1, 3, 2), name="channels_last")(x)
 
 
 def build(cfg: Config, trained: keras.Model | None = None) -> keras.Model:

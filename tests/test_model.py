@@ -74,7 +74,6 @@ def test_bad_model_files_are_one_clear_error(tmp_path):
 @pytest.mark.parametrize("changes", [{}, {"color_mode": "rgb", "batch_norm": True, "conv_blocks": 4,
                                           "convs_per_block": 2, "kernel_size": 5},
                                      {"pooling": "global_avg", "dense_units": 0},
-                                     {"pooling": "global_avg", "mirror": True, "batch_norm": True},
                                      {"hand_aware": True}])
 def test_memory_estimate_counts_the_parameters_keras_builds(changes):
     cfg = Config().replace(**changes)
@@ -138,18 +137,6 @@ def test_soft_accuracy_is_the_mean_probability_of_the_true_digit_and_ranks_runs_
     right = np.eye(10)[[3, 5]]
     assert np.asarray(model.true_class_probability(right, sure)).mean() > \
         np.asarray(model.true_class_probability(right, unsure)).mean()  # both 100% accurate; still ranked
-
-
-def test_mirror_shows_the_photo_and_its_mirror_image_side_by_side_in_a_safe_mode_model(tmp_path):
-    cfg = Config().replace(image_size=16, mirror=True, pooling="global_avg", flip=True, augment=0.1)
-    net = model.build(cfg)
-    pixels = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 1)).astype("float32")
-    paired = keras.Model(net.get_layer("width_last").input, net.get_layer("channels_last").output)
-    assert np.allclose(np.asarray(paired(pixels)), np.concatenate([pixels, pixels[:, :, ::-1]], axis=2))
-    assert not net.get_layer("mirror_pair").trainable
-    net.save(tmp_path / "m.keras")
-    x = np.random.uniform(0, 255, (2, 50, 40, 3)).astype("float32")
-    assert np.allclose(np.asarray(net(x)), np.asarray(model.load(str(tmp_path / "m.keras"))(x)), atol=1e-5)
 
 
 def test_hand_aware_trains_on_both_hands_as_labelled_classes_and_serves_their_sum(tmp_path):
