@@ -64,6 +64,7 @@ class Config:
     rotate: float = field(default=0.0, metadata=_range(0.0, 45.0))
     flip: bool = False
     hand_aware: bool = False
+    background: float = field(default=0.0, metadata=_range(0.0, 1.0))
     brightness: float = field(default=0.0, metadata=_range(0.0, 0.9))
     contrast: float = field(default=0.0, metadata=_range(0.0, 0.9))
     normalize: str = field(default="none", metadata=_choices("none", "image"))

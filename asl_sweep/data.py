@@ -1,7 +1,7 @@
 """Find (or download) the Sign Language Digits data, decode it once, cache it, split it.
 
 Why each step is the way it is:
-- Images are resized with the model's own `Resizing` layer, so a saved model fed a raw photo
+- Images are resized with the model's own `Resizing` layer (`preprocessing`), so a saved model fed a raw photo
   sees exactly what training saw (no Pillow-vs-TensorFlow resize skew). Colour stays RGB here;
   grayscale conversion lives in the model for the same reason.
 - The cache key hashes every file's bytes plus the preprocessing, so a changed image, a new
@@ -34,31 +34,34 @@ from typing import IO, TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from asl_sweep import masks as masks_lib
 from asl_sweep.config import folds
 from asl_sweep.errors import UserError
+from asl_sweep.preprocessing import CLASSES, batches_by_shape, preprocess, resize_layer
 
 if TYPE_CHECKING:
     from asl_sweep.config import Config
 
 DEFAULT_URL = "https://github.com/ardamavi/Sign-Language-Digits-Dataset/archive/refs/heads/master.zip"
-CLASSES = tuple(str(d) for d in range(10))
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"  # v2: hand masks beside the images
 SIGNER_WRAP_DROP = 5
 RESIZE_CHUNK = 256  # TensorFlow's antialiased resize slows down badly on very large batches
 
 
 @dataclass
 class Dataset:
-    """Decoded images (float32 RGB 0..255, model-resized), labels, image numbers and paths."""
+    """Decoded images (float32 RGB 0..255, model-resized), their hand masks (float32 0..1, resized the same
+    way, one channel), labels, image numbers and paths."""
 
     x: np.ndarray
+    masks: np.ndarray
     y: np.ndarray
     numbers: np.ndarray
     paths: list[str]
 
     def subset(self, idx: np.ndarray) -> "Dataset":
-        return Dataset(self.x[idx], self.y[idx], self.numbers[idx], [self.paths[i] for i in idx])
+        return Dataset(self.x[idx], self.masks[idx], self.y[idx], self.numbers[idx], [self.paths[i] for i in idx])
 
 
 def cache_dir() -> Path:
@@ -257,23 +260,10 @@ def decode(path: Path) -> np.ndarray:
         raise UserError(f"cannot decode image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
-def batches_by_shape(images: list[np.ndarray], size: int) -> Iterator[tuple[list[int], np.ndarray]]:
-    """(indices, float32 batch) of at most `size` images that share a shape: images of any size, few calls."""
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(images):
-        by_shape.setdefault(img.shape, []).append(i)
-    for same_shape in by_shape.values():
-        for start in range(0, len(same_shape), size):
-            idx = same_shape[start:start + size]
-            yield idx, np.stack([images[i] for i in idx]).astype(np.float32)
-
-
 def resize_batch(images: list[np.ndarray], image_size: int) -> np.ndarray:
-    """Resize with the model's own resize layer, one call per distinct input shape."""
-    from asl_sweep.model import resize_layer
-
+    """Resize with the model's own resize layer, one call per distinct input shape (any channel count)."""
     layer = resize_layer(image_size)
-    out = np.empty((len(images), image_size, image_size, 3), dtype=np.float32)
+    out = np.empty((len(images), image_size, image_size, images[0].shape[-1]), dtype=np.float32)
     for idx, batch in batches_by_shape(images, RESIZE_CHUNK):
         out[idx] = np.asarray(layer(batch))
     return out
@@ -281,7 +271,7 @@ def resize_batch(images: list[np.ndarray], image_size: int) -> np.ndarray:
 
 def content_key(items: list[tuple[Path, int]], root: Path, image_size: int) -> str:
     """Hash of every file's relative path, label and bytes, plus the preprocessing settings."""
-    h = hashlib.blake2b(f"{CACHE_VERSION}|size={image_size}".encode(), digest_size=16)
+    h = hashlib.blake2b(f"{CACHE_VERSION}|masks={masks_lib.VERSION}|size={image_size}".encode(), digest_size=16)
     for path, label in items:
         h.update(f"|{path.relative_to(root)}|{label}|".encode())
         try:
@@ -291,31 +281,31 @@ def content_key(items: list[tuple[Path, int]], root: Path, image_size: int) -> s
     return h.hexdigest()
 
 
-def read_cached(cache_file: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The cached decoded images, or None when absent; a damaged file (truncated, empty, garbage, a bare
-    `.npy`) or one whose array does not fit the dataset is reported once and rebuilt, never trusted."""
+def read_cached(cache_file: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached decoded images and masks, or None when absent; a damaged file (truncated, empty, garbage,
+    a bare `.npy`) or one whose arrays do not fit the dataset is reported once and rebuilt, never trusted."""
     try:
         with np.load(cache_file, allow_pickle=False) as cached:  # a bare .npy array: TypeError (no `with`)
-            x = cached["x"]
+            x, m = cached["x"], cached["masks"]
     except FileNotFoundError:
         return None
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
         warn_once(f"decoded-image cache {cache_file} is damaged ({type(exc).__name__}); rebuilding it")
         return None
-    if x.shape != shape or x.dtype != np.float32:
+    if x.shape != shape or x.dtype != np.float32 or m.shape != shape[:3] + (1,):
         warn_once(f"decoded-image cache {cache_file} holds {x.dtype} {x.shape}, not this dataset's "
                   f"float32 {shape}; rebuilding it")
         return None
-    return x
+    return x, m
 
 
-def write_cached(cache_file: Path, x: np.ndarray) -> None:
+def write_cached(cache_file: Path, x: np.ndarray, m: np.ndarray) -> None:
     """Store decoded images atomically; a cache that cannot be written (read-only, full disk) costs
     speed only, so training goes on without it after one warning."""
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache_file) as fh:
-            np.savez(fh, x=x)
+            np.savez(fh, x=x, masks=m)
     except OSError as exc:
         warn_once(f"cannot write the decoded-image cache in {cache_file.parent} ({exc.strerror or exc}); "
                   "continuing without it")
@@ -333,12 +323,14 @@ def load(root: Path, image_size: int, *, use_cache: bool = True) -> Dataset:
     y = np.array([label for _, label in items], dtype=np.int64)
     numbers = np.array([image_number(p) for p, _ in items], dtype=np.int64)
     cache_file = folder / f"{key}.npz" if folder else None
-    x = read_cached(cache_file, (len(items), image_size, image_size, 3)) if cache_file else None
-    if x is None:
-        x = resize_batch([decode(p) for p, _ in items], image_size)
+    cached = read_cached(cache_file, (len(items), image_size, image_size, 3)) if cache_file else None
+    if cached is None:
+        originals = [decode(p) for p, _ in items]
+        cached = (resize_batch(originals, image_size),
+                  resize_batch([m[..., None] for m in masks_lib.masks(originals)], image_size))
         if cache_file:
-            write_cached(cache_file, x)
-    return Dataset(x, y, numbers, paths)
+            write_cached(cache_file, *cached)
+    return Dataset(cached[0], cached[1], y, numbers, paths)
 
 
 def limit_per_class(ds: Dataset, max_per_class: int) -> Dataset:
@@ -402,6 +394,7 @@ class DataCache:
         self._splits: dict[tuple, tuple[Any, Any]] = {}
         self._inputs: dict[tuple, Any] = {}
         self._suites: dict[tuple, Any] = {}
+        self._banks: dict[tuple, Any] = {}
 
     def get(self, cfg: Config) -> Dataset:
         if self._root is None:
@@ -419,11 +412,9 @@ class DataCache:
 
     def inputs(self, cfg: Config, dataset):
         """The classifier's input for every image, preprocessed once per setting, not once per batch."""
-        from asl_sweep import model as model_lib
-
         key = (cfg.image_size, cfg.max_per_class, cfg.color_mode)
         if key not in self._inputs:
-            self._inputs[key] = model_lib.preprocess(cfg, dataset.x)
+            self._inputs[key] = preprocess(cfg, dataset.x)
         return self._inputs[key]
 
     def suite(self, cfg: Config, dataset: Dataset, va) -> dict[str, Any]:
@@ -436,3 +427,14 @@ class DataCache:
             originals = [decode(Path(dataset.paths[i])) for i in va]
             self._suites[key] = robustness.preprocessed_suite(cfg, originals)
         return self._suites[key]
+
+    def bank(self, cfg: Config):
+        """The preprocessed backgrounds `background` draws from, made once per input setting (None without it)."""
+        from asl_sweep import feed
+
+        if cfg.background <= 0:
+            return None
+        key = (cfg.image_size, cfg.color_mode)
+        if key not in self._banks:
+            self._banks[key] = feed.bank(cfg)
+        return self._banks[key]

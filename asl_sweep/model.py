@@ -1,5 +1,5 @@
-"""Build the CNN from a Config, in two parts: a fixed preprocessor (resize, grayscale, rescale)
-and the trainable classifier. Training fits the classifier on images preprocessed once; the saved
+"""Build the CNN from a Config, in two parts: a fixed preprocessor (`preprocessing`: resize, grayscale,
+rescale) and the trainable classifier. Training fits the classifier on images preprocessed once; the saved
 model chains both, so a `.keras` file takes raw RGB images of any size, and only built-in layers
 are used, so it loads in Keras' safe mode with no custom objects."""
 
@@ -15,12 +15,11 @@ import numpy as np
 from keras import layers
 
 from asl_sweep.config import Config
-from asl_sweep.data import CLASSES
 from asl_sweep.errors import UserError
+from asl_sweep.preprocessing import CLASSES, preprocessor
 from asl_sweep.runtime import env_number
 
 NUM_CLASSES = len(CLASSES)
-LUMA = (0.299, 0.587, 0.114)
 # Keras' default 0.99 leaves the moving variance ~1e2 too large after the few hundred steps a run
 # on this small dataset takes (measured: val accuracy 0.36 vs train 0.96); 0.9 settles in ~50 steps.
 BN_MOMENTUM = 0.9
@@ -29,30 +28,6 @@ COPIES_PER_PARAMETER = 4  # weights, gradients and Adam's two moment slots
 ACTIVATION_FACTOR = 3  # feature maps kept for the backward pass, plus their gradients and workspace
 MEMORY_LIMIT_ENV = "ASL_SWEEP_MEMORY_LIMIT_MB"
 CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's own memory limit, below the host's MemAvailable
-
-
-def resize_layer(image_size: int) -> layers.Resizing:
-    """The one resize used everywhere (data cache and model), so training and serving agree."""
-    return layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True, name="resize")
-
-
-def preprocessor(cfg: Config) -> keras.Model:
-    """Raw RGB (any size, 0..255) -> the classifier's input: resized, grayscale if configured, 0..1.
-
-    Deterministic, so training runs it once per dataset (`preprocess`) and serving runs it per image."""
-    inputs = keras.Input(shape=(None, None, 3), name="image")
-    x = resize_layer(cfg.image_size)(inputs)
-    if cfg.color_mode == "grayscale":
-        luma = keras.initializers.Constant([[[[c] for c in LUMA]]])
-        x = layers.Conv2D(1, 1, use_bias=False, kernel_initializer=luma, trainable=False, name="grayscale")(x)
-    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
-    return keras.Model(inputs, x, name="preprocess")
-
-
-def preprocess(cfg: Config, images, batch: int = 512):
-    """Run the preprocessor over a whole image array once, in batches (float32 array out)."""
-    pre = preprocessor(cfg)
-    return np.concatenate([np.asarray(pre(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
 def memory_estimate(cfg: Config) -> tuple[int, int]:

@@ -31,7 +31,7 @@ def load_model(model_dir: str | Path):
 
 def predict_arrays(net, images: list[np.ndarray]) -> np.ndarray:
     """Class probabilities (len(images) x 10) for decoded photos, batching images of the same size."""
-    from asl_sweep.data import batches_by_shape
+    from asl_sweep.preprocessing import batches_by_shape
 
     probs = np.zeros((len(images), net.output_shape[-1]), dtype=np.float32)
     for idx, batch in batches_by_shape(images, BATCH):
@@ -62,7 +62,8 @@ def evaluate(net, data_dir: str | Path, *, robustness: bool = False) -> dict[str
     `robustness`, also the accuracy under each change of the robustness suite, its mean and worst case."""
     from sklearn.metrics import confusion_matrix
 
-    from asl_sweep.data import CLASSES, class_root, data_folder, decode, list_images
+    from asl_sweep.data import class_root, data_folder, decode, list_images
+    from asl_sweep.preprocessing import CLASSES
 
     root = class_root(data_folder(data_dir))
     items = list_images(root)

@@ -1,6 +1,10 @@
 """The photo changes a user meets in practice, applied to validation photos with a fixed seed: how a
 model holds up on a real person's photo, not only on photos taken like the dataset's.
 
+Background changes put the photo's masked hand (`masks`) in front of scenes training never shows
+(`backgrounds.SCENES`), and one of them also frames it differently: the hand at 60% of the frame,
+off-centre, in front of a photograph.
+
 The suite works on the original photos (full resolution, RGB 0..255) and each changed photo then goes
 through the model's own preprocessing, exactly as `asl-sweep predict` would feed it. Every run
 scores its saved model on the whole suite (`val_robust_accuracy`, its mean, and `val_robust_worst`);
@@ -16,11 +20,14 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
+from asl_sweep import backgrounds, masks as masks_lib
+from asl_sweep.preprocessing import batches_by_shape, preprocess
+
 if TYPE_CHECKING:
     from asl_sweep.config import Config
 
 SEED = 20261130
-Change = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+Change = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]  # (photo, hand mask, rng) -> photo
 
 
 def _pil(img: np.ndarray) -> Image.Image:
@@ -28,23 +35,23 @@ def _pil(img: np.ndarray) -> Image.Image:
 
 
 def _exposure(factor: float) -> Change:
-    return lambda img, rng: np.clip(img.astype(np.float32) * factor, 0, 255)
+    return lambda img, mask, rng: np.clip(img.astype(np.float32) * factor, 0, 255)
 
 
 def _contrast(factor: float) -> Change:
-    def change(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def change(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = img.astype(np.float32)
         return np.clip(x.mean() + (x - x.mean()) * factor, 0, 255)
     return change
 
 
 def _cast(rgb: tuple[float, float, float]) -> Change:
-    return lambda img, rng: np.clip(img.astype(np.float32) * np.array(rgb, dtype=np.float32), 0, 255)
+    return lambda img, mask, rng: np.clip(img.astype(np.float32) * np.array(rgb, dtype=np.float32), 0, 255)
 
 
 def _scale_in_frame(scale: float) -> Change:
     """The hand smaller (<1: the photo shrunk onto a frame of its own edge colours) or larger (>1: cropped)."""
-    def change(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def change(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = img.shape[:2]
         if scale >= 1:
             ch, cw = round(h / scale), round(w / scale)
@@ -57,7 +64,7 @@ def _scale_in_frame(scale: float) -> Change:
 
 
 def _shift(fraction: float) -> Change:
-    def change(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def change(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = img.shape[:2]
         dy, dx = round(h * fraction), round(w * fraction)
         padded = np.pad(img.astype(np.float32), ((dy, 0), (dx, 0), (0, 0)), mode="edge")
@@ -67,7 +74,7 @@ def _shift(fraction: float) -> Change:
 
 def _rotate(degrees: float) -> Change:
     """Rotate about the centre; the corners take the nearest edge colours (no black wedges)."""
-    def change(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def change(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = img.shape[:2]
         pad = max(h, w) // 2
         big = _pil(np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")).rotate(degrees, resample=Image.BILINEAR)
@@ -75,20 +82,20 @@ def _rotate(degrees: float) -> Change:
     return change
 
 
-def _mirror(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _mirror(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return img[:, ::-1].astype(np.float32)
 
 
 def _blur(radius: float) -> Change:
-    return lambda img, rng: np.asarray(_pil(img).filter(ImageFilter.GaussianBlur(radius)), np.float32)
+    return lambda img, mask, rng: np.asarray(_pil(img).filter(ImageFilter.GaussianBlur(radius)), np.float32)
 
 
 def _noise(sigma: float) -> Change:
-    return lambda img, rng: np.clip(img.astype(np.float32) + rng.normal(0, sigma, img.shape), 0, 255)
+    return lambda img, mask, rng: np.clip(img.astype(np.float32) + rng.normal(0, sigma, img.shape), 0, 255)
 
 
 def _jpeg(quality: int) -> Change:
-    def change(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def change(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         buf = io.BytesIO()
         _pil(img).save(buf, format="JPEG", quality=quality)
         with Image.open(buf) as out:
@@ -97,7 +104,19 @@ def _jpeg(quality: int) -> Change:
 
 
 def _resolution(size: int) -> Change:
-    return lambda img, rng: np.asarray(_pil(img).resize((size, size), Image.BICUBIC), np.float32)
+    return lambda img, mask, rng: np.asarray(_pil(img).resize((size, size), Image.BICUBIC), np.float32)
+
+
+def _background(family: backgrounds.Family, scale: float = 1.0) -> Change:
+    """The masked hand in front of a scene of `family`; with `scale` < 1 also shrunk and moved off-centre
+    (10-20% of the frame in each direction)."""
+    def change(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = img.shape[:2]
+        scene = family(1, max(h, w), rng)[0, :h, :w]
+        corner = (0.5, 0.5) if scale >= 1 else tuple(rng.choice([rng.uniform(0, 0.25), rng.uniform(0.75, 1)])
+                                                       for _ in range(2))
+        return np.clip(backgrounds.in_front(img, mask, scene, scale, corner), 0, 255)
+    return change
 
 
 # name -> (what a user meets, the change). Settings are fixed: results compare across runs and commits.
@@ -119,25 +138,30 @@ SUITE: dict[str, tuple[str, Change]] = {
     "jpeg": ("strong JPEG compression (quality 15)", _jpeg(15)),
     "low_resolution": ("a small photo (40x40)", _resolution(40)),
     "high_resolution": ("a large photo (200x200)", _resolution(200)),
+    **{name: (what, _background(family)) for name, (what, family) in backgrounds.SCENES.items()},
+    "bg_small_offcentre": ("hand at 60% of the frame, off-centre, in front of a photo",
+                           _background(backgrounds.SCENES["bg_photo"][1], backgrounds.SMALL_SCALE)),
 }
+BACKGROUND_CHANGES = tuple(name for name in SUITE if name.startswith("bg_"))
 
 
-def changed(images: list[np.ndarray], name: str) -> list[np.ndarray]:
-    """Every photo under one change of the suite (deterministic), float32 RGB 0..255 at its new size."""
+def changed(images: list[np.ndarray], name: str, masks: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Every photo under one change of the suite (deterministic), float32 RGB 0..255 at its new size;
+    `masks`: the photos' hand masks when already at hand (made here otherwise)."""
     _, change = SUITE[name]
     rng = np.random.default_rng([SEED, list(SUITE).index(name)])
-    return [change(img, rng).astype(np.float32) for img in images]
+    if masks is None:
+        masks = masks_lib.masks(images) if name in BACKGROUND_CHANGES else [np.empty(0)] * len(images)
+    return [change(img, mask, rng).astype(np.float32) for img, mask in zip(images, masks)]
 
 
 def preprocessed_suite(cfg: "Config", images: list[np.ndarray]) -> dict[str, np.ndarray]:
     """The classifier's inputs for every photo under every change: the model's own preprocessing, run
     once per image shape, so training scores the suite with the classifier alone."""
-    from asl_sweep.data import batches_by_shape
-    from asl_sweep.model import preprocess
-
     out: dict[str, np.ndarray] = {}
+    masks = masks_lib.masks(images)
     for name in SUITE:
-        photos = changed(images, name)
+        photos = changed(images, name, masks)
         parts = {}
         for idx, batch in batches_by_shape(photos, 256):
             parts.update(zip(idx, preprocess(cfg, batch)))
@@ -154,8 +178,6 @@ def mixed_set(suite: dict[str, np.ndarray]) -> np.ndarray:
 def accuracy_per_change(predict: Callable[[np.ndarray], np.ndarray], inputs: dict[str, list[np.ndarray] | np.ndarray],
                         labels: np.ndarray) -> dict[str, float]:
     """Accuracy under each change; `predict` maps a batch (one shape) to class probabilities."""
-    from asl_sweep.data import batches_by_shape
-
     out = {}
     for name, batch in inputs.items():
         preds = np.empty(len(labels), dtype=np.int64)
@@ -167,7 +189,8 @@ def accuracy_per_change(predict: Callable[[np.ndarray], np.ndarray], inputs: dic
 
 def served_accuracy(net, images: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
     """Accuracy of a saved (servable) model under each change, on raw photos of any size."""
-    return accuracy_per_change(net.predict_on_batch, {name: changed(images, name) for name in SUITE}, labels)
+    masks = masks_lib.masks(images)
+    return accuracy_per_change(net.predict_on_batch, {name: changed(images, name, masks) for name in SUITE}, labels)
 
 
 def assignment(count: int) -> np.ndarray:
@@ -179,5 +202,7 @@ def assignment(count: int) -> np.ndarray:
 def summarize(per_change: dict[str, float]) -> dict[str, float | str]:
     """Mean and worst case over the suite, as a run logs them."""
     worst = min(per_change, key=per_change.get)
+    scenes = [per_change[name] for name in BACKGROUND_CHANGES if name in per_change]
     return {"val_robust_accuracy": float(np.mean(list(per_change.values()))),
-            "val_robust_worst": per_change[worst], "val_robust_worst_change": worst}
+            "val_robust_worst": per_change[worst], "val_robust_worst_change": worst,
+            **({"val_background_accuracy": float(np.mean(scenes)), "val_background_worst": min(scenes)} if scenes else {})}

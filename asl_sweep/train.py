@@ -23,8 +23,9 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from asl_sweep import controller, runtime
 from asl_sweep.config import Config, from_mapping, inactive_keys, parse_overrides, read_yaml
-from asl_sweep.data import CLASSES, DataCache
+from asl_sweep.data import DataCache
 from asl_sweep.ledger import RunRecord, RunState
+from asl_sweep.preprocessing import CLASSES, preprocess
 
 EXAMPLE_IMAGES = 24  # each wandb.Image costs ~2 ms to make and log, per run
 RESULT_FILE = "result.json"
@@ -96,10 +97,10 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
     return EpochCallback()
 
 
-def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None, verbose: int | str,
-        robust: tuple[Any, Any]) -> tuple[list[dict[str, float]], bool, float, float]:
-    """Fit with per-epoch logging and stop requests; returns (history, stopped early, fit seconds, of which
-    the robustness estimate took seconds).
+def fit(cfg: Config, net, train_data: dict[str, Any], x_va, y_va, run, reporter: Reporter | None,
+        verbose: int | str, robust: tuple[Any, Any]) -> tuple[list[dict[str, float]], bool, float, float]:
+    """Fit on `train_data` (`feed.training_data`) with per-epoch logging and stop requests; returns (history,
+    stopped early, fit seconds, of which the robustness estimate took seconds).
 
     The best epoch's weights by `cfg.checkpoint_metric` are kept (EarlyStopping with patience=epochs never
     stops a run), so the saved model is the one that metric describes, not a noisier last epoch."""
@@ -107,18 +108,16 @@ def fit(cfg: Config, net, x_tr, y_tr, x_va, y_va, run, reporter: Reporter | None
     import numpy as np
     from wandb.integration.keras import WandbMetricsLogger
 
-    from asl_sweep.model import outputs, targets
+    from asl_sweep.model import outputs
 
     history: list[dict[str, float]] = []
     epoch_cb = _epoch_callback(run, reporter, history, robust)
     best_weights = keras.callbacks.EarlyStopping(monitor=cfg.checkpoint_metric, mode="max", patience=cfg.epochs,
                                                  restore_best_weights=True)
-    x_tr, t_tr = targets(cfg, x_tr, y_tr)
     t_va = np.eye(outputs(cfg), dtype=np.float32)[y_va]  # the photos as photographed
     t_fit = time.perf_counter()
     net.fit(
-        x_tr, t_tr, validation_data=(x_va, t_va), batch_size=cfg.batch_size,
-        epochs=cfg.epochs, shuffle=True, verbose=verbose,
+        **train_data, validation_data=(x_va, t_va), epochs=cfg.epochs, verbose=verbose,
         callbacks=[epoch_cb, keras.callbacks.TerminateOnNaN(), best_weights, WandbMetricsLogger()],
     )
     return history, epoch_cb.stopped, time.perf_counter() - t_fit, epoch_cb.robust_time
@@ -192,25 +191,29 @@ def log_examples(run, dataset, va, y_va, preds, conf, seed: int) -> None:
 
 
 def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbose: int | str = "auto",
-          split: tuple[Any, Any] | None = None, inputs=None, suite: dict[str, Any] | None = None) -> RunRecord:
+          split: tuple[Any, Any] | None = None, inputs=None, suite: dict[str, Any] | None = None,
+          bank=None) -> RunRecord:
     """Fit `cfg`'s model on `dataset` (split as configured, or by the given indices; `inputs` are the
-    preprocessed images and `suite` the preprocessed robustness suite when already at hand), log to `run`,
-    score the robustness suite, save the servable model; return the record."""
+    preprocessed images, `suite` the preprocessed robustness suite and `bank` the preprocessed backgrounds
+    when already at hand), log to `run`, score the robustness suite, save the servable model; return the record."""
     from sklearn.metrics import confusion_matrix
 
-    from asl_sweep import data, model as model_lib, robustness
+    from asl_sweep import data, feed, model as model_lib, robustness
 
     t_start = time.perf_counter()
     tr, va = split if split is not None else data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold)
-    pixels = inputs if inputs is not None else model_lib.preprocess(cfg, dataset.x)
+    pixels = inputs if inputs is not None else preprocess(cfg, dataset.x)
     y_va = dataset.y[va]
     t_suite = time.perf_counter()
     if suite is None:
         suite = robustness.preprocessed_suite(cfg, [data.decode(Path(dataset.paths[i])) for i in va])
     robust = (robustness.mixed_set(suite), y_va)
     robust_time = time.perf_counter() - t_suite
+    if bank is None and cfg.background > 0:
+        bank = feed.bank(cfg)
     net = model_lib.compiled_model(cfg, len(tr))
-    history, stopped, fit_time, epoch_robust_time = fit(cfg, net, pixels[tr], dataset.y[tr], pixels[va], y_va, run,
+    train_data = feed.training_data(cfg, pixels[tr], dataset.masks[tr], dataset.y[tr], bank)
+    history, stopped, fit_time, epoch_robust_time = fit(cfg, net, train_data, pixels[va], y_va, run,
                                                          reporter, verbose, robust)
     state = final_state(history, stopped)
     probs = validation_probabilities(net, pixels[va], state)
@@ -299,7 +302,8 @@ def execute(
         dataset = data_cache.get(cfg)
         tr_va = data_cache.split(cfg, dataset)
         record = train(cfg, dataset, run, reporter=reporter, verbose=verbose, split=tr_va,
-                       inputs=data_cache.inputs(cfg, dataset), suite=data_cache.suite(cfg, dataset, tr_va[1]))
+                       inputs=data_cache.inputs(cfg, dataset), suite=data_cache.suite(cfg, dataset, tr_va[1]),
+                       bank=data_cache.bank(cfg))
     except KeyboardInterrupt:
         run.finish(exit_code=255)
         raise

@@ -14,6 +14,12 @@ Sections (each can be chosen with --only):
             the lock time of a bayes claim as the sweep grows; a real two-agent sweep on each backend;
             the largest number of agents one sweep serves at the default sweep's run length
 
+  masks     the hand masks (asl_sweep/masks.py) against OpenCV's GrabCut (a colour-model graph cut started from
+            another cue, saturation) on 48 real photos: IoU mean, median and
+            worst, time per photo; a contact sheet of photo, mask and reference in bench-results/masks.png
+  background  the cost of `background` (compositing each epoch): fit seconds per epoch of the default
+            sweep's space with background 0 and with it, in one process, and their ratio
+
 Not a test: nothing here asserts; it measures. Results go to bench-results/<timestamp>.json.
 """
 
@@ -111,6 +117,93 @@ def matmul_rate(n: int = 1024, repeats: int = 20, trials: int = 5) -> float:
         c.numpy()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 * repeats / best
+
+
+MASK_PHOTOS = 48
+
+
+def grabcut(img, iterations: int = 5):
+    """The reference mask: OpenCV's GrabCut (colour models and a graph cut that keeps outlines smooth),
+    started from another cue than ours (HSV saturation above its Otsu cut is probably hand, below probably
+    wall) and told that a 2-pixel frame at the top and sides is wall (the arm crosses the bottom edge)."""
+    import cv2
+    import numpy as np
+
+    h, w = img.shape[:2]
+    bgr = np.ascontiguousarray(img[..., ::-1])
+    sat = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[..., 1]
+    cut, _ = cv2.threshold(cv2.GaussianBlur(sat, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = np.where(sat > cut, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    mask[:2], mask[:, :2], mask[:, -2:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(bgr, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+
+
+def bench_masks() -> dict[str, Any]:
+    import numpy as np
+    from PIL import Image
+
+    from asl_sweep import data, masks
+
+    items = data.list_images(data.locate())
+    rng = np.random.default_rng(0)
+    photos = [data.decode(items[i][0]) for i in sorted(rng.choice(len(items), MASK_PHOTOS, replace=False))]
+    t0 = time.perf_counter()
+    ours = [masks.hand_mask(p) for p in photos]
+    per_photo_ms = (time.perf_counter() - t0) / len(photos) * 1000
+    refs = [grabcut(p) for p in photos]
+    iou = np.array([(a & b).sum() / max(1, (a | b).sum()) for a, b in zip(ours, refs)])
+    sheet = Image.new("RGB", (100 * 12, 100 * 3 * (len(photos) // 12)))
+    for i, (p, a, b) in enumerate(zip(photos, ours, refs)):
+        x, y = (i % 12) * 100, (i // 12) * 300
+        for k, shown in enumerate((p, np.where(a[..., None], p, 40), np.where(b[..., None], p, 40))):
+            sheet.paste(Image.fromarray(np.asarray(shown, np.uint8)).resize((100, 100)), (x, y + 100 * k))
+    Path("bench-results").mkdir(exist_ok=True)
+    sheet.save("bench-results/masks.png")
+    worst = int(np.argmin(iou))
+    return {"photos": len(photos), "iou_mean": float(iou.mean()), "iou_median": float(np.median(iou)),
+            "iou_worst": float(iou[worst]), "iou_below_0.9": int((iou < 0.9).sum()), "ms_per_photo": per_photo_ms,
+            "hand_fraction_mean": float(np.mean([m.mean() for m in ours])), "sheet": "bench-results/masks.png"}
+
+
+def bench_background(epochs: int = 4) -> dict[str, Any]:
+    """Fit seconds per epoch without and with compositing, the default sweep's fixed values, one process."""
+    from asl_sweep import feed, model as model_lib
+    from asl_sweep.config import from_mapping
+    from asl_sweep.data import DataCache
+
+    params = yaml.safe_load((REPO / "sweeps" / "bayes.yaml").read_text())["parameters"]
+    fixed = {k: v["value"] if "value" in v else v.get("values", [None])[0] for k, v in params.items()}
+    cache = DataCache()
+    out: dict[str, Any] = {}
+    share = float(fixed.get("background") or 0.7)
+    for label, value in (("without", 0.0), ("with", share)):
+        cfg = from_mapping({**{k: v for k, v in fixed.items() if v is not None}, "background": value,
+                            "epochs": epochs})
+        dataset = cache.get(cfg)
+        tr, _ = cache.split(cfg, dataset)
+        t0 = time.perf_counter()
+        bank = cache.bank(cfg)
+        bank_s = time.perf_counter() - t0
+        net = model_lib.compiled_model(cfg, len(tr))
+        train_data = feed.training_data(cfg, cache.inputs(cfg, dataset)[tr], dataset.masks[tr], dataset.y[tr], bank)
+        times: list[float] = []
+
+        class Timer(__import__("keras").callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                times.append(time.perf_counter() - self.t0)
+
+        net.fit(**train_data, epochs=epochs, verbose=0, callbacks=[Timer()])
+        out[f"epoch_s_{label}"] = statistics.median(times[1:])  # the first epoch traces the graph
+        if label == "with":
+            out["bank_s"] = bank_s
+    out["background"] = share
+    out["ratio"] = out["epoch_s_with"] / out["epoch_s_without"]
+    return out
 
 
 def bench_floor() -> dict[str, Any]:
@@ -518,7 +611,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=float(os.environ.get("BENCH_MINUTES", 30)),
                         help="wall-clock budget for each of the sweep and optuna sections (default 30)")
     parser.add_argument("--only", nargs="*",
-                        default=["overhead", "floor", "agents", "ledger", "sweep", "robustness", "optuna"])
+                        default=["overhead", "floor", "agents", "ledger", "masks", "background", "sweep", "robustness",
+                                 "optuna"])
     parser.add_argument("--overhead-runs", type=int, default=8)
     parser.add_argument("--sweep-id", help="robustness section: a finished local sweep (default: the sweep section's)")
     parser.add_argument("--winner-folds", type=int, default=3,
@@ -544,6 +638,8 @@ def main() -> int:
                                                args.winner_folds, None if args.sweep_id else
                                                (results.get("sweep") or {}).get("run_cap")),
         "ledger": lambda: bench_ledger(args.run_length),
+        "masks": bench_masks,
+        "background": bench_background,
     }
     for name in args.only:
         t0 = time.perf_counter()

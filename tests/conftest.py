@@ -110,3 +110,21 @@ def ledger_location(request, monkeypatch, isolated) -> str:
     location = str(isolated / "asl-sweep.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     monkeypatch.setenv("ASL_SWEEP_LEDGER", location)
     return location
+
+
+def hand_photo(size: int = 100, seed: int = 0, *, ring: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A hand-like blob on a plain light wall, as the dataset photographs it: a skin-coloured palm, four
+    fingers and an arm to the bottom edge, a vignetted grey wall, JPEG-like noise. Returns (RGB uint8 photo,
+    the true boolean mask). With `ring`, thumb and finger close a large hole through which the wall shows."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    truth = ((yy - 0.62) ** 2 / 0.05 + (xx - 0.5) ** 2 / 0.035 < 1) | ((yy > 0.7) & (np.abs(xx - 0.5) < 0.14))
+    for k in range(4):
+        centre = 0.32 + 0.12 * k
+        truth |= (yy > 0.12 + 0.04 * abs(k - 1.5)) & (yy < 0.6) & (np.abs(xx - centre) < 0.04)
+    if ring:
+        truth &= ~(((yy - 0.62) ** 2 + (xx - 0.5) ** 2) < 0.012)
+    wall = 205 * (1 - 0.3 * ((yy - 0.5) ** 2 + (xx - 0.5) ** 2))[..., None] * np.array([0.97, 0.98, 1.0])
+    skin = np.array([205, 150, 110]) * rng.uniform(0.8, 1.1)
+    img = np.where(truth[..., None], skin, wall) + rng.normal(0, 4, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), truth

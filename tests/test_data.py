@@ -131,7 +131,7 @@ def test_model_resize_matches_cached_arrays(dataset_dir):
     """Serving a raw image through the model's resize gives exactly the training pixels."""
     root = dataset_dir / "Dataset"
     ds = data.load(root, 16)
-    from asl_sweep.model import resize_layer
+    from asl_sweep.preprocessing import resize_layer
 
     raw = data.decode(Path(ds.paths[0])).astype("float32")[None]
     assert np.allclose(np.asarray(resize_layer(16)(raw))[0], ds.x[0], atol=1e-4)
@@ -243,7 +243,7 @@ def test_cache_write_is_atomic(dataset_dir, monkeypatch):
 
     monkeypatch.setattr(np, "savez", disk_full)
     _fresh_warnings(monkeypatch)
-    data.write_cached(cache, np.zeros((1, 16, 16, 3), dtype=np.float32))
+    data.write_cached(cache, np.zeros((1, 16, 16, 3), dtype=np.float32), np.zeros((1, 16, 16, 1), dtype=np.float32))
     assert cache.read_bytes() == before
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]
 
@@ -320,3 +320,24 @@ def test_download_into_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "TemporaryDirectory", refused)
     with pytest.raises(UserError, match="cannot download into the cache folder .*Permission denied.*--data-dir"):
         data.locate()
+
+
+def test_masks_are_decoded_once_with_the_images_and_cached_beside_them(tmp_path, monkeypatch):
+    """Each photo's hand mask is made from the full-size photo, resized like it, and read back from the cache."""
+    from PIL import Image
+
+    from asl_sweep import masks
+    from tests.conftest import hand_photo
+
+    root = tmp_path / "hands"
+    for d in range(10):
+        (root / str(d)).mkdir(parents=True)
+        Image.fromarray(hand_photo(seed=d)[0]).save(root / str(d) / f"IMG_{1000 + d}.png")
+    ds = data.load(root, 20)
+    assert ds.masks.shape == (10, 20, 20, 1) and ds.masks.dtype == np.float32
+    assert 0 <= ds.masks.min() and ds.masks.max() <= 1
+    truth = np.asarray(Image.fromarray(hand_photo(seed=0)[1]).resize((20, 20), Image.BILINEAR), np.float32)
+    assert np.abs(ds.masks[0, ..., 0] - truth).mean() < 0.1
+    monkeypatch.setattr(masks, "masks", lambda images: pytest.fail("the masks were computed again"))
+    assert np.array_equal(data.load(root, 20).masks, ds.masks)
+    assert data.Dataset.subset(ds, np.array([3])).masks.shape == (1, 20, 20, 1)

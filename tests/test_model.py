@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from asl_sweep import model
+from asl_sweep import model, preprocessing
 from asl_sweep.config import Config
 from asl_sweep.errors import UserError
 
@@ -21,7 +21,7 @@ def test_grayscale_is_inside_the_model():
     net = model.build(Config().replace(image_size=8))
     gray = net.get_layer("grayscale")
     assert not gray.trainable
-    assert np.allclose(np.asarray(gray.kernel).ravel(), model.LUMA)
+    assert np.allclose(np.asarray(gray.kernel).ravel(), preprocessing.LUMA)
 
 
 @pytest.mark.parametrize("color_mode", ["grayscale", "rgb"])
@@ -30,7 +30,7 @@ def test_training_inputs_are_the_serving_models_own_preprocessing(color_mode):
     cfg = Config().replace(image_size=16, color_mode=color_mode)
     core = model.classifier(cfg)
     raw = np.random.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
-    pixels = model.preprocess(cfg, raw, batch=3)
+    pixels = preprocessing.preprocess(cfg, raw, batch=3)
     assert pixels.shape == (4, 16, 16, 1 if color_mode == "grayscale" else 3)
     assert 0.0 <= pixels.min() and pixels.max() <= 1.0
     served = model.build(cfg, core)
@@ -155,7 +155,7 @@ def test_hand_aware_trains_on_both_hands_as_labelled_classes_and_serves_their_su
     raw = np.random.default_rng(1).uniform(0, 255, (2, 40, 30, 3)).astype("float32")
     again = model.load(str(tmp_path / "m.keras"))
     probs = np.asarray(again.predict_on_batch(raw))  # inference mode: no random augmentation
-    inner = np.asarray(net(model.preprocessor(cfg)(raw), training=False))
+    inner = np.asarray(net(preprocessing.preprocessor(cfg)(raw), training=False))
     assert probs.shape == (2, 10) and np.allclose(probs, inner[:, :10] + inner[:, 10:], atol=1e-5)
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     scores = net.evaluate(doubled, t, return_dict=True, verbose=0)  # accuracy counts the digit, either hand

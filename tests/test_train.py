@@ -169,3 +169,20 @@ def test_a_hand_aware_run_answers_digits_and_saves_a_model_that_answers_the_same
     photos = np.stack([data.decode(Path(p["path"])) for p in record["val_predictions"]]).astype("float32")
     probs = np.asarray(served.predict_on_batch(photos))
     assert probs.shape == (len(truth), 10) and np.array_equal(probs.argmax(axis=1), preds)
+
+
+def test_a_background_run_logs_the_scenes_and_saves_a_safe_mode_model(dataset_dir):
+    from asl_sweep import model
+    from asl_sweep.robustness import BACKGROUND_CHANGES
+
+    record = execute({**TINY, "epochs": 2, "split": "random", "hand_aware": True, "background": 0.8},
+                     DataCache(str(dataset_dir)))
+    assert record["state"] == "finished"
+    assert set(BACKGROUND_CHANGES) <= set(record["robustness"])
+    s = record["summary"]
+    assert s["val_background_accuracy"] == pytest.approx(np.mean([record["robustness"][n] for n in BACKGROUND_CHANGES]))
+    assert s["val_background_worst"] == min(record["robustness"][n] for n in BACKGROUND_CHANGES)
+    served = model.load(record["paths"]["model"])  # safe mode: nothing custom in the saved graph
+    photos = np.stack([data.decode(Path(p["path"])) for p in record["val_predictions"]]).astype("float32")
+    preds = np.array([p["pred"] for p in record["val_predictions"]])
+    assert np.array_equal(np.asarray(served.predict_on_batch(photos)).argmax(axis=1), preds)
