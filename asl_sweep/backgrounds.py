@@ -3,8 +3,8 @@
 Training (`config.background`) shows a share of the photos each epoch with the masked hand pasted in
 front of a random background, at 50-100% of the frame, anywhere in it. The backgrounds come from a
 bank made once per agent: procedural families (plain colours, gradients, noise at several scales,
-stripes, blocks of colour, dead-leaves clutter) and random crops of the real photographs scikit-learn ships, each with
-colour jitter. The robustness suite's background changes use families that training never sees
+stripes, blocks of colour, dead-leaves clutter, noise with a photo's spectrum) and random crops of the real photographs scikit-learn ships, each with
+colour jitter (channels shuffled, exposure, white balance, some laid over others). The robustness suite's background changes use families that training never sees
 (wood, a bookshelf, foliage, a knitted sweater, plain walls) and a photograph matplotlib ships, so
 they measure a background the model has not met. scikit-image's sample images are left alone:
 they are reserved for acceptance testing.
@@ -118,12 +118,26 @@ def clutter(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     for _ in range(40):
         radius = (rng.pareto(1.5, (n, 1, 1)) * 0.04 + 0.02).clip(0.02, 0.5)
         cy, cx = rng.random((n, 1, 1)), rng.random((n, 1, 1))
-        aspect = np.exp(rng.normal(0, 0.8, (n, 1, 1)))
+        aspect = np.exp(rng.normal(0, 1.2, (n, 1, 1)))  # from squat blocks to bars as thin as a finger
         dy, dx = (yy - cy) / (radius * aspect), (xx - cx) * aspect / radius
         disc = rng.random((n, 1, 1)) < 0.5
         inside = np.where(disc, dy ** 2 + dx ** 2 < 1, (np.abs(dy) < 1) & (np.abs(dx) < 1))
         out = np.where(inside[..., None], _colours(n, rng)[:, :, None, :], out)
     return out
+
+
+def spectrum(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Noise with a natural photo's power spectrum (amplitude ~ 1/f^a, a near 1), each channel its own:
+    the statistics of a scene without its objects."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    f = np.sqrt(fy ** 2 + fx ** 2)
+    f[0, 0] = 1.0
+    slope = rng.uniform(0.8, 1.5, (n, 1, 1, 1))
+    phase = np.exp(2j * np.pi * rng.random((n, size, size, 3)))
+    out = np.real(np.fft.ifft2(phase / f[None, ..., None] ** slope, axes=(1, 2)))
+    out -= out.mean(axis=(1, 2), keepdims=True)
+    out /= out.std(axis=(1, 2), keepdims=True) + 1e-6
+    return np.clip(128 + out * rng.uniform(25, 70, (n, 1, 1, 3)) + rng.uniform(-60, 60, (n, 1, 1, 3)), 0, 255)
 
 
 def crops(sources: tuple[tuple[str, str], ...]) -> Family:
@@ -142,13 +156,21 @@ def crops(sources: tuple[tuple[str, str], ...]) -> Family:
 
 
 TRAINING: dict[str, Family] = {"plain": plain, "gradient": gradient, "noise": noise, "stripes": stripes,
-                               "blocks": blocks, "clutter": clutter, "photo": crops(TRAINING_PHOTOS)}
+                               "blocks": blocks, "clutter": clutter, "spectrum": spectrum,
+                               "photo": crops(TRAINING_PHOTOS)}
 
 
 def jitter(bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Colour jitter of whole backgrounds: exposure x0.5-1.3 and a white-balance shift per channel."""
-    gain = rng.uniform(0.5, 1.3, (len(bg), 1, 1, 1)) * rng.uniform(0.75, 1.25, (len(bg), 1, 1, 3))
-    return np.clip(bg * gain.astype(np.float32), 0, 255)
+    """Colour jitter of whole backgrounds: the channels shuffled (a photo's shapes in other colours), exposure
+    x0.5-1.3, a white-balance shift per channel; a quarter laid over another background of the set."""
+    n = len(bg)
+    shuffled = np.take_along_axis(bg, np.argsort(rng.random((n, 1, 1, 3)), axis=-1), axis=-1)
+    gain = rng.uniform(0.5, 1.3, (n, 1, 1, 1)) * rng.uniform(0.75, 1.25, (n, 1, 1, 3))
+    out = shuffled * gain
+    over = rng.random(n) < 0.25
+    weight = rng.uniform(0.3, 0.7, (int(over.sum()), 1, 1, 1))
+    out[over] = weight * out[over] + (1 - weight) * out[rng.permutation(n)[: int(over.sum())]]
+    return np.clip(out, 0, 255)
 
 
 def bank(count: int, size: int, seed: int) -> np.ndarray:

@@ -210,9 +210,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from asl_sweep.robustness import SUITE
 
         print(f"robustness: mean {result['val_robust_accuracy']:.4f}, worst {result['val_robust_worst']:.4f} "
-              f"({result['val_robust_worst_change']})")
+              f"({result['val_robust_worst_change']}); backgrounds: mean {result['val_background_accuracy']:.4f}, "
+              f"worst {result['val_background_worst']:.4f}")
         for name, acc in result["robustness"].items():
-            print(f"  {name:16} {acc:.4f}  {SUITE[name][0]}")
+            print(f"  {name:18} {acc:.4f}  {SUITE[name][0]}")
     print(f"written: {out}")
     return 0
 

@@ -86,15 +86,14 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     """
     import keras
 
-    from asl_sweep import model as model_lib
+    from asl_sweep import feed, model as model_lib
     from asl_sweep.data import DataCache
 
     cache = DataCache(data_dir)
     dataset = cache.get(cfg)
     net = model_lib.compiled_model(cfg, len(dataset.y))
-    x, t = model_lib.targets(cfg, cache.inputs(cfg, dataset), dataset.y)
-    fit = net.fit(x, t, batch_size=cfg.batch_size, epochs=cfg.epochs, shuffle=True,
-                  callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
+    train_data = feed.training_data(cfg, cache.inputs(cfg, dataset), dataset.masks, dataset.y, cache.bank(cfg))
+    fit = net.fit(**train_data, epochs=cfg.epochs, callbacks=[keras.callbacks.TerminateOnNaN()], verbose=0)
     history = [{"epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
                for i in range(len(fit.history.get("loss", [])))]
     if not history or not math.isfinite(history[-1]["loss"]):
@@ -113,7 +112,9 @@ def robustness_section(per_change: dict[str, float]) -> list[str]:
         "## Robustness: photos not taken like the dataset's",
         "",
         f"Validation photos under everyday changes (`asl-sweep evaluate --robustness` measures any labelled folder): "
-        f"mean {s['val_robust_accuracy']:.4f}, worst {s['val_robust_worst']:.4f} ({s['val_robust_worst_change']}).",
+        f"mean {s['val_robust_accuracy']:.4f}, worst {s['val_robust_worst']:.4f} ({s['val_robust_worst_change']})"
+        + (f"; the hand in front of other backgrounds (`bg_*`): mean {s['val_background_accuracy']:.4f}, "
+           f"worst {s['val_background_worst']:.4f}." if "val_background_accuracy" in s else "."),
         "",
         "| change | what a user meets | accuracy |",
         "|---|---|---|",

@@ -165,7 +165,8 @@ def importance(data: SweepData) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["importance"])
 
 
-ROBUST_KEYS = ("val_robust_accuracy", "val_robust_worst")  # the robustness suite's mean and worst case
+# the robustness suite's mean and worst case, and the mean over its background changes
+ROBUST_KEYS = ("val_robust_accuracy", "val_robust_worst", "val_background_accuracy")
 
 
 def robust_keys(data: SweepData) -> list[str]:

@@ -447,10 +447,20 @@ def bench_sweep(minutes: float, checkpoints: list[float]) -> dict[str, Any]:
     return out
 
 
-def robustness_scores(summary: dict[str, Any]) -> dict[str, Any]:
-    """Clean accuracy, the suite's mean and worst case (and which change) from a run's summary."""
+def robustness_scores(record: dict[str, Any]) -> dict[str, Any]:
+    """Clean accuracy, the suite's mean and worst case (and which change), and apart: its background changes
+    (mean, worst, the small off-centre hand) and the rest of the suite (mean, worst), from a run's record."""
+    from asl_sweep.robustness import BACKGROUND_CHANGES
+
+    summary, table = record.get("summary") or {}, record.get("robustness") or {}
+    rest = {k: v for k, v in table.items() if k not in BACKGROUND_CHANGES}
     return {"clean": summary.get("val_accuracy"), "robust_mean": summary.get("val_robust_accuracy"),
-            "robust_worst": summary.get("val_robust_worst"), "worst_change": summary.get("val_robust_worst_change")}
+            "robust_worst": summary.get("val_robust_worst"), "worst_change": summary.get("val_robust_worst_change"),
+            "background_mean": summary.get("val_background_accuracy"),
+            "background_worst": summary.get("val_background_worst"),
+            "small_offcentre": table.get("bg_small_offcentre"),
+            "rest_mean": statistics.mean(rest.values()) if rest else None,
+            "rest_worst": min(rest.values()) if rest else None}
 
 
 def bench_robustness(sweep_id: str | None, folds: int, run_cap: int | None = None) -> dict[str, Any]:
@@ -478,13 +488,13 @@ def bench_robustness(sweep_id: str | None, folds: int, run_cap: int | None = Non
            "robust_time_median_s": statistics.median(s["robust_time"] for s in timed) if timed else None,
            "robust_share_median": statistics.median(shares) if shares else None,
            "robust_share_max": max(shares) if shares else None,
-           "winner": {"run": (best or {}).get("id"), **robustness_scores(record.get("summary") or {})},
+           "winner": {"run": (best or {}).get("id"), **robustness_scores(record)},
            "winner_table": record.get("robustness") or {}}
     if record.get("config"):
         config, cache = record["config"], DataCache()
         others = [f for f in range(signer_folds(config.get("val_fraction", 0.2))) if f != config.get("fold", 0)]
         out["winner_other_folds"] = {
-            f"fold_{f}": robustness_scores(execute({**config, "fold": f}, cache, verbose=0)["summary"])
+            f"fold_{f}": robustness_scores(execute({**config, "fold": f}, cache, verbose=0))
             for f in others[:folds]}
     return out
 

@@ -263,6 +263,8 @@ def comparable_sweep(path: Path, parser: argparse.ArgumentParser) -> dict[str, A
         parser.error(f"{path}: Hyperband needs a fixed epoch count; set parameters.epochs.value")
     if "hand_aware" in sweep["parameters"] and "value" not in sweep["parameters"]["hand_aware"]:
         parser.error(f"{path}: Keras Tuner trains every trial on one set of targets; fix hand_aware with value:")
+    if "background" in sweep["parameters"]:
+        parser.error(f"{path}: Keras Tuner trains on fixed arrays, not batches composited each epoch; drop background")
     return sweep
 
 

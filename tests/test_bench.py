@@ -97,6 +97,7 @@ def test_each_methods_winner_is_the_run_its_own_metric_ranks_best(monkeypatch):
     (["--methods", "bayes,hyperopt"], "unknown method(s) hyperopt"),
     (["--sweep", str(Path(__file__).resolve().parents[1] / "sweeps/grid.yaml")], "add early_terminate: hyperband"),
     (["--sweep", "no-such.yaml"], "no-such.yaml"),
+    (["--sweep", str(Path(__file__).resolve().parents[1] / "sweeps/bayes.yaml")], "drop background"),
 ])
 def test_bench_search_refuses_what_it_cannot_compare_before_starting(monkeypatch, capsys, args, fragment):
     monkeypatch.setattr("sys.argv", ["search.py", *args])
@@ -128,10 +129,13 @@ def test_robustness_section_takes_make_sweeps_winner_and_retrains_it_on_other_fo
     monkeypatch.setattr(asl_sweep.data, "DataCache", lambda: None)
     monkeypatch.setattr(asl_sweep.train, "execute", lambda values, cache, verbose: trained.append(values) or {
         "summary": {"val_accuracy": 0.99, "val_robust_accuracy": 0.98, "val_robust_worst": 0.95,
-                    "val_robust_worst_change": "blur"}})
+                    "val_robust_worst_change": "blur", "val_background_accuracy": 0.97, "val_background_worst": 0.95},
+        "robustness": {"blur": 0.95, "darker": 1.0, "bg_wood": 0.99, "bg_small_offcentre": 0.95}})
     out = bench.bench_robustness(sid, folds=2, run_cap=3)  # the bench's sweep lifted make sweep's cap of 3
     assert out["winner"]["clean"] == 0.9 and out["winner_table"] == {"darker": 0.9}  # 0.99 came after the cap
     assert [(v["seed"], v["fold"]) for v in trained] == [(7, 0), (7, 2)]  # the same signer cut, not its own fold
     assert len({v["dropout"] for v in trained}) == 1
     assert out["winner_other_folds"]["fold_2"] == {"clean": 0.99, "robust_mean": 0.98, "robust_worst": 0.95,
-                                                   "worst_change": "blur"}
+                                                   "worst_change": "blur", "background_mean": 0.97,
+                                                   "background_worst": 0.95, "small_offcentre": 0.95,
+                                                   "rest_mean": 0.975, "rest_worst": 0.95}

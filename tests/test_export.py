@@ -146,3 +146,14 @@ def test_retraining_a_hand_aware_config_shows_both_hands_and_ships_a_ten_digit_m
     assert len(history) == 1 and 0 <= history[0]["accuracy"] <= 1
     x = np.random.default_rng(0).uniform(0, 255, (2, 30, 30, 3)).astype("float32")
     assert np.asarray(net.predict_on_batch(x)).shape == (2, 10)
+
+
+def test_retraining_with_backgrounds_composites_every_photo_and_ships_a_safe_mode_model(dataset_dir, tmp_path):
+    from asl_sweep import model
+
+    cfg = from_mapping({**TINY, "hand_aware": True, "background": 0.9, "epochs": 1})
+    net, history, images = export.retrain_all(cfg, str(dataset_dir))
+    assert len(history) == 1 and 0 <= history[0]["accuracy"] <= 1
+    net.save(tmp_path / "m.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 30, 30, 3)).astype("float32")
+    assert np.allclose(model.load(str(tmp_path / "m.keras")).predict_on_batch(x), net.predict_on_batch(x), atol=1e-5)

@@ -62,3 +62,30 @@ def test_accuracy_per_change_and_summary():
     assert per_change == {"a": 1.0, "b": 0.25}
     assert robustness.summarize(per_change) == {"val_robust_accuracy": 0.625, "val_robust_worst": 0.25,
                                                 "val_robust_worst_change": "b"}
+
+
+def test_background_changes_keep_the_hand_and_replace_the_wall():
+    from scipy import ndimage
+
+    from tests.conftest import hand_photo
+
+    img, truth = hand_photo(size=80)
+    photos = [img.astype(np.float32)]
+    inner = ndimage.binary_erosion(truth, iterations=4)
+    for name in robustness.BACKGROUND_CHANGES:
+        out = robustness.changed(photos, name)[0]
+        assert out.shape == img.shape and np.array_equal(out, robustness.changed(photos, name)[0]), name
+        assert np.abs(out - img)[~ndimage.binary_dilation(truth, iterations=6)].mean() > 10, name  # a new wall
+        if name != "bg_small_offcentre":
+            assert np.abs(out - img)[inner].max() < 3, name  # the hand as photographed
+    small = robustness.changed(photos, "bg_small_offcentre")[0]
+    assert not np.allclose(small[inner], img[inner], atol=3)  # moved and shrunk
+
+
+def test_summary_counts_the_background_changes_apart():
+    per_change = {name: 1.0 for name in robustness.SUITE}
+    per_change["bg_wood"], per_change["darker"] = 0.5, 0.75
+    s = robustness.summarize(per_change)
+    assert s["val_robust_worst"] == 0.5 and s["val_robust_worst_change"] == "bg_wood"
+    n = len(robustness.BACKGROUND_CHANGES)
+    assert s["val_background_accuracy"] == pytest.approx((n - 0.5) / n) and s["val_background_worst"] == 0.5
