@@ -247,7 +247,7 @@ class Ledger(contextlib.AbstractContextManager):
                     if not self.backend.is_lost(exc):
                         raise
                     self._local.repeat = True  # the unit may have landed before its answer was lost
-                    reason = one_line(exc, 200)
+                    reason = storage.scrub(one_line(exc, 200), self.location)
                     self.backend.rollback()
                     while True:
                         if time.monotonic() > deadline:
