@@ -52,6 +52,19 @@ def masked_text(location: str) -> str:
     return f"{scheme}:{slashes}" + re.sub(r"([?&][^=&]*=)[^&]*", r"\1***", rest)
 
 
+def libpq_params(location: str) -> dict[str, str]:
+    """The URL's parameters as libpq parses them; none without psycopg or when libpq cannot parse it."""
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return {}
+    try:
+        return conninfo_to_dict(location)
+    except psycopg.Error:
+        return {}
+
+
 def secrets_in(location: str) -> list[str]:
     """Every string of `location` that may be a password (as typed and percent-decoded), longest first."""
     found = set()
@@ -63,12 +76,7 @@ def secrets_in(location: str) -> list[str]:
             if ":" in userinfo:
                 found.add(userinfo.split(":", 1)[1])
         found.update(re.findall(r"[?&](?:%s)=([^&]*)" % "|".join(SECRET_KEYS), rest))
-        try:
-            from psycopg.conninfo import conninfo_to_dict
-
-            found.update(v for k, v in conninfo_to_dict(location).items() if k in SECRET_KEYS)
-        except Exception:  # no psycopg, or a URL libpq cannot parse: the hand-found candidates stay
-            pass
+        found.update(v for k, v in libpq_params(location).items() if k in SECRET_KEYS)
     found |= {unquote(s) for s in found}
     return sorted((s for s in found if s), key=len, reverse=True)
 
