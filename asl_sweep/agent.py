@@ -39,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from asl_sweep import controller
 from asl_sweep.errors import UserError
@@ -266,16 +266,18 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
     return "requeued" if after["state"] == RunState.PENDING else after["state"].value
 
 
-def _watch_ctrl_c() -> tuple[threading.Event, Any]:
-    """Remember that Ctrl-C was pressed (then raise KeyboardInterrupt as usual): a SIGINT that lands
-    inside TensorFlow can come back as a different exception, which must not pass for a failed run."""
+def _watch_ctrl_c(raise_while: Callable[[], bool] = lambda: True) -> tuple[threading.Event, Any]:
+    """Remember that Ctrl-C was pressed, and raise KeyboardInterrupt while `raise_while()` holds (always,
+    by default): a SIGINT that lands inside TensorFlow can come back as a different exception, which must
+    not pass for a failed run. Returns the event and the handler it replaced (None off the main thread)."""
     pressed = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         return pressed, None
 
     def on_sigint(signum: int, frame: Any) -> None:
         pressed.set()
-        raise KeyboardInterrupt
+        if raise_while():
+            raise KeyboardInterrupt
 
     return pressed, signal.signal(signal.SIGINT, on_sigint)
 
@@ -379,10 +381,17 @@ def agent_environments(agents: int, gpus: tuple[str, ...] = ()) -> list[dict[str
             for i in range(agents)]
 
 
+def interrupted_exit(code: int | None) -> bool:
+    """An agent process ended by Ctrl-C: exit code 130 (ours), or killed by SIGINT itself."""
+    return code in (130, -signal.SIGINT)
+
+
 def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) -> None:
     """Run `agents` agents for a local sweep on this machine: here when one, else as processes (threads
     split between them, one GPU each with `opts.gpus`) with one progress line. SIGTERM is passed on to
-    every agent, each of which requeues its run."""
+    every agent, each of which requeues its run. Ctrl-C reaches the whole process group: this process
+    waits for its agents and raises KeyboardInterrupt whichever comes first, its own SIGINT or their
+    interrupted exits (under load either can), so it is always an interruption, never "agents failed"."""
     if agents <= 1:
         if opts.gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = opts.gpus[0]
@@ -394,24 +403,30 @@ def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) 
     cmd += cli_flags(flags) + (["--subprocess"] if opts.subprocess_mode else [])
     procs = [subprocess.Popen(cmd, env={**os.environ, **extra}) for extra in agent_environments(agents, opts.gpus)]
     controller.watch_sigterm()
-    with Ledger(create=False) as ledger:
-        progress = Progress(ledger, sweep_id, enabled=opts.show_progress)
-        passed_on = False
-        try:
-            while any(p.poll() is None for p in procs):
-                if controller.PREEMPTED.is_set() and not passed_on:
-                    for p in procs:
-                        p.send_signal(signal.SIGTERM)
-                    passed_on = True
-                progress.show()
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            for p in procs:
-                p.wait()
-            raise
-        finally:
-            progress.show(force=True)
-            progress.end()
+    ctrl_c, previous = _watch_ctrl_c(raise_while=lambda: any(p.returncode is None for p in procs))
+    try:
+        with Ledger(create=False) as ledger:
+            progress = Progress(ledger, sweep_id, enabled=opts.show_progress)
+            passed_on = False
+            try:
+                while any(p.poll() is None for p in procs):
+                    if controller.PREEMPTED.is_set() and not passed_on:
+                        for p in procs:
+                            p.send_signal(signal.SIGTERM)
+                        passed_on = True
+                    progress.show()
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                for p in procs:
+                    p.wait()
+            finally:
+                progress.show(force=True)
+                progress.end()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if ctrl_c.is_set() or any(interrupted_exit(p.returncode) for p in procs):
+        raise KeyboardInterrupt
     if any(p.returncode for p in procs):
         raise UserError(f"{sum(1 for p in procs if p.returncode)} of {agents} agents exited with an error")
 

@@ -333,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def mask_argv(locations: list[str | None]) -> None:
+    """wandb records this process's `sys.argv` with every run it starts here (the `.wandb` file's metadata,
+    uploaded by `wandb sync`): each ledger location on it is replaced by its display form, password masked."""
+    from asl_sweep.storage import display
+
+    for location in filter(None, locations):
+        sys.argv[:] = [arg.replace(location, display(location)) for arg in sys.argv]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -344,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if getattr(args, "ledger", None):  # through the environment, so agent processes and runs get it too
         os.environ["ASL_SWEEP_LEDGER"] = args.ledger
+    mask_argv([getattr(args, name, None) for name in ("ledger", "source", "destination")])
     from asl_sweep import runtime
 
     handlers: dict[str, Callable[[], int]] = {

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from asl_sweep.ledger import Ledger, RunRecord, RunRow, RunState, default_path, ledger_exists, new_id
+from asl_sweep.ledger import (Ledger, RunRecord, RunRow, RunState, SweepRow, default_path, heartbeat_timeout,
+                              ledger_exists, new_id)
 from asl_sweep.results import best_value
 from asl_sweep.runtime import env_number
 from asl_sweep.sweepfile import engine_config, metric, target
@@ -43,11 +44,6 @@ def watch_sigterm() -> None:
 
 def heartbeat_interval() -> float:
     return env_number("ASL_SWEEP_HEARTBEAT_S", 5.0, minimum=0.01)
-
-
-def heartbeat_timeout() -> float:
-    """Seconds without a heartbeat after which a running run is declared crashed."""
-    return env_number("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", 60.0, minimum=0.01)
 
 
 def engine_runs(runs: list[dict[str, Any]]):
@@ -85,13 +81,33 @@ def target_reached(config: dict[str, Any], runs: list[dict[str, Any]]) -> bool:
     return any(v >= goal_value if goal == "maximize" else v <= goal_value for v in values)
 
 
+def next_values(config: dict[str, Any], runs: list[RunRow]) -> dict[str, Any] | None:
+    """The engine's next configuration, or None once the sweep gives no more runs (run_cap reached,
+    metric.target reached, or the search has no point left)."""
+    import sweeps
+
+    cap = config.get("run_cap")
+    if (cap is not None and len(runs) >= cap) or target_reached(config, runs):
+        return None
+    fresh_entropy()
+    suggestion = sweeps.next_run(engine_config(config), engine_runs(runs))
+    return None if suggestion is None else {k: v["value"] for k, v in suggestion.config.items()}
+
+
+def shown_state(sweep: SweepRow, runs: list[RunRow]) -> str:
+    """The sweep's state as every reader shows it: a running sweep with no live run left (a silent run
+    counts as crashed) and nothing more to give is finished, which the next claim would record; so a
+    sweep whose last run died ends then, without waiting for an agent to come and look."""
+    if sweep["state"] != "running" or any(r["state"].is_active for r in runs):
+        return sweep["state"]
+    return "finished" if next_values(sweep["config"], runs) is None else "running"
+
+
 def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> RunRow | None:
     """Atomically pick the next configuration and record it as a running run; None when the sweep gives
     no run now (done, capped, target reached, paused, stopped or canceled: the sweep's state says which).
     The claim carries an id made here, so when the connection drops during COMMIT the retry finds out
     whether it landed instead of claiming a second run."""
-    import sweeps
-
     config = ledger.sweep(sweep_id)["config"]
     claim = new_id(16)
 
@@ -106,15 +122,11 @@ def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> RunRow | None:
                 return None
             if not ledger.restart_queued(sweep_id, agent, claim):
                 runs = ledger.runs(sweep_id)
-                cap = config.get("run_cap")
-                fresh_entropy()
-                done = (cap is not None and len(runs) >= cap) or target_reached(config, runs)
-                suggestion = None if done else sweeps.next_run(engine_config(config), engine_runs(runs))
-                if suggestion is None:
+                values = next_values(config, runs)
+                if values is None:
                     if not any(r["state"].is_active for r in runs):
                         ledger.execute("UPDATE sweeps SET state = 'finished' WHERE id = ?", (sweep_id,))
                     return None
-                values = {k: v["value"] for k, v in suggestion.config.items()}
                 ledger.insert_run(sweep_id, len(runs) + 1, values, agent, claim)
         return ledger.claimed(claim)
 

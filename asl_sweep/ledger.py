@@ -122,9 +122,15 @@ CONTROL = {
 }
 
 
-# a run's columns as `runs()` reads them: its record is read on its own (`record()`), only when needed
+# a running run without a heartbeat for `?` seconds of the database's clock; a heartbeat counts from the
+# server's start at the latest, so a database restart does not make every run look dead
+SILENT = "{greatest}(heartbeat_at, {started}) < {now} - ?"
+NO_HEARTBEAT = "no heartbeat (agent died)"
+# a run's columns as `runs()` reads them: its record is read on its own (`record()`), only when needed;
+# `stale`: running but silent, which every reader shows as crashed (the next claim records it)
 RUN_COLUMNS = ("id, sweep_id, number, config, state, should_stop, created_at, heartbeat_at, ended_at, summary, "
-               "record_path, wandb_dir, agent, error, attempt, claim, preemptions")
+               "record_path, wandb_dir, agent, error, attempt, claim, preemptions, "
+               f"CASE WHEN state = 'running' AND {SILENT} THEN 1 ELSE 0 END AS stale")
 OF_ATTEMPT = "(CAST(? AS INTEGER) IS NULL OR attempt = ?)"  # a write fenced by the caller's attempt, when given
 
 
@@ -160,12 +166,23 @@ def new_id(length: int = 8) -> str:
 
 
 def run_from_row(row: Any, history: list[dict[str, float]] | None = None) -> RunRow:
+    """A run as readers see it: a silent running run is shown crashed, ended at its last heartbeat."""
     out = dict(row)
     for key in ("config", "summary"):
         out[key] = json.loads(out[key])
     out["state"] = RunState(out["state"])
+    if out.pop("stale"):
+        out.update(state=RunState.CRASHED, ended_at=out["heartbeat_at"], error=NO_HEARTBEAT)
     out["history"] = history or []
     return out  # type: ignore[return-value]
+
+
+def heartbeat_timeout() -> float:
+    """Seconds without a heartbeat after which a running run is crashed (shown so at once, recorded so by
+    the next claim)."""
+    from asl_sweep.runtime import env_number
+
+    return env_number("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", 60.0, minimum=0.01)
 
 
 def retry_seconds() -> float:
@@ -230,7 +247,7 @@ class Ledger(contextlib.AbstractContextManager):
                     if not self.backend.is_lost(exc):
                         raise
                     self._local.repeat = True  # the unit may have landed before its answer was lost
-                    reason = one_line(exc, 200)
+                    reason = storage.scrub(one_line(exc, 200), self.location)
                     self.backend.rollback()
                     while True:
                         if time.monotonic() > deadline:
@@ -334,7 +351,8 @@ class Ledger(contextlib.AbstractContextManager):
     # runs
     @retried
     def runs(self, sweep_id: str) -> list[RunRow]:
-        rows = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE sweep_id = ? ORDER BY number", (sweep_id,)).fetchall()
+        rows = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE sweep_id = ? ORDER BY number",
+                            (heartbeat_timeout(), sweep_id)).fetchall()
         histories: dict[str, list[dict[str, float]]] = {}
         for e in self.execute("SELECT e.run_id, e.row FROM epochs e JOIN runs r ON r.id = e.run_id "
                               "WHERE r.sweep_id = ? ORDER BY e.run_id, e.step", (sweep_id,)):
@@ -343,7 +361,7 @@ class Ledger(contextlib.AbstractContextManager):
 
     @retried
     def run(self, run_id: str) -> RunRow | None:
-        row = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (heartbeat_timeout(), run_id)).fetchone()
         if row is None:
             return None
         epochs = self.execute("SELECT row FROM epochs WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
@@ -355,13 +373,11 @@ class Ledger(contextlib.AbstractContextManager):
         return self.run(row["id"]) if row else None
 
     def reap_stale(self, sweep_id: str, timeout: float) -> int:
-        """Inside a claim: running runs without a heartbeat for `timeout` seconds of the database's clock are
-        crashed. A heartbeat counts from the server's start at the latest, so a database restart does not
-        make every run look dead: their agents get `timeout` seconds to reconnect."""
+        """Inside a claim: record as crashed the running runs silent for `timeout` seconds (`SILENT`), which
+        readers already show as crashed; their agents, if alive after all, are fenced from then on."""
         cur = self.execute(
-            "UPDATE runs SET state = ?, ended_at = {now}, error = 'no heartbeat (agent died)' "
-            "WHERE sweep_id = ? AND state = ? AND {greatest}(heartbeat_at, {started}) < {now} - ?",
-            (RunState.CRASHED.value, sweep_id, RunState.RUNNING.value, timeout))
+            f"UPDATE runs SET state = ?, ended_at = {{now}}, error = ? WHERE sweep_id = ? AND state = ? AND {SILENT}",
+            (RunState.CRASHED.value, NO_HEARTBEAT, sweep_id, RunState.RUNNING.value, timeout))
         return cur.rowcount
 
     def insert_run(self, sweep_id: str, number: int, values: dict[str, Any], agent: str, claim: str) -> None:

@@ -115,6 +115,7 @@ def load_local(sweep_id: str, *, with_model: bool = False) -> SweepData | None:
     """The sweep from the ledger, or None when the ledger does not know the id. The best run gets its
     record from the ledger and, `with_model`, a model file: its own path when this machine has it, else
     the copy the ledger keeps (so any machine that reaches the ledger can export)."""
+    from asl_sweep.controller import shown_state
     from asl_sweep.ledger import Ledger, is_local_sweep
 
     if not is_local_sweep(sweep_id):
@@ -130,7 +131,7 @@ def load_local(sweep_id: str, *, with_model: bool = False) -> SweepData | None:
                 record["paths"]["model"] = local_model(ledger, best["id"], record["paths"].get("model"))
     for r in runs:
         r["wall_time"] = wall_time(r)
-    return SweepData(sweep_id, sweep["name"], sweep["state"], sweep["config"], runs, best, ledger.display)
+    return SweepData(sweep_id, sweep["name"], shown_state(sweep, runs), sweep["config"], runs, best, ledger.display)
 
 
 def local_model(ledger, run_id: str, path: str | None) -> str:

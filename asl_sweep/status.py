@@ -1,10 +1,12 @@
 """Plain-text views of the ledger for the terminal: sweeps list, one sweep's runs, the best run.
-They only read: a ledger that does not exist is reported, never created."""
+They only read: a ledger that does not exist is reported, never created; a run whose agent went silent
+is shown crashed, and its sweep finished when nothing is left to run (`controller.shown_state`)."""
 
 from __future__ import annotations
 
 import time
 
+from asl_sweep.controller import shown_state
 from asl_sweep.ledger import Ledger, default_path, ledger_exists
 from asl_sweep.results import best_run, best_value
 from asl_sweep.sweepfile import metric
@@ -15,13 +17,14 @@ def sweeps_table() -> str:
         return f"no local sweeps in {default_path()}"
     with Ledger(create=False) as ledger:
         rows = ledger.sweeps()
-    if not rows:
-        return f"no local sweeps in {ledger.display}"
-    lines = [f"{'id':10} {'name':14} {'method':7} {'state':9} {'runs':>4}  created"]
-    for s in rows:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"]))
-        lines.append(f"{s['id']:10} {s['name'][:14]:14} {s['config']['method']:7} {s['state']:9} {s['runs']:>4}  {created}")
-    return "\n".join(lines)
+        if not rows:
+            return f"no local sweeps in {ledger.display}"
+        lines = [f"{'id':10} {'name':14} {'method':7} {'state':9} {'runs':>4}  created"]
+        for s in rows:
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"]))
+            state = shown_state(s, ledger.runs(s["id"])) if s["state"] == "running" else s["state"]
+            lines.append(f"{s['id']:10} {s['name'][:14]:14} {s['config']['method']:7} {state:9} {s['runs']:>4}  {created}")
+        return "\n".join(lines)
 
 
 def status_table(sweep_id: str) -> str:
@@ -29,7 +32,7 @@ def status_table(sweep_id: str) -> str:
         sweep = ledger.sweep(sweep_id)
         runs = ledger.runs(sweep_id)
         name, goal = metric(sweep["config"])
-        lines = [f"sweep {sweep_id} ({sweep['config']['method']}, {sweep['state']}), metric {name} ({goal})",
+        lines = [f"sweep {sweep_id} ({sweep['config']['method']}, {shown_state(sweep, runs)}), metric {name} ({goal})",
                  f"{'#':>3} {'run':9} {'state':9} {'epochs':>6} {name:>14}  config"]
         for r in runs:
             best = best_value(r, name, goal)

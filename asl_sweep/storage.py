@@ -13,32 +13,158 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlencode
 
 from asl_sweep.errors import UserError, one_line
 
-URL_SCHEMES = ("postgresql://", "postgres://")
+URL_SCHEMES = ("postgresql://", "postgres://")  # libpq's two URI prefixes
+URL_LIKE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(/*)(.*)$", re.S)  # `word:` then `/`: a URL, never a path
+SECRET_KEYS = ("password", "sslpassword")  # libpq keywords whose values are never shown
+HOST_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class Unreachable(UserError):
     """The database did not answer (down, restarting, unreachable): worth waiting for in an agent."""
 
 
+def looks_like_url(location: str) -> bool:
+    """`word:` then `/`: a URL, to be refused when it is not a ledger's, never taken for a file path."""
+    match = URL_LIKE.match(location)
+    return bool(match and match.group(2))
+
+
+def masked_text(location: str) -> str:
+    """The location as typed with every possible secret masked, for a URL that does not parse (hand-written:
+    libpq has no masker, and its parser fails on exactly these URLs). Deliberately over-cautious: the
+    userinfo runs to the *last* `@`, so an unencoded `/` or `@` in a password is masked too, and every
+    query value is masked."""
+    match = URL_LIKE.match(location)
+    if not match or not match.group(2):
+        return location
+    scheme, slashes, rest = match.groups()
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+        user = re.split(r"[:@/?]", userinfo, maxsplit=1)[0]
+        rest = (user if user == userinfo else f"{user}:***") + "@" + rest
+    return f"{scheme}:{slashes}" + re.sub(r"([?&][^=&]*=)[^&]*", r"\1***", rest)
+
+
+def libpq_params(location: str) -> dict[str, str]:
+    """The URL's parameters as libpq parses them; none without psycopg or when libpq cannot parse it."""
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return {}
+    try:
+        return conninfo_to_dict(location)
+    except psycopg.Error:
+        return {}
+
+
+def secrets_in(location: str) -> list[str]:
+    """Every string of `location` that may be a password (as typed and percent-decoded), longest first."""
+    found = set()
+    match = URL_LIKE.match(location)
+    if match and match.group(2):
+        rest = match.group(3)
+        if "@" in rest:
+            userinfo = rest.rsplit("@", 1)[0]
+            if ":" in userinfo:
+                found.add(userinfo.split(":", 1)[1])
+        found.update(re.findall(r"[?&](?:%s)=([^&]*)" % "|".join(SECRET_KEYS), rest))
+        found.update(v for k, v in libpq_params(location).items() if k in SECRET_KEYS)
+    found |= {unquote(s) for s in found}
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def scrub(text: str, location: str) -> str:
+    """`text` (one of our messages, or psycopg's/libpq's, which can quote the URL or a token of it) with
+    the location in its display form and every secret of it masked."""
+    if location and location in text:
+        text = text.replace(location, display(location))
+    for secret in secrets_in(location):
+        text = text.replace(secret, "***")
+    return text
+
+
+def conninfo(location: str) -> dict[str, str]:
+    """A ledger URL's connection parameters as libpq reads them (psycopg's `conninfo_to_dict`), after
+    checks that turn each mistake into one line naming it (scheme, slashes, brackets, `@`, `%`, host,
+    port, database), the password masked."""
+    shown = masked_text(location)
+    scheme, slashes, rest = URL_LIKE.match(location).groups()
+    if not location.startswith(URL_SCHEMES):
+        if scheme in ("postgresql", "postgres"):
+            raise UserError(f"ledger {shown}: a PostgreSQL URL starts with {scheme}:// (two slashes), "
+                            f"as in postgresql://user@host:5432/database")
+        raise UserError(f"ledger {shown}: '{scheme}:' is not a ledger's scheme: only postgresql:// URLs or a "
+                        "file path are ledgers (postgres:// too)")
+    authority = rest.rsplit("@", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+    if authority.count("[") != authority.count("]"):
+        raise UserError(f"ledger {shown}: the host has an unclosed '[' (an IPv6 address is written [::1], "
+                        "as in postgresql://user@[::1]:5432/database)")
+    bad_percent = re.search(r"%(?![0-9A-Fa-f]{2})", rest)
+    if bad_percent:
+        where = "user name or password" if "@" in rest[bad_percent.start():] else "host, database or parameters"
+        raise UserError(f"ledger {shown}: a '%' in the {where} is not percent-encoding (write a % as %25)")
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise UserError("a PostgreSQL ledger needs psycopg: pip install 'asl-sweep[postgresql]'") from None
+    try:
+        params = conninfo_to_dict(location)
+    except psycopg.Error as exc:
+        raise UserError(f"ledger {shown}: {scrub(one_line(exc), location)}") from None
+    if any("@" in params.get(key, "") for key in ("host", "port", "dbname")):
+        raise UserError(f"ledger {shown}: an '@' after the host: a password with '/', '@' or '%' must be "
+                        "percent-encoded (%2F, %40, %25), or kept out of the URL (PGPASSWORD, ~/.pgpass)")
+    for host in params.get("host", "").split(","):
+        if host and not (host.startswith("/") or ":" in host or HOST_NAME.match(host)):
+            raise UserError(f"ledger {shown}: host '{host}' is not a host name, an IP address or a socket folder")
+    for port in params.get("port", "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise UserError(f"ledger {shown}: port '{port}' is not a number from 1 to 65535")
+    if "/" in params.get("dbname", ""):
+        raise UserError(f"ledger {shown}: database '{params['dbname']}' has a '/': the path after the host "
+                        "is one database name")
+    return params
+
+
 def is_url(location: str) -> bool:
-    return location.startswith(URL_SCHEMES)
+    """True for a PostgreSQL ledger URL, False for a file path; anything URL-like that is not a ledger's
+    URL is one line naming what is wrong (UserError)."""
+    if not looks_like_url(location):
+        return False
+    conninfo(location)
+    return True
 
 
 def display(location: str) -> str:
-    """The location safe to print: a URL's password is masked."""
-    if not is_url(location):
+    """The one display form of a ledger location, safe to print and to write anywhere: a file path as
+    given; a URL as postgresql://user:***@host:port/database?other-parameters, whether the password was in
+    the userinfo or a parameter (a service file's is never read here); a malformed URL masked as typed."""
+    if not looks_like_url(location):
         return location
-    parts = urlsplit(location)
-    if parts.password is None:
-        return location
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    try:
+        params = conninfo(location)
+    except UserError:
+        return masked_text(location)
+    user = quote(params.pop("user", ""), safe="")
+    secret = any([params.pop(key, None) is not None for key in SECRET_KEYS])  # a list: pop every one
+    userinfo = f"{user}{':***' if secret else ''}@" if user or secret else ""
+    hosts, ports = params.pop("host", "").split(","), params.pop("port", "").split(",")
+    ports = ports * len(hosts) if len(ports) == 1 else ports
+    netloc = ",".join((f"[{h}]" if ":" in h else quote(h, safe="")) + (f":{p}" if p else "")
+                      for h, p in zip_longest(hosts, ports, fillvalue=""))
+    database = params.pop("dbname", "")
+    path = f"/{quote(database, safe='')}" if database else ""
+    query = f"?{urlencode(params)}" if params else ""
+    return f"postgresql://{userinfo}{netloc}{path}{query}"
 
 
 class Backend(Protocol):
@@ -250,7 +376,7 @@ class PostgresBackend:
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> Unreachable:
-        return Unreachable(f"cannot connect to ledger {self.display}: {one_line(exc, 240)}")
+        return Unreachable(f"cannot connect to ledger {self.display}: {scrub(one_line(exc, 240), self.location)}")
 
     def _create_schema(self) -> None:
         """Tables once, even when many agents start at the same moment (concurrent CREATE TABLE IF NOT
@@ -279,7 +405,7 @@ class PostgresBackend:
         except self.psycopg.Error as exc:
             if self.is_lost(exc):
                 raise
-            raise UserError(f"ledger {self.display}: {one_line(exc)}") from None
+            raise UserError(f"ledger {self.display}: {scrub(one_line(exc), self.location)}") from None
 
     def begin(self) -> None:
         self.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -312,8 +438,6 @@ class PostgresBackend:
 def open_backend(location: str, *, create: bool) -> Backend:
     if is_url(location):
         return PostgresBackend(location, create=create)
-    if re.match(r"^[a-z][a-z0-9+.-]*://", location):
-        raise UserError(f"ledger {location}: only postgresql:// URLs or a file path are ledgers")
     return SQLiteBackend(location, create=create)
 
 

@@ -81,24 +81,45 @@ def real_data_dir() -> Path:
     return REAL_DATA
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """One PostgreSQL server for the session; in CI a server that cannot start fails the tests."""
+def start_postgres(password: str | None = None):
+    """A PostgreSQL server started for the tests; in CI a server that cannot start fails them."""
     from tests.pg import PostgresServer
 
     try:
-        server = PostgresServer()
+        return PostgresServer(password)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         skip_unless_ci(f"cannot start PostgreSQL: {exc}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session, trusting loopback clients."""
+    server = start_postgres()
     yield server
     server.close()
+
+
+# a password with every character a URL must encode, and words no other file holds, to grep for
+PASSWORD = "Hunter2%Sweep/K@y:42"
+
+
+@pytest.fixture(scope="session")
+def password_server():
+    """A PostgreSQL server that asks every client for PASSWORD (scram-sha-256), as a shared one does."""
+    server = start_postgres(PASSWORD)
+    yield server
+    server.close()
+
+
+def database_name(request) -> str:
+    """A name of its own for this test's database."""
+    return "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + f"_{next(DB_NUMBERS)}"
 
 
 @pytest.fixture
 def postgres_url(postgres_server, request) -> str:
     """A fresh database of its own for this test."""
-    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + f"_{next(DB_NUMBERS)}"
-    return postgres_server.create_database(name)
+    return postgres_server.create_database(database_name(request))
 
 
 DB_NUMBERS = itertools.count()

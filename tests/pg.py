@@ -1,5 +1,6 @@
 """A real PostgreSQL server for tests: Debian's `postgresql` binaries, a cluster in a temporary folder,
-listening on a free loopback port. `initdb` refuses root, so as root the server runs as `postgres`."""
+listening on a free loopback port. `initdb` refuses root, so as root the server runs as `postgres`.
+With a `password`, the server asks for it (scram-sha-256) from every client, as a shared one would."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 
 def bindir() -> Path | None:
@@ -29,7 +31,7 @@ def free_port() -> int:
 class PostgresServer:
     """initdb + pg_ctl; `url(db)` for psycopg; `restart()` as a crash (immediate stop) and start."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.bin = bindir()
         if self.bin is None:
             raise RuntimeError("PostgreSQL server binaries (initdb) not found: apt-get install postgresql")
@@ -37,9 +39,16 @@ class PostgresServer:
         self.root.chmod(0o755)
         self.data, self.port = self.root / "data", free_port()
         self.as_user = "postgres" if os.geteuid() == 0 else None
+        self.password = password
+        auth = ["-A", "trust"]
+        if password:
+            (self.root / "pwfile").write_text(password + "\n")
+            auth = ["-A", "scram-sha-256", "--pwfile", str(self.root / "pwfile")]
         if self.as_user:
-            shutil.chown(self.root, self.as_user)
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+            for path in (self.root, *self.root.iterdir()):
+                shutil.chown(path, self.as_user)
+        self._run("initdb", "-D", str(self.data), *auth, "-U", "postgres", "--no-sync", "-E", "UTF8")
+        (self.root / "pwfile").unlink(missing_ok=True)
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
@@ -63,19 +72,24 @@ class PostgresServer:
         self.start()
 
     def url(self, database: str = "postgres") -> str:
+        """Without the password (a client gives it its own way); `admin_url` has it."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def admin_url(self, database: str = "postgres") -> str:
+        secret = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(self.url(), autocommit=True) as conn:
+        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def sql(self, database: str, statement: str, params: tuple = ()) -> list[tuple]:
         import psycopg
 
-        with psycopg.connect(self.url(database), autocommit=True) as conn:
+        with psycopg.connect(self.admin_url(database), autocommit=True) as conn:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
 

@@ -368,3 +368,64 @@ def test_one_agent_per_listed_gpu_each_with_its_own_cuda_visible_devices(monkeyp
     assert {e["ASL_SWEEP_THREADS"] for e in started} == {"2"}
     assert agent.agent_environments(3, ("0", "1")) == [
         {"ASL_SWEEP_THREADS": "2", "CUDA_VISIBLE_DEVICES": g} for g in ("0", "1", "0")]
+
+
+class AgentProcess:
+    """An agent process whose exit the test decides: it has exited with `code` (its returncode set, as
+    Popen's own poll/wait set it) from its first poll(), or, with `sigint_first`, that first poll() is where
+    the parent's own SIGINT lands, while the agents still run."""
+
+    started: list[list[str]] = []
+
+    def __init__(self, cmd: list[str], env: dict[str, str], *, code: int, sigint_first: bool) -> None:
+        AgentProcess.started.append(cmd)
+        self.code, self.sigint_first, self.returncode = code, sigint_first, None
+
+    def poll(self) -> int | None:
+        if self.sigint_first:
+            self.sigint_first = False
+            signal.raise_signal(signal.SIGINT)  # its handler runs before poll() returns
+            return None
+        self.returncode = self.code
+        return self.code
+
+    def wait(self) -> int:
+        self.returncode = self.code
+        return self.code
+
+
+@pytest.mark.parametrize("codes, order, expected", [
+    ((130, 130), "the parent's SIGINT, then the agents' exits", 130),
+    ((2, 1), "the parent's SIGINT, then the agents' exits (as errors)", 130),
+    ((130, -signal.SIGINT), "the agents' exits, then the parent's SIGINT", 130),
+    ((130, 130), "the agents' exits, the parent's SIGINT never seen", 130),
+    ((0, 1), "no Ctrl-C: one agent failed", 2),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_ctrl_c_of_several_agents_is_one_interrupted_line_whichever_arrives_first(codes, order, expected, monkeypatch,
+                                                                                   capsys):
+    """The order is forced: the parent's own SIGINT is raised inside its first poll() of the agents (before
+    their exits), or in its last look at the ledger (after it has read every exit), or not at all."""
+    from asl_sweep import cli
+
+    location = str(Path("ledger.db").resolve())
+    with Ledger(location) as ledger:
+        sid = ledger.create_sweep({"method": "random", "parameters": {"dropout": {"values": [0.1]}}}, "ctrl-c")
+    made = iter(codes)
+    monkeypatch.setattr(agent.subprocess, "Popen", lambda cmd, env: AgentProcess(
+        cmd, env, code=next(made), sigint_first=order.startswith("the parent's SIGINT")))
+    real_show = agent.Progress.show
+
+    def last_look(self, force: bool = False) -> None:
+        if force and order == "the agents' exits, then the parent's SIGINT":
+            signal.raise_signal(signal.SIGINT)
+        real_show(self, force)
+
+    monkeypatch.setattr(agent.Progress, "show", last_look)
+    AgentProcess.started.clear()
+    capsys.readouterr()
+    code = cli.main(["agent", sid, "--agents", "2", "--quiet", "--ledger", location])
+    err = capsys.readouterr().err.strip()
+    assert code == expected, err
+    assert err == ("asl-sweep: interrupted" if expected == 130 else "asl-sweep: error: 1 of 2 agents exited with an error")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert len(AgentProcess.started) == 2 and not any(location in arg for arg in AgentProcess.started[0])

@@ -1,5 +1,6 @@
 """The ledger's contract, on SQLite and on PostgreSQL: fencing, requeue, the database's clock, idempotent
-writes, records and models kept in the ledger, copying sweeps between backends, older files upgraded."""
+writes, records and models kept in the ledger, copying sweeps between backends, older files upgraded, and
+a silent run shown crashed by every reader."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import time
 import pytest
 
 from asl_sweep import controller
+from asl_sweep.agent import progress_line
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger, RunState, copy_sweep
+from asl_sweep.results import load_sweep
+from asl_sweep.status import status_table, sweeps_table
+from asl_sweep.sync import sync_sweep
 
 RANDOM = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": 4,
           "parameters": {"dropout": {"min": 0.0, "max": 0.8}}}
@@ -155,3 +160,73 @@ def test_the_heartbeat_survives_any_error_from_the_ledger(monkeypatch):
         while ledger.run(run["id"])["heartbeat_at"] == first and time.time() < deadline:
             time.sleep(0.05)
         assert len(failures) == 2 and ledger.run(run["id"])["heartbeat_at"] > first and not reporter.fenced
+
+
+def silent_timeout(ledger: Ledger) -> float:
+    """A heartbeat timeout that a run silent for 1000 s has passed and a run that beat just now has not:
+    under the server's age on PostgreSQL (a heartbeat counts from the server's start), 60 s on SQLite."""
+    if not ledger.location.startswith("postgresql"):
+        return 60.0
+    age = ledger.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp() - pg_postmaster_start_time())::float8 AS s")
+    return min(60.0, age.fetchone()["s"] / 2)
+
+
+def dead_run_sweep(ledger: Ledger, monkeypatch, *, live_run: bool) -> tuple[str, dict[str, str]]:
+    """run_cap runs: #1 finished (0.6), #2 silent for 1000 s with a better epoch (0.9), and with `live_run`
+    #3 running and beating. Returns the sweep id and the run ids by role."""
+    sid = ledger.create_sweep({**RANDOM, "run_cap": 3 if live_run else 2}, "dead")
+    done, dead = controller.claim_next(ledger, sid, "a"), controller.claim_next(ledger, sid, "b")
+    ledger.append_epoch(done["id"], {"epoch": 1, "val_accuracy": 0.6}, attempt=1, step=1)
+    ledger.finish_run(done["id"], RunState.FINISHED, attempt=1, summary={"val_accuracy": 0.6})
+    ledger.append_epoch(dead["id"], {"epoch": 1, "val_accuracy": 0.9}, attempt=1, step=1)
+    roles = {"done": done["id"], "dead": dead["id"]}
+    if live_run:
+        roles["live"] = controller.claim_next(ledger, sid, "c")["id"]
+    ledger.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 1000 WHERE id = ?", (dead["id"],))
+    monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", str(silent_timeout(ledger)))
+    return sid, roles
+
+
+def sync_refusal(sid: str) -> str:
+    with pytest.raises(UserError) as refused:
+        sync_sweep(sid)
+    return str(refused.value)
+
+
+def loaded(sid: str) -> str:
+    data = load_sweep(sid)
+    return f"sweep {data.state}; best {data.best['id']}; " + " ".join(f"{r['id']} {r['state']}" for r in data.runs)
+
+
+# reader -> what it shows of the sweep: the sweep's and the runs' states, as text
+READERS = {
+    "status": status_table,
+    "sweeps": lambda sid: sweeps_table(),
+    "report and export (results.load_sweep)": loaded,
+    "an agent's progress line": lambda sid: progress_line(Ledger(create=False), sid, time.time()),
+    "sync": sync_refusal,
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("live_run", [False, True], ids=["last run dead", "another run live"])
+def test_a_silent_run_is_shown_crashed_by_every_reader_and_its_sweep_ends_without_a_new_agent(reader, live_run,
+                                                                                               monkeypatch):
+    """Readers only show the reaping (the next claim records it): they need no write access or claim lock."""
+    ledger = Ledger()
+    sid, roles = dead_run_sweep(ledger, monkeypatch, live_run=live_run)
+    shown = READERS[reader](sid)
+    expected = {
+        "status": [f"{roles['dead']} crashed", "random, running" if live_run else "random, finished"],
+        "sweeps": ["running" if live_run else "finished"],
+        "report and export (results.load_sweep)": [f"{roles['dead']} crashed", f"best {roles['done']}",
+                                                   "sweep running" if live_run else "sweep finished"],
+        "an agent's progress line": ["2/3 runs done, 1 running" if live_run else "2/2 runs done, 0 running"],
+        "sync": ["still running" if live_run else "W&B is not reachable"],
+    }[reader]
+    assert all(words in " ".join(shown.split()) for words in expected), shown
+    stored = ledger.execute("SELECT state FROM runs WHERE id = ?", (roles["dead"],)).fetchone()["state"]
+    assert stored == "running" and ledger.sweep(sid)["state"] == "running"  # shown, not written
+    assert controller.claim_next(ledger, sid, "new") is None  # a claim records what the readers showed
+    raw = ledger.execute("SELECT state FROM runs WHERE id = ?", (roles["dead"],)).fetchone()["state"]
+    assert raw == "crashed" and ledger.sweep(sid)["state"] == ("running" if live_run else "finished")

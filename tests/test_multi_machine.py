@@ -322,3 +322,27 @@ def test_sigterm_to_a_machine_running_several_agents_requeues_every_run(tmp_path
     assert parent.returncode == 0, out
     queued = [r for r in runs(postgres_url, sid) if r["state"] == RunState.PENDING]
     assert len(queued) == 2 and all(r["preemptions"] == 1 and r["history"] == [] for r in queued)
+
+
+def test_a_dead_machines_run_is_shown_crashed_and_the_sweep_finished_with_no_agent_left(tmp_path, postgres_url,
+                                                                                      dataset_dir, monkeypatch):
+    """m1 dies mid-run; m2 runs the last grid point, finds nothing more to claim and exits while m1's run
+    still looks alive. Once the heartbeat timeout passes, every reader shows the run crashed and the sweep
+    finished, with no agent started again; the ledger records it at the next claim."""
+    from asl_sweep.results import load_sweep
+    from asl_sweep.status import status_table
+
+    timeout = "10"  # longer than m2 takes to finish its run and exit
+    sid = create(postgres_url, grid_sweep(epochs=3, seeds=SEEDS[:2]))
+    agents = Agents(tmp_path, postgres_url, sid, dataset_dir)
+    victim = agents.start("m1", ASL_SWEEP_HEARTBEAT_TIMEOUT_S=timeout)
+    doomed = a_running_run(postgres_url, sid, agent_pid=victim.pid)
+    agents.kill("m1")
+    agents.start("m2", ASL_SWEEP_HEARTBEAT_TIMEOUT_S=timeout)
+    agents.wait()
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", postgres_url)
+    monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", timeout)
+    data = wait_until(lambda: (d := load_sweep(sid)).state == "finished" and d, timeout=60, what="the sweep shown finished")
+    states = {r["id"]: r["state"] for r in data.runs}
+    assert states.pop(doomed["id"]) == RunState.CRASHED and set(states.values()) == {RunState.FINISHED}
+    assert f"{doomed['id']} crashed" in " ".join(status_table(sid).split()) and "grid, finished" in status_table(sid)

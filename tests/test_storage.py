@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -13,13 +14,82 @@ from asl_sweep import controller, storage
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger, RunState
 
+REPO = Path(__file__).resolve().parents[1]
 RANDOM = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": 4,
           "parameters": {"dropout": {"min": 0.0, "max": 0.8}}}
 
 
-def test_a_password_in_a_ledger_url_is_never_shown():
-    assert storage.display("postgresql://ann:s3cret@db:5432/sweeps") == "postgresql://ann:***@db:5432/sweeps"
-    assert storage.display("postgresql://ann@db/sweeps") == "postgresql://ann@db/sweeps"
+DISPLAYS = {  # location -> its one display form
+    "postgresql://ann:s3cret@db:5432/sweeps": "postgresql://ann:***@db:5432/sweeps",
+    "postgres://ann:s3cret@db:5432/sweeps": "postgresql://ann:***@db:5432/sweeps",
+    "postgresql://ann@db/sweeps": "postgresql://ann@db/sweeps",
+    "postgresql://ann@db/sweeps?password=s3cret": "postgresql://ann:***@db/sweeps",
+    "postgresql://ann@db/sweeps?sslmode=require&sslpassword=s3cret": "postgresql://ann:***@db/sweeps?sslmode=require",
+    "postgresql:///sweeps?service=cluster": "postgresql:///sweeps?service=cluster",  # its file is never read here
+    "postgresql://ann:s3cret@[::1]:5432,db2:5433/sweeps": "postgresql://ann:***@[::1]:5432,db2:5433/sweeps",
+    "postgresql://ann:s3%25cret@%2Fvar%2Frun/sweeps": "postgresql://ann:***@%2Fvar%2Frun/sweeps",
+    # malformed: masked as typed, over-cautiously (an unencoded / or @ in a password, every parameter value)
+    "postgresq://ann:s3cret@db/sweeps": "postgresq://ann:***@db/sweeps",
+    "postgresql:/ann:s3cret@db/sweeps": "postgresql:/ann:***@db/sweeps",
+    "postgresql://ann:s3/cr@t@db/sweeps": "postgresql://ann:***@db/sweeps",
+    "postgresql://ann:s3%cret@[::1/sweeps": "postgresql://ann:***@[::1/sweeps",
+    "postgresql://ann@db/sweeps?pasword=s3cret": "postgresql://ann@db/sweeps?pasword=***",
+    "ledgers/asl-sweep.db": "ledgers/asl-sweep.db",
+}
+
+
+@pytest.mark.parametrize("location", DISPLAYS)
+def test_every_ledger_location_has_one_display_form_without_its_password(location):
+    assert storage.display(location) == DISPLAYS[location]
+    assert "s3" not in storage.scrub(f"libpq: bad token \"{location}\" in {location}", location)
+
+
+SECRET = "Hunter2"
+MALFORMED = {  # location -> words its one line holds (with the password masked)
+    "postgresq://ann:Hunter2@db/sweeps": ("postgresq://ann:***@db/sweeps", "'postgresq:' is not a ledger's scheme",
+                                          "only postgresql:// URLs or a file path are ledgers"),
+    "mysql://ann:Hunter2@db/sweeps": ("'mysql:' is not a ledger's scheme",),
+    "postgresql:/ann:Hunter2@db/sweeps": ("postgresql:/ann:***@db/sweeps", "two slashes"),
+    "postgresql://ann:Hunter2@[::1/sweeps": ("postgresql://ann:***@[::1/sweeps", "unclosed '['"),
+    "postgresql://ann:Hunter2%zz@db/sweeps": ("'%' in the user name or password", "%25"),
+    "postgresql://ann:Hunter2@db:54x2/sweeps": ("port '54x2' is not a number",),
+    "postgresql://ann:Hunter2@db:99999/sweeps": ("port '99999'",),
+    "postgresql://ann:Hunter2/x@db/sweeps": ("postgresql://ann:***@db/sweeps", "'@' after the host", "%2F"),
+    "postgresql://ann:Hunter2@d%21b/sweeps": ("host 'd!b' is not a host name",),
+    "postgresql://ann:Hunter2@db/sweeps/2024": ("database 'sweeps/2024' has a '/'",),
+    "postgresql://ann:Hunter 2@db/sweeps": ("unexpected spaces found in",),
+    "postgresql://ann@db/sweeps?pasword=Hunter2": ('invalid URI query parameter: "pasword"',),
+    "postgresql://ann@127.0.0.1:1/sweeps?password=Hunter2": ("cannot connect to ledger postgresql://ann:***@127.0.0.1:1/sweeps",),
+}
+COMMANDS = {  # command -> its arguments for a ledger location given with --ledger
+    "sweep": lambda loc: ["sweep", str(REPO / "sweeps" / "smoke.yaml"), "--local", "--ledger", loc],
+    "sweep --pause": lambda loc: ["sweep", "--pause", "abcd1234", "--ledger", loc],
+    "agent": lambda loc: ["agent", "abcd1234", "--ledger", loc],
+    "sweeps": lambda loc: ["sweeps", "--ledger", loc],
+    "status": lambda loc: ["status", "abcd1234", "--ledger", loc],
+    "sync": lambda loc: ["sync", "abcd1234", "--ledger", loc],
+    "report": lambda loc: ["report", "abcd1234", "--ledger", loc, "--out", "report"],
+    "export": lambda loc: ["export", "abcd1234", "--ledger", loc, "--out", "export"],
+    "ledger copy": lambda loc: ["ledger", "copy", "abcd1234", loc, "copy.db"],
+    "status, ASL_SWEEP_LEDGER": lambda loc: ["status", "abcd1234"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("location", MALFORMED)
+def test_a_malformed_ledger_location_is_the_same_one_line_from_every_command(location, command, monkeypatch, capsys):
+    from asl_sweep import cli
+
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", location)
+    with pytest.raises(UserError) as reference:
+        Ledger(location)
+    capsys.readouterr()
+    code = cli.main(COMMANDS[command](location))
+    out, err = capsys.readouterr()
+    assert code == 2 and err == f"asl-sweep: error: {reference.value}\n", err
+    assert all(words in err for words in MALFORMED[location]), err
+    assert SECRET not in out + err and not out
+    assert not any(Path(name).exists() for name in ("report", "export", "copy.db"))
 
 
 def test_an_unreachable_postgresql_ledger_is_one_line_without_its_password(postgres_server):
