@@ -44,7 +44,7 @@ from typing import Any, Callable
 from asl_sweep import controller
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger, RunRow, RunState
-from asl_sweep.results import best_run, best_value
+from asl_sweep.ranking import best_run, best_value
 from asl_sweep.sweepfile import DEFAULT_COMMAND, metric, wandb_target
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from asl_sweep.ledger import (Ledger, RunRecord, RunRow, RunState, SweepRow, default_path, heartbeat_timeout,
                               ledger_exists, new_id)
-from asl_sweep.results import best_value
+from asl_sweep.ranking import best_value
 from asl_sweep.runtime import env_number
 from asl_sweep.sweepfile import engine_config, metric, target
 

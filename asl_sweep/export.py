@@ -207,7 +207,8 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
                 data_dir: str | None = None) -> dict[str, Any]:
     """`asl-sweep export`: write the sweep's best run to `out`; returns what `metrics.json` holds."""
     from asl_sweep import model as model_lib
-    from asl_sweep.results import best_epoch, load_sweep, read_record, swept_params
+    from asl_sweep.ranking import best_epoch
+    from asl_sweep.results import load_sweep, read_record, swept_params
 
     out = Path(out)
     check_out_dir(out, force)

@@ -1,14 +1,12 @@
 """A sweep's results, wherever they live: which run is best, and a sweep's runs and records loaded
 from the local ledger or from W&B. Report, export, status, agents and sync read results through here.
 
-"Best" has one meaning everywhere: a run's best epoch by the sweep's metric and goal (the model a run
-saves is that epoch's), and the best run is the one whose best epoch is best.
+"Best" has one meaning everywhere, kept in `ranking` (which the controller uses too).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -18,45 +16,10 @@ from typing import Any
 
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import RunRecord, RunState
+from asl_sweep.ranking import best_run
 from asl_sweep.sweepfile import LOGGED_METRICS, metric
 
 HISTORY_KEYS = ("epoch", *LOGGED_METRICS)  # what a W&B-hosted run's history is read back with
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def best_epoch(history: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
-    """The epoch row with the best finite value of `name` (the first of equals), or None."""
-    rows = [h for h in history if _finite(h.get(name))]
-    if not rows:
-        return None
-    return (max if goal == "maximize" else min)(rows, key=lambda h: h[name])
-
-
-def best_value(run: dict[str, Any], name: str, goal: str) -> float | None:
-    """A run's best finite value of the metric over its epochs (what the sweep ranks by), or None."""
-    row = best_epoch(run["history"], name, goal)
-    return None if row is None else row[name]
-
-
-def best_run(runs: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
-    """The run whose best epoch is best, among runs that can have a result (not pending, failed or crashed)."""
-    scored = [(v, r) for r in runs if r["state"] in (RunState.FINISHED, RunState.STOPPED, RunState.RUNNING)
-              and (v := best_value(r, name, goal)) is not None]
-    if not scored:
-        return None
-    return (max if goal == "maximize" else min)(scored, key=lambda s: s[0])[1]
-
-
-def metric_value(run: dict[str, Any], name: str, goal: str) -> float | None:
-    """The run's best epoch value of the metric (as the controller ranks runs), else its summary value."""
-    value = best_value(run, name, goal)
-    if value is not None:
-        return float(value)
-    v = (run.get("summary") or {}).get(name)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def swept_params(config: dict[str, Any]) -> list[str]:

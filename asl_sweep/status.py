@@ -8,7 +8,7 @@ import time
 
 from asl_sweep.controller import shown_state
 from asl_sweep.ledger import Ledger, default_path, ledger_exists
-from asl_sweep.results import best_run, best_value
+from asl_sweep.ranking import best_run, best_value
 from asl_sweep.sweepfile import metric
 
 

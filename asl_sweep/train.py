@@ -153,7 +153,7 @@ def run_summary(cfg: Config, state: RunState, history: list[dict[str, float]], c
                 train_images: int) -> dict[str, Any]:
     """The run's summary (W&B's run.summary and the ledger's): the best validation accuracy, the epoch the
     saved model comes from (best by `cfg.checkpoint_metric`), final numbers."""
-    from asl_sweep.results import best_epoch
+    from asl_sweep.ranking import best_epoch
 
     best = best_epoch(history, "val_accuracy", "maximize")
     saved = best_epoch(history, cfg.checkpoint_metric, "maximize") or best

@@ -471,7 +471,8 @@ def bench_robustness(sweep_id: str | None, folds: int, run_cap: int | None = Non
     from asl_sweep.config import folds as signer_folds
     from asl_sweep.data import DataCache
     from asl_sweep.ledger import Ledger
-    from asl_sweep.results import best_run, read_record
+    from asl_sweep.ranking import best_run
+    from asl_sweep.results import read_record
     from asl_sweep.sweepfile import metric
     from asl_sweep.train import execute
 
@@ -520,7 +521,7 @@ def optuna_suggest(trial, name: str, spec: dict[str, Any]) -> Any:
 def best_of(history: list[dict[str, float]], metric: dict[str, Any]) -> float:
     """A run's best value of a sweep's metric, in its goal (NaN epochs, from a diverged run, skipped), as
     the report ranks it; the worst value there is when no epoch has one."""
-    from asl_sweep.results import best_epoch
+    from asl_sweep.ranking import best_epoch
     from asl_sweep.sweepfile import DEFAULT_GOAL
 
     goal = metric.get("goal", DEFAULT_GOAL)
