@@ -39,12 +39,16 @@ def test_the_postgres_script_starts_a_password_protected_server_a_ledger_can_use
         started = subprocess.run([*script, "start"], capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stderr
         line = started.stdout.strip().splitlines()[-1]
-        assert line == f"export ASL_SWEEP_LEDGER=postgresql://{user}:<password>@127.0.0.1:{port}/asl_sweep"
-        url = line.split("=", 1)[1].replace("<password>", "s3cret")
-        with Ledger(url) as ledger:
-            assert ledger.sweeps() == []
-        with pytest.raises(Exception, match="password authentication failed"):
-            Ledger(url.replace("s3cret", "wrong"))
+        assert line.startswith(f"export ASL_SWEEP_LEDGER=postgresql://{user}@127.0.0.1:{port}/asl_sweep ")
+        assert "s3cret" not in started.stdout + started.stderr  # the password stays out of the printed URL
+        url = line.split("=", 1)[1].split()[0]
+        with pytest.MonkeyPatch.context() as env_vars:
+            env_vars.setenv("PGPASSWORD", "s3cret")  # as the line says: libpq takes it from the environment
+            with Ledger(url) as ledger:
+                assert ledger.sweeps() == []
+            env_vars.setenv("PGPASSWORD", "wrong")
+            with pytest.raises(Exception, match="password authentication failed"):
+                Ledger(url)
     finally:
         subprocess.run([*script, "stop"], capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)

@@ -22,7 +22,7 @@ start)
     pg_ctl -D "$PGDATA" -l "$PGDATA/server.log" -w start \
         -o "-p $PORT -k $PGDATA -c listen_addresses=* -c max_connections=300"
     PGPASSWORD="${PGPASSWORD:-}" createdb -h 127.0.0.1 -p "$PORT" -U "$USER" "$DB" 2>/dev/null || true
-    echo "export ASL_SWEEP_LEDGER=postgresql://$USER:<password>@$HOST:$PORT/$DB"
+    echo "export ASL_SWEEP_LEDGER=postgresql://$USER@$HOST:$PORT/$DB   # the password from ~/.pgpass or PGPASSWORD"
     ;;
 stop)
     pg_ctl -D "$PGDATA" -m fast -w stop
