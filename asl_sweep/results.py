@@ -41,13 +41,16 @@ def best_value(run: dict[str, Any], name: str, goal: str) -> float | None:
     return None if row is None else row[name]
 
 
-def best_run(runs: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
-    """The run whose best epoch is best, among runs that can have a result (not pending, failed or crashed)."""
+def ranked(runs: list[dict[str, Any]], name: str, goal: str) -> list[dict[str, Any]]:
+    """Runs that can have a result (not pending, failed or crashed), best first (the first of equals)."""
     scored = [(v, r) for r in runs if r["state"] in (RunState.FINISHED, RunState.STOPPED, RunState.RUNNING)
               and (v := best_value(r, name, goal)) is not None]
-    if not scored:
-        return None
-    return (max if goal == "maximize" else min)(scored, key=lambda s: s[0])[1]
+    return [r for _, r in sorted(scored, key=lambda s: s[0], reverse=goal == "maximize")]
+
+
+def best_run(runs: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
+    """The run whose best epoch is best, among runs that can have a result."""
+    return next(iter(ranked(runs, name, goal)), None)
 
 
 def metric_value(run: dict[str, Any], name: str, goal: str) -> float | None:
@@ -80,6 +83,8 @@ class SweepData:
     runs: list[dict[str, Any]]
     best: dict[str, Any] | None
     source: str
+    # better-ranked runs that ended early without saving a model (Ctrl-C, cancel): an export cannot use them
+    passed_over: list[dict[str, Any]] = field(default_factory=list)
     metric_name: str = field(init=False)
     goal: str = field(init=False)
 
@@ -123,15 +128,22 @@ def load_local(sweep_id: str, *, with_model: bool = False) -> SweepData | None:
     with Ledger(create=False) as ledger:
         sweep = ledger.sweep(sweep_id)
         runs = ledger.runs(sweep_id)
-        best = best_run(runs, *metric(sweep["config"]))
-        if best is not None:
-            best["record"] = ledger.record(best["id"])
-            record = read_record(best)
+        best, passed_over = None, []
+        for candidate in ranked(runs, *metric(sweep["config"])):
+            candidate["record"] = ledger.record(candidate["id"])
+            record = read_record(candidate)
+            saved = record is not None and (record.get("paths") or {}).get("model")
+            if with_model and not saved and candidate["state"] == RunState.STOPPED:
+                passed_over.append(candidate)  # ended early without a model: nothing to export, and nothing to wait for
+                continue
+            best = candidate
             if with_model and record is not None:
                 record["paths"]["model"] = local_model(ledger, best["id"], record["paths"].get("model"))
+            break
     for r in runs:
         r["wall_time"] = wall_time(r)
-    return SweepData(sweep_id, sweep["name"], shown_state(sweep, runs), sweep["config"], runs, best, ledger.display)
+    return SweepData(sweep_id, sweep["name"], shown_state(sweep, runs), sweep["config"], runs, best, ledger.display,
+                     passed_over)
 
 
 def local_model(ledger, run_id: str, path: str | None) -> str:
@@ -196,6 +208,7 @@ def load_sweep(sweep_id: str, *, with_model: bool = False) -> SweepData:
     if local is not None:
         return local
     if runtime.wandb_mode() == "online":
+        runtime.require_online(f"sweep {sweep_id}")
         return load_wandb(sweep_id, with_model=with_model)
     raise unknown_sweep(sweep_id)
 
