@@ -181,8 +181,8 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
         best_txt = f"best {name} -"
     elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))
     paused = ", paused" if sweep["state"] == "paused" else ""
-    failed_txt = f" ({failed} failed)" if failed else ""
-    return f"[{sweep_id}] {done}/{cap} runs done{failed_txt}, {running} running, {best_txt}, {elapsed} elapsed{paused}"
+    failed_txt = f", {failed} failed" if failed else ""
+    return f"[{sweep_id}] {done}/{cap} runs done, {running} running{failed_txt}, {best_txt}, {elapsed} elapsed{paused}"
 
 
 class Progress:

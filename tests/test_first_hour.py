@@ -30,7 +30,7 @@ def test_a_failed_run_says_why_in_the_agent_status_and_its_detail(dataset_dir, c
     agent.local_agent(sid, agent.AgentOptions(subprocess_mode=True, data_dir=str(dataset_dir)))
     out = capsys.readouterr().out
     assert "run #1 (" in out and "failed: exit code 1: model too large for this machine" in out
-    assert f"asl-sweep status {sid} --run 1" in out and "(2 failed)" in out
+    assert f"asl-sweep status {sid} --run 1" in out and "0 running, 2 failed" in out
     table = status.status_table(sid)
     assert "finished: all 2 runs failed" in table and table.count("model too large for this machine") >= 3
     detail = status.run_detail(sid, 1)
