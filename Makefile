@@ -8,6 +8,8 @@ COUNT   ?=
 AGENTS  ?=
 GPUS    ?=
 OUT     ?= exports/$(SWEEP)
+FORCE   ?=
+ARGS    ?=
 # absolute: tests and agents run in other folders, where a relative path would find nothing
 export ASL_SWEEP_DATA_DIR ?= $(abspath $(wildcard ../shared/data/sign-language-digits))
 
@@ -30,23 +32,23 @@ test: install
 	$(BIN)/pytest -q
 
 train: install
-	$(BIN)/asl-sweep train
+	$(BIN)/asl-sweep train $(ARGS)
 
 # two agents of one thread each by default: this small CNN runs ~2x the runs per minute that way on 2 cores
 sweep: install
 	$(BIN)/asl-sweep sweep sweeps/bayes.yaml --local --run --agents $(or $(AGENTS),2) $(if $(GPUS),--gpus $(GPUS))
 
 agent: install
-	@test -n "$(SWEEP)" || { echo "usage: make agent SWEEP=<id> [COUNT=n] [AGENTS=k] [GPUS=0,1,...]"; exit 2; }
-	$(BIN)/asl-sweep agent $(SWEEP) $(if $(AGENTS),--agents $(AGENTS)) $(if $(GPUS),--gpus $(GPUS)) $(if $(COUNT),--count $(COUNT))
+	@test -n "$(SWEEP)" || { echo "usage: make agent SWEEP=<id> [COUNT=n] [AGENTS=k] [GPUS=0,1,...] [ARGS=...]"; exit 2; }
+	$(BIN)/asl-sweep agent $(SWEEP) $(if $(AGENTS),--agents $(AGENTS)) $(if $(GPUS),--gpus $(GPUS)) $(if $(COUNT),--count $(COUNT)) $(ARGS)
 
 report: install
 	@test -n "$(SWEEP)" || { echo "usage: make report SWEEP=<id>"; exit 2; }
-	$(BIN)/asl-sweep report $(SWEEP)
+	$(BIN)/asl-sweep report $(SWEEP) $(ARGS)
 
 export: install
-	@test -n "$(SWEEP)" || { echo "usage: make export SWEEP=<id> [OUT=dir]"; exit 2; }
-	$(BIN)/asl-sweep export $(SWEEP) --out $(OUT)
+	@test -n "$(SWEEP)" || { echo "usage: make export SWEEP=<id> [OUT=dir] [FORCE=1] [ARGS=--retrain]"; exit 2; }
+	$(BIN)/asl-sweep export $(SWEEP) --out $(OUT) $(if $(FORCE),--force) $(ARGS)
 
 $(VENV)/.bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -37,15 +37,19 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from asl_sweep import controller
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import Ledger, RunRow, RunState
+from asl_sweep.ledger import ERROR_LOG, INTERRUPTED, Ledger, RunRow, RunState
 from asl_sweep.ranking import best_run, best_value
-from asl_sweep.sweepfile import DEFAULT_COMMAND, metric, wandb_target
+from asl_sweep.sweepfile import command_of, metric, wandb_target
+
+
+LOG_LINES = 40  # of a failed run's output or traceback, kept in its summary (`ledger.ERROR_LOG`)
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ def expand_command(config: dict[str, Any], params: dict[str, Any], *, sweep_id: 
     `python`, every args format W&B has, and unknown `${...}` tokens dropped."""
     from wandb.sdk.launch.sweeps import utils as sweep_utils
 
-    command = sweep_utils.create_sweep_command(list(config.get("command") or DEFAULT_COMMAND))
+    command = sweep_utils.create_sweep_command(list(command_of(config)))
     values = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
     values.update(interpreter=["python"], program=[config.get("program")], env=["/usr/bin/env"],
                   args_json_file=[str(param_files(sweep_id, run_id)[1])])
@@ -156,7 +160,7 @@ def write_param_files(config: dict[str, Any], params: dict[str, Any], sweep_id: 
     yaml_path, json_path = param_files(sweep_id, run_id)
     yaml_path.parent.mkdir(parents=True, exist_ok=True)
     config_util.save_config_file_from_dict(str(yaml_path), {k: {"value": v} for k, v in params.items()})
-    if "${args_json_file}" in (config.get("command") or DEFAULT_COMMAND):
+    if "${args_json_file}" in command_of(config):
         json_path.write_text(json.dumps(params))
     return yaml_path
 
@@ -167,6 +171,7 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
     runs = ledger.runs(sweep_id)
     name, goal = metric(sweep["config"])
     done = sum(r["state"].is_final for r in runs)
+    failed = sum(r["state"].is_broken for r in runs)
     running = sum(r["state"] == RunState.RUNNING for r in runs)
     cap = sweep["config"].get("run_cap", "∞")
     best = best_run(runs, name, goal)
@@ -176,7 +181,8 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
         best_txt = f"best {name} -"
     elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))
     paused = ", paused" if sweep["state"] == "paused" else ""
-    return f"[{sweep_id}] {done}/{cap} runs done, {running} running, {best_txt}, {elapsed} elapsed{paused}"
+    failed_txt = f", {failed} failed" if failed else ""
+    return f"[{sweep_id}] {done}/{cap} runs done, {running} running{failed_txt}, {best_txt}, {elapsed} elapsed{paused}"
 
 
 class Progress:
@@ -194,6 +200,12 @@ class Progress:
         self._last = time.time()
         line = progress_line(self.ledger, self.sweep_id, self.started)
         print(f"\r{line}\033[K" if self.tty else line, end="" if self.tty else "\n", flush=True)
+
+    def note(self, text: str) -> None:
+        """A line of its own (a run that failed, and why), above the live line on a terminal."""
+        if self.enabled:
+            print(f"\r{text}\033[K" if self.tty else text, flush=True)
+            self._last = 0.0
 
     def end(self) -> None:
         if self.enabled and self.tty:
@@ -230,7 +242,8 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
-        ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"cannot start {cmd[0]!r}: {exc.strerror}")
+        ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"],
+                          error=f"cannot start {cmd[0]!r}: {exc.strerror}", summary={ERROR_LOG: " ".join(cmd)})
         return RunState.FAILED.value
     passed_on, beat = False, time.monotonic()
     while True:
@@ -259,8 +272,8 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
         if controller.PREEMPTED.is_set():
             return "requeued" if ledger.requeue(run["id"], run["attempt"], "preempted (SIGTERM); requeued") else "fenced"
         last = (err.strip().splitlines() or ["no output"])[-1]
-        if not ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"],
-                                 error=f"exit code {proc.returncode}: {last}"):
+        if not ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"exit code {proc.returncode}: {last}",
+                                 summary={ERROR_LOG: tail(f"$ {' '.join(cmd)}\n{err}")}):
             return "fenced"
         return RunState.FAILED.value
     return "requeued" if after["state"] == RunState.PENDING else after["state"].value
@@ -288,9 +301,16 @@ def preflight(sweep: dict[str, Any], opts: AgentOptions) -> None:
     from asl_sweep import data, sweepfile
 
     sweepfile.validate(sweep["config"], source=f"sweep {sweep['id']}")
+    if opts.subprocess_mode:
+        sweepfile.check_program(sweep["config"], f"sweep {sweep['id']}")
     data.list_images(data.locate(opts.data_dir))
     controller.heartbeat_interval()
     controller.heartbeat_timeout()
+
+
+def tail(text: str, lines: int = LOG_LINES) -> str:
+    """The last `lines` lines of a run's output or traceback: what `asl-sweep status ID --run N` shows."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def error_line(exc: BaseException) -> str:
@@ -346,13 +366,14 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                     else:
                         outcome = _run_in_process(ledger, sweep_id, run, cache, progress, target)
                 except KeyboardInterrupt:
-                    ledger.finish_run(run["id"], RunState.STOPPED, **ours, error="interrupted by user (Ctrl-C)")
+                    ledger.finish_run(run["id"], RunState.STOPPED, **ours, error=INTERRUPTED)
                     raise
                 except Exception as exc:  # one bad run (even out of memory) must not end the sweep; its error is recorded
                     if ctrl_c.is_set():  # Ctrl-C that surfaced as another error (e.g. from inside TensorFlow)
-                        ledger.finish_run(run["id"], RunState.STOPPED, **ours, error="interrupted by user (Ctrl-C)")
+                        ledger.finish_run(run["id"], RunState.STOPPED, **ours, error=INTERRUPTED)
                         raise KeyboardInterrupt from exc
-                    ledger.finish_run(run["id"], RunState.FAILED, **ours, error=error_line(exc))
+                    ledger.finish_run(run["id"], RunState.FAILED, **ours, error=error_line(exc),
+                                      summary={ERROR_LOG: tail(traceback.format_exc())})
                     outcome = RunState.FAILED.value
                     if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
                         raise
@@ -362,10 +383,18 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                           if outcome == "requeued" else "was ended by another agent (no heartbeat seen; reaped "
                           "as crashed) while it ran here: its result is not recorded"), file=sys.stderr, flush=True)
                     continue
+                ended = ledger.run(run["id"]) or {}
+                if outcome == RunState.FAILED:
+                    progress.note(f"run #{run['number']} ({run['id']}) failed: {ended.get('error') or 'no error recorded'}"
+                                  f"  (details: asl-sweep status {sweep_id} --run {run['number']})")
                 reason = policy.record(outcome == RunState.FAILED)
                 if reason:
-                    last = ledger.run(run["id"]) or {}
-                    raise UserError(f"agent shut down after {reason}; last error: {last.get('error') or 'see its record'}")
+                    raise UserError(f"agent shut down after {reason}; last error (run #{run['number']}): "
+                                    f"{ended.get('error') or 'see its record'}")
+            state = ledger.sweep(sweep_id)["state"]
+            if executed == 0 and state in ("finished", "canceled") and opts.show_progress:
+                print(f"sweep {sweep_id} is {state}: no run left to start (asl-sweep status {sweep_id} shows its runs)",
+                      flush=True)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)

@@ -74,7 +74,7 @@ def control_sweep(sweep_id: str, action: str, args: argparse.Namespace) -> int:
         return 0
     if runtime.wandb_mode() != "online":
         raise unknown_sweep(sweep_id)
-    runtime.require_wandb_key()
+    runtime.require_online(f"sweep --{action} {sweep_id}")
     flags = cli_flags({"--project": args.project, "--entity": args.entity})
     return subprocess.call([sys.executable, "-m", "wandb", "sweep", f"--{action}", *flags, sweep_id])
 
@@ -86,7 +86,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     action = next((a for a in CONTROL if getattr(args, a)), None)
     if action:
         return control_sweep(args.file, action, args)
-    config = sweepfile.load(args.file)
+    config, own = sweepfile.with_own_command(sweepfile.load(args.file))
+    if own:
+        print(f"note: {args.file} has no 'command' or 'program': runs use asl-sweep's own entrypoint "
+              f"({' '.join(config['command'])})", file=sys.stderr)
+    sweepfile.check_program(config, args.file)
     if config.get("metric") and "goal" not in config["metric"]:
         print(f"note: metric.goal is not set, so W&B (and this sweep) will minimize {config['metric']['name']}",
               file=sys.stderr)
@@ -94,7 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not (args.local or sweepfile.uses_local_controller(config)) and runtime.wandb_mode() == "online":
         import wandb
 
-        runtime.require_wandb_key()
+        runtime.require_online("a W&B sweep")
         project, entity = sweepfile.wandb_target(config, args.project, args.entity)
         sweep_id = wandb.sweep(config, project=project, entity=entity)
         path = "/".join(p for p in (entity, project, sweep_id) if p)
@@ -129,7 +133,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 0
     if runtime.wandb_mode() != "online":
         raise unknown_sweep(args.sweep_id)
-    runtime.require_wandb_key()
+    runtime.require_online(f"agent {args.sweep_id}")
     return agent.wandb_agent(args.sweep_id, agent_options(args))
 
 
@@ -153,7 +157,7 @@ def cmd_sweeps(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from asl_sweep import status
 
-    print(status.status_table(args.sweep_id))
+    print(status.run_detail(args.sweep_id, args.run) if args.run else status.status_table(args.sweep_id))
     return 0
 
 
@@ -184,6 +188,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported run {meta['run_id']} of sweep {meta['sweep_id']} ({m['name']} {m['best']:.4f}"
           f"{', re-trained on train+validation' if meta['retrain'] else ''}) to {args.out}: {', '.join(FILES)} "
           f"({time.perf_counter() - t0:.1f}s)")
+    for r in meta["passed_over"]:
+        print(f"note: run #{r['number']} {r['id']} ranks higher ({m['name']} {r['value']:.4f}) but {r['state']} before "
+              f"saving a model ({r['reason'] or 'no reason recorded'}), so it cannot be exported", file=sys.stderr)
     return 0
 
 
@@ -304,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         return add_ledger_argument(command)
 
     add_ledger_argument(sub.add_parser("sweeps", help="list local sweeps"))
-    sweep_command("status", "runs of a local sweep and the best so far")
+    sweep_command("status", "runs of a local sweep and the best so far").add_argument(
+        "--run", type=positive_int, metavar="N", help="one run (its number): the whole error and its output's tail")
     add_target_arguments(sweep_command("sync", "upload a local sweep's runs to W&B and continue it there as a W&B sweep"))
     sweep_command("report", "HTML report (parallel coordinates, importance, curves) of a sweep").add_argument(
         "--out", help="output folder (default: reports/<sweep_id>)")

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from asl_sweep.ledger import (Ledger, RunRecord, RunRow, RunState, SweepRow, default_path, heartbeat_timeout,
-                              ledger_exists, new_id)
+from asl_sweep.ledger import (HYPERBAND, Ledger, RunRecord, RunRow, RunState, SweepRow, default_path,
+                              heartbeat_timeout, ledger_exists, new_id)
 from asl_sweep.ranking import best_value
 from asl_sweep.runtime import env_number
 from asl_sweep.sweepfile import engine_config, metric, target
@@ -165,7 +165,7 @@ def apply_early_termination(ledger: Ledger, sweep_id: str) -> list[str]:
     to_stop = [r.name for r in sweeps.stop_runs(engine_config(config), engine_runs(runs))]
     running = {r["id"] for r in runs if r["state"] == RunState.RUNNING and not r["should_stop"]}
     flagged = [r for r in to_stop if r in running]
-    ledger.request_stop(flagged)
+    ledger.request_stop(flagged, HYPERBAND)
     return flagged
 
 

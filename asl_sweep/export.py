@@ -36,7 +36,7 @@ def check_out_dir(out: Path, force: bool) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not force:
-        raise UserError(f"output folder {out} is not empty; pass --force to overwrite it")
+        raise UserError(f"output folder {out} is not empty; pass --force to overwrite it (make export FORCE=1)")
     if not is_export(out):
         raise UserError(f"output folder {out} is not a previous export (model.keras and metrics.json, no "
                         "subfolders); refusing to replace it, even with --force")
@@ -207,18 +207,27 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
                 data_dir: str | None = None) -> dict[str, Any]:
     """`asl-sweep export`: write the sweep's best run to `out`; returns what `metrics.json` holds."""
     from asl_sweep import model as model_lib
-    from asl_sweep.ranking import best_epoch
+    from asl_sweep.ledger import RunState
+    from asl_sweep.ranking import best_epoch, best_value
     from asl_sweep.results import load_sweep, read_record, swept_params
 
     out = Path(out)
     check_out_dir(out, force)
     data = load_sweep(sweep_id, with_model=True)
     if data.best is None:
+        if data.passed_over:
+            first = data.passed_over[0]
+            raise UserError(f"no run of sweep {sweep_id} saved a model: its best, run #{first['number']} {first['id']}, "
+                            f"{first['state']} before saving one ({first.get('error') or 'no reason recorded'})")
         raise UserError(f"sweep {sweep_id} has no run with {data.metric_name} yet; nothing to export")
     best = data.best
     record = read_record(best)
+    if record is None and best["state"] == RunState.RUNNING:
+        raise UserError(f"best run {best['id']} (#{best['number']}) is still running on {best.get('agent') or 'an agent'}; "
+                        f"export it when it ends (asl-sweep status {sweep_id})")
     if record is None:
-        raise UserError(f"best run {best['id']} has no result record yet (still running?); export it when it ends")
+        raise UserError(f"best run {best['id']} (#{best['number']}, {best['state']}) has no result record yet: not in "
+                        f"{data.source}, nor a result.json on this machine")
     model_path = (record.get("paths") or {}).get("model")
     if not model_path or not Path(model_path).is_file():
         raise UserError(f"best run {best['id']} has no saved model (expected at {model_path})")
@@ -236,6 +245,8 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
         "best": best_row, "final": last, "summary": record.get("summary") or {},
         "wall_time": (record.get("summary") or {}).get("wall_time"), "history": history, "retrain": None,
         "robustness": record.get("robustness") or {},
+        "passed_over": [{"run_id": r["id"], "number": r["number"], "state": str(r["state"]), "reason": r.get("error"),
+                         "value": best_value(r, data.metric_name, data.goal)} for r in data.passed_over],
     }
     retrained = None
     if retrain:

@@ -18,7 +18,7 @@ import numpy as np
 
 from asl_sweep import backgrounds
 from asl_sweep.config import Config
-from asl_sweep.model import outputs, targets
+from asl_sweep.model import targets
 from asl_sweep.preprocessing import preprocess
 
 BANK_SIZE = 3000  # backgrounds per agent and input setting (~2 s to make at 32x32); each epoch draws from it

@@ -126,6 +126,12 @@ CONTROL = {
 # server's start at the latest, so a database restart does not make every run look dead
 SILENT = "{greatest}(heartbeat_at, {started}) < {now} - ?"
 NO_HEARTBEAT = "no heartbeat (agent died)"
+# why a run ended early, kept in its `error` field (every reader shows it as the run's reason)
+CANCELED = "stopped: sweep canceled (asl-sweep sweep --cancel)"
+HYPERBAND = "stopped early by hyperband (early_terminate)"
+INTERRUPTED = "interrupted by user (Ctrl-C)"
+# a failed run's traceback or output tail, kept in its summary under this key (`error` holds its first line)
+ERROR_LOG = "error_log"
 # a run's columns as `runs()` reads them: its record is read on its own (`record()`), only when needed;
 # `stale`: running but silent, which every reader shows as crashed (the next claim records it)
 RUN_COLUMNS = ("id, sweep_id, number, config, state, should_stop, created_at, heartbeat_at, ended_at, summary, "
@@ -137,6 +143,15 @@ OF_ATTEMPT = "(CAST(? AS INTEGER) IS NULL OR attempt = ?)"  # a write fenced by 
 def default_path() -> str:
     """Where the ledger is: `ASL_SWEEP_LEDGER` (a file or a postgresql:// URL), else `asl-sweep.db` here."""
     return storage.default_location()
+
+
+def where(location: str | None = None) -> str:
+    """The ledger's location as messages show it: a file as an absolute path, a URL with its secrets masked."""
+    location = location or default_path()
+    return storage.display(location if storage.is_url(location) else str(Path(location).resolve()))
+
+
+CHOOSE = "--ledger FILE|URL or ASL_SWEEP_LEDGER chooses another"
 
 
 def ledger_exists(location: str | None = None) -> bool:
@@ -155,7 +170,7 @@ def is_local_sweep(sweep_id: str) -> bool:
 
 def unknown_sweep(sweep_id: str) -> UserError:
     """The error for an id that is not local while W&B is offline, so it cannot be a W&B sweep either."""
-    return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {storage.display(default_path())}, "
+    return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {where()} ({CHOOSE}), "
                      "and W&B is offline (no API key) so it cannot be a W&B sweep")
 
 
@@ -306,10 +321,14 @@ class Ledger(contextlib.AbstractContextManager):
         out["config"] = json.loads(out["config"])
         return out  # type: ignore[return-value]
 
+    def unknown(self, sweep_id: str) -> UserError:
+        return UserError(f"unknown sweep id '{sweep_id}': not in {self.display} ('asl-sweep sweeps' lists them; "
+                         f"{CHOOSE})")
+
     def sweep(self, sweep_id: str) -> SweepRow:
         found = self.find_sweep(sweep_id)
         if found is None:
-            raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.display}; 'asl-sweep sweeps' lists them)")
+            raise self.unknown(sweep_id)
         return found
 
     @retried
@@ -333,7 +352,7 @@ class Ledger(contextlib.AbstractContextManager):
             self.backend.lock_sweep(sweep_id)
             row = self.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
             if row is None:
-                raise UserError(f"unknown sweep id '{sweep_id}' (not in {self.display}; 'asl-sweep sweeps' lists them)")
+                raise self.unknown(sweep_id)
             if row["state"] == new and self.repeating():  # it landed before the answer was lost
                 return new
             if row["state"] not in allowed:
@@ -344,8 +363,8 @@ class Ledger(contextlib.AbstractContextManager):
                              (RunState.STOPPED.value, f"sweep {new} before this preempted run was rerun",
                               sweep_id, RunState.PENDING.value))
             if action == "cancel":
-                self.execute("UPDATE runs SET should_stop = 1 WHERE sweep_id = ? AND state = ?",
-                             (sweep_id, RunState.RUNNING.value))
+                self.execute("UPDATE runs SET should_stop = 1, error = ? WHERE sweep_id = ? AND state = ?",
+                             (CANCELED, sweep_id, RunState.RUNNING.value))
         return new
 
     # runs
@@ -463,10 +482,12 @@ class Ledger(contextlib.AbstractContextManager):
         return True
 
     @retried
-    def request_stop(self, run_ids: list[str]) -> None:
+    def request_stop(self, run_ids: list[str], reason: str) -> None:
+        """Ask running runs to stop at their next epoch; `reason` stays with each run as why it stopped."""
         with self.transaction():
             for run_id in run_ids:
-                self.execute("UPDATE runs SET should_stop = 1 WHERE id = ?", (run_id,))
+                self.execute("UPDATE runs SET should_stop = 1, error = COALESCE(error, ?) WHERE id = ? AND state = ?",
+                             (reason, run_id, RunState.RUNNING.value))
 
     @retried
     def should_stop(self, run_id: str) -> bool:

@@ -29,13 +29,16 @@ def best_value(run: dict[str, Any], name: str, goal: str) -> float | None:
     return None if row is None else row[name]
 
 
-def best_run(runs: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
-    """The run whose best epoch is best, among runs that can have a result (not pending, failed or crashed)."""
+def ranked(runs: list[dict[str, Any]], name: str, goal: str) -> list[dict[str, Any]]:
+    """Runs that can have a result (not pending, failed or crashed), best first (the first of equals)."""
     scored = [(v, r) for r in runs if r["state"] in (RunState.FINISHED, RunState.STOPPED, RunState.RUNNING)
               and (v := best_value(r, name, goal)) is not None]
-    if not scored:
-        return None
-    return (max if goal == "maximize" else min)(scored, key=lambda s: s[0])[1]
+    return [r for _, r in sorted(scored, key=lambda s: s[0], reverse=goal == "maximize")]
+
+
+def best_run(runs: list[dict[str, Any]], name: str, goal: str) -> dict[str, Any] | None:
+    """The run whose best epoch is best, among runs that can have a result."""
+    return next(iter(ranked(runs, name, goal)), None)
 
 
 def metric_value(run: dict[str, Any], name: str, goal: str) -> float | None:

@@ -196,7 +196,8 @@ def leaderboard(data: SweepData) -> list[dict[str, Any]]:
                      **{k: (r.get("summary") or {}).get(k) for k in robust},
                      **{p: None if p in inactive_keys(r["config"]) else r["config"].get(p)
                         for p in swept_params(data.config)},
-                     "epochs": len(r["history"]), "wall time (s)": r.get("wall_time")})
+                     "epochs": len(r["history"]), "wall time (s)": r.get("wall_time"),
+                     "reason": None if r["state"] in (RunState.FINISHED, RunState.RUNNING) else r.get("error")})
     sign = -1 if data.goal == "maximize" else 1
     return sorted(rows, key=lambda row: (row[data.metric_name] is None, sign * (row[data.metric_name] or 0)))
 
@@ -357,8 +358,11 @@ def fig_leaderboard(f: Figures):
     cells = [[str(i + 1) for i in range(len(rows))]] + [[_fmt(row[c]) for row in rows] for c in cols[1:]]
     best_run = f"#{data.best['number']} {data.best['id']}" if data.best else None
     fill = ["#d9f2d9" if row["run"] == best_run else "#fadbd8" if row["state"] in BROKEN else "white" for row in rows]
+    # relative widths from each column's longest text, so no header is cut (`val_robust_worst`, not `val_robust_wo`)
+    widths = [max(len(c), *(min(len(v), 60) for v in column)) for c, column in zip(cols, cells)]
     fig = go.Figure(go.Table(header={"values": [f"<b>{c}</b>" for c in cols], "fill_color": "#e8edf3", "align": "left"},
-                             cells={"values": cells, "fill_color": [fill] * len(cols), "align": "left"}))
+                             cells={"values": cells, "fill_color": [fill] * len(cols), "align": "left"},
+                             columnwidth=widths))
     fig.update_layout(title=f"Leaderboard by {data.metric_name} ({data.goal})", height=min(900, 140 + 28 * len(rows)),
                       margin={"t": 60, "b": 10})
     return fig
@@ -478,7 +482,7 @@ def png_leaderboard(f: Figures, ax) -> None:
     if not rows:
         return
     cols = ["rank"] + list(rows[0])
-    table = ax.table(cellText=[[str(i + 1)] + [_fmt(row[c]) for c in cols[1:]] for i, row in enumerate(rows)],
+    table = ax.table(cellText=[[str(i + 1)] + [_fmt(row[c])[:60] for c in cols[1:]] for i, row in enumerate(rows)],
                      colLabels=cols, loc="upper center", cellLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(7)
@@ -530,6 +534,17 @@ def html_page(data: SweepData, sections: list[tuple[str, str, Any]]) -> str:
     best = data.best
     best_txt = (f"best run <b>{html.escape(best['id'])}</b> (#{best['number']}): {data.metric_name} = "
                 f"{_fmt(metric_value(best, data.metric_name, data.goal))}") if best else "no best run yet"
+    broken = [r for r in data.runs if r["state"] in BROKEN]
+    if not data.runs:
+        runs_txt = f"no runs yet: start one with <code>asl-sweep agent {html.escape(data.sweep_id)}</code>"
+    elif len(broken) == len(data.runs):
+        first = broken[0]
+        runs_txt = (f"<b>all {len(broken)} runs failed</b>; run #{first['number']}: "
+                    f"{html.escape(first.get('error') or 'no reason recorded')} (the leaderboard has every run's "
+                    f"reason; <code>asl-sweep status {html.escape(data.sweep_id)} --run {first['number']}</code> "
+                    f"its output)")
+    else:
+        runs_txt = "runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; {best_txt}"
     live = sum(n for state, n in counts.items() if state in ACTIVE)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -538,8 +553,7 @@ def html_page(data: SweepData, sections: list[tuple[str, str, Any]]) -> str:
         "h2{margin-top:2em;border-bottom:1px solid #ddd}.note{color:#555}.live{color:#b35900}</style></head><body>",
         f"<h1>Sweep {html.escape(data.name)} <small>({html.escape(data.sweep_id)})</small></h1>",
         f"<p>{html.escape(str(data.config.get('method')))} search, metric <b>{html.escape(data.metric_name)}</b> "
-        f"({data.goal}), sweep state {html.escape(data.state)}; runs: "
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; {best_txt}.</p>",
+        f"({data.goal}), sweep state {html.escape(data.state)}; {runs_txt}.</p>",
         f"<p class='note'>Source: {html.escape(data.source)}. Generated {time.strftime('%Y-%m-%d %H:%M:%S')}. "
         "Self-contained: opens offline; PNG copies of each figure sit beside this file.</p>",
     ]

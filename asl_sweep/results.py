@@ -16,7 +16,7 @@ from typing import Any
 
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import RunRecord, RunState
-from asl_sweep.ranking import best_run
+from asl_sweep.ranking import ranked
 from asl_sweep.sweepfile import LOGGED_METRICS, metric
 
 HISTORY_KEYS = ("epoch", *LOGGED_METRICS)  # what a W&B-hosted run's history is read back with
@@ -43,6 +43,8 @@ class SweepData:
     runs: list[dict[str, Any]]
     best: dict[str, Any] | None
     source: str
+    # better-ranked runs that ended early without saving a model (Ctrl-C, cancel): an export cannot use them
+    passed_over: list[dict[str, Any]] = field(default_factory=list)
     metric_name: str = field(init=False)
     goal: str = field(init=False)
 
@@ -86,15 +88,22 @@ def load_local(sweep_id: str, *, with_model: bool = False) -> SweepData | None:
     with Ledger(create=False) as ledger:
         sweep = ledger.sweep(sweep_id)
         runs = ledger.runs(sweep_id)
-        best = best_run(runs, *metric(sweep["config"]))
-        if best is not None:
-            best["record"] = ledger.record(best["id"])
-            record = read_record(best)
+        best, passed_over = None, []
+        for candidate in ranked(runs, *metric(sweep["config"])):
+            candidate["record"] = ledger.record(candidate["id"])
+            record = read_record(candidate)
+            saved = record is not None and (record.get("paths") or {}).get("model")
+            if with_model and not saved and candidate["state"] == RunState.STOPPED:
+                passed_over.append(candidate)  # ended early without a model: nothing to export, and nothing to wait for
+                continue
+            best = candidate
             if with_model and record is not None:
                 record["paths"]["model"] = local_model(ledger, best["id"], record["paths"].get("model"))
+            break
     for r in runs:
         r["wall_time"] = wall_time(r)
-    return SweepData(sweep_id, sweep["name"], shown_state(sweep, runs), sweep["config"], runs, best, ledger.display)
+    return SweepData(sweep_id, sweep["name"], shown_state(sweep, runs), sweep["config"], runs, best, ledger.display,
+                     passed_over)
 
 
 def local_model(ledger, run_id: str, path: str | None) -> str:
@@ -159,6 +168,7 @@ def load_sweep(sweep_id: str, *, with_model: bool = False) -> SweepData:
     if local is not None:
         return local
     if runtime.wandb_mode() == "online":
+        runtime.require_online(f"sweep {sweep_id}")
         return load_wandb(sweep_id, with_model=with_model)
     raise unknown_sweep(sweep_id)
 

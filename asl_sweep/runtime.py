@@ -6,9 +6,11 @@ Must run before TensorFlow is imported, so it imports nothing heavy itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import netrc
 import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -27,9 +29,22 @@ def has_wandb_key() -> bool:
         return False
 
 
+# wandb's own `Settings.mode` values: anything else is a 40-line pydantic traceback at `wandb.init`
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+REACH_TIMEOUT_S = 3.0  # a W&B host that does not answer a TCP connection in this long counts as unreachable
+
+
 def wandb_mode() -> str:
-    """`WANDB_MODE` when set, else online with credentials and offline without."""
-    return os.environ.get("WANDB_MODE") or ("online" if has_wandb_key() else "offline")
+    """`WANDB_MODE` when set, else online with credentials and offline without. Empty counts as unset (what
+    `export WANDB_MODE=` leaves, meant as "no mode"); a value wandb does not know is one line."""
+    from asl_sweep.errors import UserError
+
+    mode = os.environ.get("WANDB_MODE", "").strip()
+    if mode and mode not in WANDB_MODES:
+        raise UserError(f"WANDB_MODE={mode!r} is not a W&B mode: use online, offline or disabled, or unset it "
+                        "(then online with an API key, offline without)")
+    return mode or ("online" if has_wandb_key() else "offline")
 
 
 def require_wandb_key() -> None:
@@ -41,6 +56,34 @@ def require_wandb_key() -> None:
                         "set WANDB_API_KEY, or use WANDB_MODE=offline for a local sweep")
 
 
+def base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+
+
+@functools.cache
+def unreachable() -> str | None:
+    """Why W&B's host does not answer (None when it does), decided once per process by one TCP connection
+    of at most REACH_TIMEOUT_S: wandb's own first call would retry for about 20 s, then raise."""
+    parsed = urlparse(base_url())
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
+def require_online(what: str) -> None:
+    """Online work needs an API key and a W&B that answers; else one line saying what to do instead."""
+    from asl_sweep.errors import UserError
+
+    require_wandb_key()
+    why = unreachable()
+    if why is not None:
+        raise UserError(f"W&B is not reachable at {base_url()} ({why}), so {what} cannot use it though an API key "
+                        "is set: work offline with --local (asl-sweep sweep FILE --local) or WANDB_MODE=offline")
+
+
 def setup(*, debug: bool = False, workdir: Path | None = None, tensorflow: bool = False) -> None:
     """Silence start-up noise unless debugging, keep every wandb file under the working directory, and
     turn on TensorFlow's oneDNN kernels; `tensorflow=True` imports it now, quietly, for commands that train."""
@@ -48,7 +91,7 @@ def setup(*, debug: bool = False, workdir: Path | None = None, tensorflow: bool 
     # TensorFlow enables oneDNN by default only on CPUs with AVX-512; on AVX2 (this project's 2-core
     # machines) it measured 1.5x faster for the seed CNN's fit (30.7 s -> 20.2 s).
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("WANDB_MODE", wandb_mode())
+    os.environ["WANDB_MODE"] = wandb_mode()  # also replaces an empty one, which wandb itself refuses
     os.environ.setdefault("WANDB_DIR", str(workdir))
     for var, sub in (("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
         os.environ.setdefault(var, str(workdir / "wandb" / sub))

@@ -272,7 +272,7 @@ class SQLiteBackend:
             raise UserError(f"no ledger at {self.path}: no local sweep was created here "
                             "(asl-sweep sweep FILE --local), or set ASL_SWEEP_LEDGER")
         self.location = str(self.path.resolve())
-        self.display = str(self.path)
+        self.display = self.location  # absolute: a message read in another folder still names the file
         try:
             self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row

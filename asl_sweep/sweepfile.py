@@ -5,6 +5,9 @@ and value domains. A file that passes here runs under W&B's agent and ours alike
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,9 @@ from typing import Any
 from asl_sweep.config import KNOWN_KEYS, from_mapping, load_yaml_file
 from asl_sweep.errors import UserError
 
-DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # W&B's, when a file has a `program`
+# what a file with neither `command` nor `program` runs: asl-sweep's own training entrypoint
+OWN_COMMAND = ["${env}", "${interpreter}", "-m", "asl_sweep.train", "${args}"]
 DEFAULT_PROJECT = "asl-sweep"
 # What a sweep's `metric.name` can be: the per-epoch keys every run logs (plain names, as W&B sees
 # them); tests/test_train.py checks that a run's history has exactly these keys and `epoch`.
@@ -30,6 +35,75 @@ SERVER_ONLY_KEYS = {
 # distributions whose min/max are in the parameter's own units (log_uniform's are exponents)
 VALUE_SPACE_DISTRIBUTIONS = {"uniform", "int_uniform", "q_uniform", "log_uniform_values",
                              "q_log_uniform_values", "inv_log_uniform_values"}
+
+
+def command_of(config: dict[str, Any]) -> list[str]:
+    """The command a run of this sweep starts: the file's, else W&B's default around its `program`, else ours."""
+    return list(config.get("command") or (DEFAULT_COMMAND if config.get("program") else OWN_COMMAND))
+
+
+def with_own_command(config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The config with `command` written out when the file has neither `command` nor `program` (as many
+    W&B examples are), so W&B's servers and our agents run the same thing; True when it was filled in."""
+    if config.get("command") or config.get("program"):
+        return config, False
+    return {**config, "command": list(OWN_COMMAND)}, True
+
+
+def check_program(config: dict[str, Any], source: str, folder: Path | None = None) -> None:
+    """A `program` the command starts must exist where runs start (the agent's folder, as W&B's agent)."""
+    program = config.get("program")
+    if not program or "${program}" not in command_of(config):
+        return
+    folder = (folder or Path.cwd()).resolve()
+    if not (folder / program).is_file():
+        raise UserError(f"{source}: program '{program}' does not exist in {folder} (runs start it from the folder "
+                        "the agent runs in); fix the path, or remove 'program' and 'command' to run asl-sweep's own "
+                        "training entrypoint")
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    import sweeps.config
+
+    return json.loads((Path(sweeps.config.__file__).parent / "schema.json").read_text())
+
+
+def _enums(node: Any, key: str) -> set[str]:
+    """Every value the schema allows for properties named `key`, anywhere in it."""
+    if isinstance(node, list):
+        return set().union(*map(lambda n: _enums(n, key), node)) if node else set()
+    if not isinstance(node, dict):
+        return set()
+    found = set(node.get("properties", {}).get(key, {}).get("enum", []))
+    return found.union(*(_enums(v, key) for v in node.values()))
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """` (did you mean 'x'?)` for the nearest of `choices`, or nothing."""
+    near = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{near[0]}'?" if near else ""
+
+
+def near_misses(config: dict[str, Any], source: str) -> None:
+    """The mistakes whose schema error names neither the key nor the fix: a misspelt top-level key,
+    `metrics:` for `metric:`, an unknown distribution name. One line that suggests the near miss."""
+    known = set(_schema()["properties"])
+    for key in config:
+        if key not in known:
+            raise UserError(f"{source}: not a valid W&B sweep: unknown key '{key}'{did_you_mean(key, known)}")
+    if isinstance(config.get("metrics"), dict) and "metric" not in config:
+        raise UserError(f"{source}: not a valid W&B sweep: 'metrics' is W&B's list of objectives for method: custom; did you mean 'metric'? "
+                        "(metric: {name: val_accuracy, goal: maximize})")
+    distributions = _enums(_schema()["definitions"], "distribution")
+    for name, spec in (config.get("parameters") or {}).items():
+        wanted = spec.get("distribution") if isinstance(spec, dict) else None
+        if isinstance(wanted, str) and wanted not in distributions:
+            near = difflib.get_close_matches(wanted, sorted(distributions), n=1, cutoff=0.6)
+            values = [f"{n}_values" for n in near if f"{n}_values" in distributions]
+            hint = (f"; did you mean '{values[0]}' (min/max in the parameter's own units) or '{near[0]}' (min/max are "
+                    "exponents)?" if values else did_you_mean(wanted, distributions))
+            raise UserError(f"{source}: not a valid W&B sweep: parameter '{name}': unknown distribution '{wanted}'{hint}")
 
 
 def _sample_values(spec: dict[str, Any]) -> list[Any]:
@@ -60,9 +134,9 @@ def _check_runnable(config: dict[str, Any], source: str) -> None:
     for key, what in SERVER_ONLY_KEYS.items():
         if key in config:
             raise UserError(f"{source}: '{key}' ({what}) needs W&B's servers; remove it to run this sweep")
-    command = config.get("command") or DEFAULT_COMMAND
-    if "${program}" in command and not config.get("program"):
-        raise UserError(f"{source}: 'command' uses ${{program}} but the file has no 'program'")
+    if "${program}" in command_of(config) and not config.get("program"):
+        raise UserError(f"{source}: 'command' uses ${{program}} but the file has no 'program': add 'program: FILE', "
+                        "or remove 'command' to run asl-sweep's own training entrypoint")
     name = (config.get("metric") or {}).get("name")
     if name is not None and name not in LOGGED_METRICS:
         raise UserError(f"{source}: metric '{name}' is never logged by training; "
@@ -84,6 +158,7 @@ def validate(config: Any, source: str = "sweep config") -> dict[str, Any]:
 
     if not isinstance(config, dict):
         raise UserError(f"{source}: a sweep file must be a YAML mapping")
+    near_misses(config, source)
     violations = sweeps.schema_violations_from_proposed_config(config)
     if violations:
         first = " ".join(str(violations[0]).split())
@@ -91,7 +166,8 @@ def validate(config: Any, source: str = "sweep config") -> dict[str, Any]:
     params = config.get("parameters", {})
     unknown = sorted(set(params) - KNOWN_KEYS)
     if unknown:
-        raise UserError(f"{source}: unknown parameter '{unknown[0]}'; known keys: {', '.join(sorted(KNOWN_KEYS))}")
+        hint = did_you_mean(unknown[0], KNOWN_KEYS) or f"; known keys: {', '.join(sorted(KNOWN_KEYS))}"
+        raise UserError(f"{source}: unknown parameter '{unknown[0]}'{hint}")
     for key, spec in params.items():
         for value in _sample_values(spec):
             from_mapping({key: value}, source=f"{source}, parameter '{key}'")

@@ -10,33 +10,24 @@ shows one sweep and W&B's controller continues the search from them. Nothing in 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from asl_sweep import runtime
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import ACTIVE, Ledger
 from asl_sweep.sweepfile import wandb_target
 
-DEFAULT_BASE_URL = "https://api.wandb.ai"
-
-
-def check_reachable(timeout: float = 10.0) -> str:
+def check_reachable() -> str:
     """W&B's base URL when there is an API key and its host answers; else one line saying why not."""
     if not runtime.has_wandb_key():
         raise UserError("W&B is not reachable: no API key (run 'wandb login' or set WANDB_API_KEY); nothing was synced")
-    url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
-    except OSError as exc:
-        raise UserError(f"W&B is not reachable at {url}: {exc.strerror or exc}; nothing was synced") from None
-    return url
+    why = runtime.unreachable()
+    if why is not None:
+        raise UserError(f"W&B is not reachable at {runtime.base_url()}: {why}; nothing was synced")
+    return runtime.base_url()
 
 
 def run_folders(runs: list[dict[str, Any]]) -> tuple[list[tuple[str, Path]], list[str]]:

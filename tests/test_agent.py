@@ -184,6 +184,7 @@ def test_online_sweep_and_agent_hand_over_to_wandb(tmp_path, monkeypatch, capsys
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr("asl_sweep.runtime.unreachable", lambda: None)
     created = {}
     monkeypatch.setattr(wandb, "sweep", lambda config, project, entity: created.update(
         config=config, project=project, entity=entity) or "abc123")
@@ -266,6 +267,7 @@ def test_control_of_a_wandb_sweep_is_handed_to_wandb_sweep(monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr("asl_sweep.runtime.unreachable", lambda: None)
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
     assert cli.main(["sweep", "--cancel", "ent/proj/abc123"]) == 0

@@ -144,6 +144,25 @@ def running_sweep(w: World) -> str:
     return sid
 
 
+def program_sweep(w: World) -> str:
+    """A sweep in the world's ledger whose `program` is not there."""
+    from asl_sweep.ledger import Ledger
+
+    with Ledger(w.ledger) as ledger:
+        return ledger.create_sweep({**{k: v for k, v in SMOKE.items() if k != "command"}, "program": "train_nope.py"},
+                                   "program")
+
+
+def unreachable_wandb(w: World) -> None:
+    """An API key, no WANDB_MODE (empty, as `export WANDB_MODE=` leaves it) and W&B's URL on a closed port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    w.env.update(WANDB_MODE="", WANDB_API_KEY="x" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{port}")
+
+
 CASES: list[Case] = [
     # ---- data: where the images come from
     Case("data-dir missing", lambda w: ["data", "--data-dir", str(w.work / "nope")], ("does not exist", "nope"),
@@ -362,6 +381,32 @@ CASES: list[Case] = [
          ("'@' after the host", "%2F")),
     Case("--ledger: database name with a /", lambda w: ["status", w.sweep_id, "--ledger", "postgresql://db/s/2024"],
          ("database 's/2024' has a '/'",)),
+    # ---- a newcomer's first hour (issue 21): the message names the near miss, the fix, the ledger
+    Case("sweep: 'metrics' for 'metric'",
+         lambda w: ["sweep", sweep_file(w, metric=None, metrics={"name": "val_accuracy", "goal": "maximize"})],
+         ("'metrics'", "did you mean 'metric'?")),
+    Case("sweep: distribution 'loguniform'", lambda w: ["sweep", sweep_file(w, parameters={
+        "learning_rate": {"distribution": "loguniform", "min": 0.001, "max": 0.01}})],
+         ("parameter 'learning_rate'", "unknown distribution 'loguniform'", "did you mean 'log_uniform_values'")),
+    Case("sweep: a parameter one letter off", lambda w: ["sweep", sweep_file(w, parameters={"dense_unit": {"value": 16}})],
+         ("unknown parameter 'dense_unit'", "did you mean 'dense_units'?")),
+    Case("sweep: a top-level key misspelt", lambda w: ["sweep", sweep_file(w, run_cap=None, runcap=3)],
+         ("unknown key 'runcap'", "did you mean 'run_cap'?")),
+    Case("sweep: a program that does not exist", lambda w: ["sweep", sweep_file(w, command=None, program="train_nope.py")],
+         ("program 'train_nope.py' does not exist", "remove 'program' and 'command'")),
+    Case("agent --subprocess: a program that does not exist",
+         lambda w: ["agent", program_sweep(w), "--subprocess", "--data-dir", str(w.data)],
+         ("program 'train_nope.py' does not exist",)),
+    Case("WANDB_MODE not a mode", lambda w: ["sweep", sweep_file(w)], ("WANDB_MODE='offlin'", "not a W&B mode"),
+         plant=lambda w: w.env.update(WANDB_MODE="offlin")),
+    Case("W&B unreachable with an API key (sweep)", lambda w: ["sweep", sweep_file(w)],
+         ("W&B is not reachable at http://127.0.0.1:", "--local", "WANDB_MODE=offline"), plant=unreachable_wandb,
+         subprocess=True),
+    Case("W&B unreachable with an API key (agent of a W&B id)", lambda w: ["agent", "ent/proj/abc123"],
+         ("W&B is not reachable at", "agent ent/proj/abc123", "WANDB_MODE=offline"), plant=unreachable_wandb,
+         subprocess=True),
+    Case("report of an unknown sweep names how to choose the ledger", lambda w: ["report", "zzzz9999"],
+         ("unknown sweep id 'zzzz9999'", "--ledger FILE|URL or ASL_SWEEP_LEDGER chooses another")),
     Case("--ledger: password as a parameter, PostgreSQL not answering",
          lambda w: ["sweep", sweep_file(w), "--local", "--ledger", "postgresql://ann@127.0.0.1:1/sweeps?password=pw"],
          ("cannot connect to ledger postgresql://ann:***@127.0.0.1:1/sweeps",)),
