@@ -169,6 +169,8 @@ def bench_masks() -> dict[str, Any]:
 
 def bench_background(epochs: int = 4) -> dict[str, Any]:
     """Fit seconds per epoch without and with compositing, the default sweep's fixed values, one process."""
+    import keras
+
     from asl_sweep import feed, model as model_lib
     from asl_sweep.config import from_mapping
     from asl_sweep.data import DataCache
@@ -190,7 +192,7 @@ def bench_background(epochs: int = 4) -> dict[str, Any]:
         train_data = feed.training_data(cfg, cache.inputs(cfg, dataset)[tr], dataset.masks[tr], dataset.y[tr], bank)
         times: list[float] = []
 
-        class Timer(__import__("keras").callbacks.Callback):
+        class Timer(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 self.t0 = time.perf_counter()
 
