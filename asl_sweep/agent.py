@@ -262,8 +262,10 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
                     now = ledger.run(run["id"])  # not running: ended by the child itself, or reaped meanwhile
                     if now is None or now["attempt"] != run["attempt"] or now["state"] == RunState.CRASHED:
                         proc.kill()  # reaped: its result could not be recorded anyway
-        except KeyboardInterrupt:
-            proc.wait()
+        except KeyboardInterrupt:  # the run got Ctrl-C too (same process group): it saves what it has, then exits
+            print(f"run {run['id']} interrupted: waiting for it to save its best-so-far model and record "
+                  "(Ctrl-C again aborts the save)", file=sys.stderr, flush=True)
+            proc.communicate()  # reading its output as it ends: a full pipe would block it
             raise
     after = ledger.run(run["id"])
     if after is None or after["attempt"] != run["attempt"]:

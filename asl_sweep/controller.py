@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from asl_sweep.ledger import (HYPERBAND, Ledger, RunRecord, RunRow, RunState, SweepRow, default_path,
+from asl_sweep.ledger import (HYPERBAND, STOP_REASON, Ledger, RunRecord, RunRow, RunState, SweepRow, default_path,
                               heartbeat_timeout, ledger_exists, new_id)
 from asl_sweep.ranking import best_value
 from asl_sweep.runtime import env_number
@@ -223,7 +223,8 @@ class LedgerReporter(contextlib.AbstractContextManager):
             model = open(model_path, "rb").read() if model_path and os.path.isfile(model_path) else None
             landed = self.ledger.finish_run(
                 self.run_id, record["state"], attempt=self.attempt, summary=record["summary"], record=record,
-                model=model, record_path=record["paths"]["record"], wandb_dir=record["paths"]["run_dir"])
+                model=model, record_path=record["paths"]["record"], wandb_dir=record["paths"]["run_dir"],
+                error=record["summary"].get(STOP_REASON))
             self.outcome = str(record["state"]) if landed else "fenced"
         self.fenced = self.fenced or self.outcome == "fenced"
         self.close()

@@ -132,6 +132,8 @@ HYPERBAND = "stopped early by hyperband (early_terminate)"
 INTERRUPTED = "interrupted by user (Ctrl-C)"
 # a failed run's traceback or output tail, kept in its summary under this key (`error` holds its first line)
 ERROR_LOG = "error_log"
+# why a run that saved its result ended early (Ctrl-C), kept in its summary; the ledger's reporter makes it `error`
+STOP_REASON = "stop_reason"
 # a run's columns as `runs()` reads them: its record is read on its own (`record()`), only when needed;
 # `stale`: running but silent, which every reader shows as crashed (the next claim records it)
 RUN_COLUMNS = ("id, sweep_id, number, config, state, should_stop, created_at, heartbeat_at, ended_at, summary, "

@@ -75,8 +75,9 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
+def _size(n: float) -> str:
+    """Bytes as a person reads them: GiB, or MiB below 1 GiB (a small limit would read '0.0 GiB')."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def check_memory(cfg: Config) -> None:
@@ -86,8 +87,8 @@ def check_memory(cfg: Config) -> None:
     have = available_memory()
     if have is not None and need > have:
         raise UserError(
-            f"model too large for this machine: training it needs about {_gib(need)} ({params / 1e6:,.1f} M "
-            f"parameters, batch_size {cfg.batch_size}) but {_gib(have)} of memory is available; lower filters, "
+            f"model too large for this machine: training it needs about {_size(need)} ({params / 1e6:,.1f} M "
+            f"parameters, batch_size {cfg.batch_size}) but {_size(have)} of memory is available; lower filters, "
             f"dense_units, image_size or batch_size, or use global_avg pooling ({MEMORY_LIMIT_ENV} sets the limit)")
 
 

@@ -29,6 +29,8 @@ STATE_DASH = {RunState.FINISHED: "solid", RunState.RUNNING: "dashdot", RunState.
 MPL_DASH = {"solid": "-", "dashdot": "-.", "dash": "--", "dot": ":"}
 BROKEN = tuple(s for s in RunState if s.is_broken)
 GRID_IMAGES, GRID_COLS, TILE, BORDER = 32, 8, 72, 4
+FEW_RUNS = 10  # importance from fewer runs than this is a rough guide, and says so
+MODEBAR_PX = 40  # plotly's toolbar at the top right of each figure: a title in a narrow figure goes below it
 
 
 @dataclass
@@ -42,6 +44,29 @@ class Axis:
     ticktext: list[str] | None = None
     categories: list[str] | None = None
     inactive: list[bool] | None = None  # per run: the parameter had no effect there (config.inactive_keys)
+
+
+def axis_range(a: Axis) -> tuple[float, float] | None:
+    """The span an axis is drawn over: its values and ticks, or one unit around a value every run shares
+    (plotly would stretch that to ±10%, 28.8-35.2 for a constant 32, as if the runs differed); None when
+    no run has a value yet."""
+    seen = [v for v in a.values + (a.ticks or []) if not math.isnan(v)]
+    if not seen:
+        return None
+    lo, hi = min(seen), max(seen)
+    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+
+
+def shared_value(a: Axis) -> float | None:
+    """The one value of a numeric axis without ticks of its own (the same in every run so far), else None."""
+    seen = {v for v in a.values if not math.isnan(v)}
+    return seen.pop() if len(seen) == 1 and not a.ticks else None
+
+
+def importance_caveat(data: SweepData) -> str:
+    """`from N runs: a rough guide` when few runs have the metric (a forest fitted to them says little), else ''."""
+    n = len(scored_runs(data))
+    return f"from {n} runs: a rough guide" if n < FEW_RUNS else ""
 
 
 # ---------------------------------------------------------------- analysis
@@ -262,6 +287,19 @@ def _empty(title: str, why: str):
     return fig
 
 
+def _dimension(a: Axis) -> dict[str, Any]:
+    """One parallel-coordinates axis over `axis_range`: a value every run shares is one label mid-axis."""
+    dim: dict[str, Any] = {"label": a.label, "values": a.values}
+    span = axis_range(a)
+    if span is not None:
+        dim["range"] = list(span)
+    if a.ticks:
+        dim.update(tickvals=a.ticks, ticktext=a.ticktext)
+    elif (value := shared_value(a)) is not None:  # unlabelled end ticks: plotly draws the axis line between ticks
+        dim.update(tickvals=[value - 0.5, value, value + 0.5], ticktext=["", _fmt(value), ""])
+    return dim
+
+
 def fig_parallel(f: Figures):
     import plotly.graph_objects as go
 
@@ -272,8 +310,7 @@ def fig_parallel(f: Figures):
         title += f" ({len(data.runs) - len(runs)} without it not shown)"
     if not runs:
         return _empty(title, f"no run has reported {data.metric_name} yet")
-    dims = [dict(label=a.label, values=a.values, **({"tickvals": a.ticks, "ticktext": a.ticktext} if a.ticks else {}))
-            for a in axes]
+    dims = [_dimension(a) for a in axes]
     line = dict(color=axes[-1].values, colorscale="Viridis", reversescale=data.goal == "minimize", showscale=True,
                 colorbar={"title": {"text": data.metric_name}})
     fig = go.Figure(go.Parcoords(dimensions=dims, line=line, labelangle=-20))
@@ -290,6 +327,9 @@ def fig_importance(f: Figures):
     title = f"Parameter importance with respect to {data.metric_name}"
     if not rows:
         return _empty(title, "needs at least two runs with the metric and a parameter that varies")
+    caveat = importance_caveat(data)
+    if caveat:
+        title += f" <span style='color:#b35900'>({caveat})</span>"
     names = [r["feature"] for r in rows][::-1]
     corr = [r["correlation"] or 0.0 for r in rows][::-1]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
@@ -333,6 +373,8 @@ def fig_curves(f: Figures):
                 marker={"symbol": "x", "size": [0] * (len(xs) - 1) + [12]} if broken else None,
                 hovertemplate=f"{_run_name(r)}<br>epoch %{{x}}<br>{key} %{{y:.4f}}<extra></extra>"), row, col)
     fig.update_xaxes(title_text="epoch", row=2)
+    if max((len(r["history"]) for r in data.runs), default=0) <= 10:  # plotly would tick 1.2, 1.4, ...; beyond, its steps are whole
+        fig.update_xaxes(dtick=1)
     fig.update_layout(height=680, legend={"title": {"text": "run (state)"}}, title=(
         "Training curves, all runs — solid: finished, dash-dot: running, dashed: stopped early, "
         "dotted with ✕: failed/crashed; thick: best run"))
@@ -396,7 +438,10 @@ def fig_confusion(f: Figures):
     digits = [str(d) for d in range(cm.shape[0])]
     fig = px.imshow(cm, text_auto=True, x=digits, y=digits, color_continuous_scale="Blues",
                     labels={"x": "predicted", "y": "true", "color": "images"})
-    fig.update_layout(title=f"{title} — run {record['run_id']}", height=560, width=620)
+    height = 560
+    # in a figure this narrow the toolbar (top right) would cover a title at plotly's usual place: below it
+    fig.update_layout(title={"text": f"{title} — run {record['run_id']}", "yref": "container", "yanchor": "top",
+                             "y": 1 - MODEBAR_PX / height}, height=height, width=620, margin={"t": MODEBAR_PX + 60})
     return fig
 
 
@@ -411,8 +456,8 @@ def png_parallel(f: Figures, ax) -> None:
     if not runs:
         ax.text(0.5, 0.5, f"no run has reported {data.metric_name} yet", ha="center")
         return
-    lows = [float(np.nanmin(a.values + (a.ticks or []))) for a in axes]  # a running run has no robustness yet: NaN
-    spans = [(float(np.nanmax(a.values + (a.ticks or []))) - lo) or 1.0 for a, lo in zip(axes, lows)]
+    ranges = [axis_range(a) or (0.0, 1.0) for a in axes]  # a running run has no robustness yet: NaN
+    lows, spans = [lo for lo, _ in ranges], [hi - lo for lo, hi in ranges]
     metric_vals = np.array(axes[-1].values)
     span = float(np.ptp(metric_vals)) or 1.0
     shade = (metric_vals - metric_vals.min()) / span
@@ -422,7 +467,8 @@ def png_parallel(f: Figures, ax) -> None:
                 color=cmap(shade[j]), alpha=0.8)
     for i, (a, lo, s) in enumerate(zip(axes, lows, spans)):
         ax.axvline(i, color="black", lw=0.8)
-        ticks = a.ticks or list(np.linspace(lo, lo + s, 3))
+        value = shared_value(a)
+        ticks = a.ticks or ([value] if value is not None else list(np.linspace(lo, lo + s, 3)))
         for t, txt in zip(ticks, a.ticktext or [_fmt(float(t)) for t in ticks]):
             ax.text(i + 0.02, (t - lo) / s, txt, fontsize=7, va="center")
     ax.set_xticks(range(len(axes)), [a.label for a in axes], rotation=20, ha="right")
@@ -433,7 +479,9 @@ def png_importance(f: Figures, fig) -> None:
     data = f.sweep
     rows = f.importance[::-1]
     left, right = fig.subplots(1, 2, sharey=True)
-    fig.suptitle(f"Parameter importance with respect to {data.metric_name}")
+    caveat = importance_caveat(data) if rows else ""
+    fig.suptitle(f"Parameter importance with respect to {data.metric_name}" + (f" ({caveat})" if caveat else ""),
+                 color="#b35900" if caveat else "black")
     if not rows:
         left.text(0.5, 0.5, "needs two runs with the metric", ha="center")
         return
@@ -527,7 +575,8 @@ def save_png(draw, path: Path, size: tuple[float, float], *, whole_figure: bool 
 # ---------------------------------------------------------------- the page
 
 def html_page(data: SweepData, sections: list[tuple[str, str, Any]]) -> str:
-    """One HTML document: a header, then each figure as a plotly div; plotly.js is inlined once."""
+    """One HTML document: a header, then each figure as a plotly div; plotly.js is inlined once, and only
+    when there is a figure (a sweep without runs gets a page of a few KB that says what to do next)."""
     counts: dict[str, int] = {}
     for r in data.runs:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -555,8 +604,13 @@ def html_page(data: SweepData, sections: list[tuple[str, str, Any]]) -> str:
         f"<p>{html.escape(str(data.config.get('method')))} search, metric <b>{html.escape(data.metric_name)}</b> "
         f"({data.goal}), sweep state {html.escape(data.state)}; {runs_txt}.</p>",
         f"<p class='note'>Source: {html.escape(data.source)}. Generated {time.strftime('%Y-%m-%d %H:%M:%S')}. "
-        "Self-contained: opens offline; PNG copies of each figure sit beside this file.</p>",
+        "Self-contained: opens offline" + ("; PNG copies of each figure sit beside this file.</p>" if sections else ".</p>"),
     ]
+    if not sections:
+        sid = html.escape(data.sweep_id)
+        parts.append(f"<h2>No figures yet</h2><p>They appear once a run has started: start an agent (above), then "
+                     f"run <code>asl-sweep report {sid}</code> again; <code>asl-sweep status {sid}</code> shows the "
+                     "runs meanwhile.</p>")
     if live:
         parts.append(f"<p class='live'>{live} run(s) still in progress: their curves are partial; "
                      "run <code>asl-sweep report</code> again to refresh.</p>")
@@ -608,11 +662,14 @@ SECTIONS = (
 def write_report(data: SweepData, out: Path) -> Path:
     """Write index.html and one PNG per figure into `out`; return the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
+    page = out / "index.html"
+    if not data.runs:  # nothing to draw: no figures, no PNGs, no plotly.js (4.9 MB)
+        page.write_text(html_page(data, []), encoding="utf-8")
+        return page
     figures = figure_data(data)
     for section in SECTIONS:
         save_png(lambda target: section.matplotlib(figures, target), out / section.png, section.size(figures),
                  whole_figure=section.whole_figure)
-    page = out / "index.html"
     page.write_text(html_page(data, [(s.title, s.note, s.plotly(figures)) for s in SECTIONS]), encoding="utf-8")
     return page
 

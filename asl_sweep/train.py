@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import sys
@@ -24,12 +25,13 @@ from typing import Any, Mapping, Protocol, Sequence
 from asl_sweep import controller, runtime
 from asl_sweep.config import Config, from_mapping, inactive_keys, parse_overrides, read_yaml
 from asl_sweep.data import DataCache
-from asl_sweep.ledger import RunRecord, RunState
+from asl_sweep.ledger import INTERRUPTED, STOP_REASON, RunRecord, RunState
 from asl_sweep.preprocessing import CLASSES, preprocess
 
 EXAMPLE_IMAGES = 24  # each wandb.Image costs ~2 ms to make and log, per run
 RESULT_FILE = "result.json"
 MODEL_FILE = "model.keras"
+log = logging.getLogger(__name__)
 
 
 class Reporter(Protocol):
@@ -98,12 +100,13 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
 
 
 def fit(cfg: Config, net, train_data: dict[str, Any], x_va, y_va, run, reporter: Reporter | None,
-        verbose: int | str, robust: tuple[Any, Any]) -> tuple[list[dict[str, float]], bool, float, float]:
+        verbose: int | str, robust: tuple[Any, Any]) -> tuple[list[dict[str, float]], bool, float, float, bool]:
     """Fit on `train_data` (`feed.training_data`) with per-epoch logging and stop requests; returns (history,
-    stopped early, fit seconds, of which the robustness estimate took seconds).
+    stopped early, fit seconds, of which the robustness estimate took seconds, interrupted by Ctrl-C).
 
     The best epoch's weights by `cfg.checkpoint_metric` are kept (EarlyStopping with patience=epochs never
-    stops a run), so the saved model is the one that metric describes, not a noisier last epoch."""
+    stops a run), so the saved model is the one that metric describes, not a noisier last epoch. Ctrl-C
+    after at least one epoch ends the fit with those weights too, so that the run can still be saved."""
     import keras
     import numpy as np
     from wandb.integration.keras import WandbMetricsLogger
@@ -116,11 +119,20 @@ def fit(cfg: Config, net, train_data: dict[str, Any], x_va, y_va, run, reporter:
                                                  restore_best_weights=True)
     t_va = np.eye(outputs(cfg), dtype=np.float32)[y_va]  # the photos as photographed
     t_fit = time.perf_counter()
-    net.fit(
-        **train_data, validation_data=(x_va, t_va), epochs=cfg.epochs, verbose=verbose,
-        callbacks=[epoch_cb, keras.callbacks.TerminateOnNaN(), best_weights, WandbMetricsLogger()],
-    )
-    return history, epoch_cb.stopped, time.perf_counter() - t_fit, epoch_cb.robust_time
+    interrupted = False
+    try:
+        net.fit(
+            **train_data, validation_data=(x_va, t_va), epochs=cfg.epochs, verbose=verbose,
+            callbacks=[epoch_cb, keras.callbacks.TerminateOnNaN(), best_weights, WandbMetricsLogger()],
+        )
+    except KeyboardInterrupt:
+        if not history:  # no epoch ended: nothing worth saving
+            raise
+        interrupted = True
+        best_weights.on_train_end()  # what fit would have done at its end: the best epoch's weights
+        log.warning("%s after epoch %d: saving run %s's best-so-far model and record (Ctrl-C again aborts "
+                    "the save)", INTERRUPTED, len(history), run.id)
+    return history, epoch_cb.stopped, time.perf_counter() - t_fit, epoch_cb.robust_time, interrupted
 
 
 def final_state(history: list[dict[str, float]], stopped: bool) -> RunState:
@@ -213,9 +225,9 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
         bank = feed.bank(cfg)
     net = model_lib.compiled_model(cfg, len(tr))
     train_data = feed.training_data(cfg, pixels[tr], dataset.masks[tr], dataset.y[tr], bank)
-    history, stopped, fit_time, epoch_robust_time = fit(cfg, net, train_data, pixels[va], y_va, run,
-                                                         reporter, verbose, robust)
-    state = final_state(history, stopped)
+    history, stopped, fit_time, epoch_robust_time, interrupted = fit(cfg, net, train_data, pixels[va], y_va, run,
+                                                                      reporter, verbose, robust)
+    state = final_state(history, stopped or interrupted)
     probs = validation_probabilities(net, pixels[va], state)
     preds, conf = probs.argmax(axis=1), probs.max(axis=1)
     summary = run_summary(cfg, state, history, preds == y_va, net, fit_time, len(tr))
@@ -232,6 +244,8 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
         log_robustness(run, per_change)
     summary["robust_time"] = robust_time + epoch_robust_time
     summary["wall_time"] = time.perf_counter() - t_start
+    if interrupted:
+        summary[STOP_REASON] = INTERRUPTED
     run.summary.update({k: v for k, v in summary.items() if v is not None})
     record: RunRecord = {
         "run_id": run.id,
@@ -256,6 +270,9 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     (files / RESULT_FILE).write_text(json.dumps(record, indent=1))
     if reporter is not None:
         reporter.finish(record)
+    if interrupted:  # saved: now end as Ctrl-C ends a run (wandb exit code 255, exit 130, the agent stops)
+        log.warning("run %s saved: %s", run.id, files / RESULT_FILE)
+        raise KeyboardInterrupt
     return record
 
 

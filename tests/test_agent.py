@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from asl_sweep import agent
-from asl_sweep.ledger import Ledger
+from asl_sweep.ledger import INTERRUPTED, STOP_REASON, Ledger
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,18 +121,80 @@ def test_sigkill_then_restart_resumes_and_keeps_finished_runs(dataset_dir):
     assert ledger.sweep(sid)["state"] == "finished"
 
 
+def assert_saved_as_interrupted(ledger: Ledger, sid: str, tmp_path: Path) -> dict:
+    """The run Ctrl-C stopped kept what export, report and status use: its record, model and reason."""
+    from asl_sweep import export, status
+
+    [run] = ledger.runs(sid)
+    assert run["state"] == "stopped" and run["error"] == INTERRUPTED and run["history"]
+    record = ledger.record(run["id"])
+    assert record["state"] == "stopped" and record["summary"][STOP_REASON] == INTERRUPTED
+    assert Path(record["paths"]["model"]).is_file() and Path(run["record_path"]).is_file()
+    assert ledger.model(run["id"]) is not None
+    table = status.status_table(sid)
+    assert INTERRUPTED in table and f"files: {run['wandb_dir']}" in table
+    meta = export.export_best(sid, tmp_path / "export")
+    assert meta["run_id"] == run["id"] and meta["state"] == "stopped" and not meta["passed_over"]
+    assert (tmp_path / "export" / "model.keras").is_file()
+    return run
+
+
+def ctrl_c_after_epoch(monkeypatch, epoch: int) -> None:
+    """Ctrl-C once the run's `epoch` is in the ledger, as the agent's own SIGINT handler meets it."""
+    from asl_sweep import controller
+
+    reported = controller.LedgerReporter.epoch
+
+    def epoch_then_ctrl_c(self, row):
+        stop = reported(self, row)
+        if row["epoch"] == epoch:
+            signal.raise_signal(signal.SIGINT)
+        return stop
+
+    monkeypatch.setattr(controller.LedgerReporter, "epoch", epoch_then_ctrl_c)
+
+
+def test_ctrl_c_in_process_saves_the_best_so_far_model_and_record(dataset_dir, monkeypatch, tmp_path, caplog):
+    ledger = Ledger()
+    sid = ledger.create_sweep({**SMOKE, "parameters": {**SMOKE["parameters"], "epochs": {"value": 3}}}, "i")
+    ctrl_c_after_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    run = assert_saved_as_interrupted(ledger, sid, tmp_path)
+    assert len(run["history"]) == 1 and run["summary"]["best_epoch"] == 1
+    assert f"{INTERRUPTED} after epoch 1: saving run {run['id']}'s best-so-far model and record " \
+           "(Ctrl-C again aborts the save)" in caplog.text
+
+
+def test_a_second_ctrl_c_aborts_the_save(dataset_dir, monkeypatch):
+    from asl_sweep import robustness
+
+    ledger = Ledger()
+    sid = ledger.create_sweep({**SMOKE, "parameters": {**SMOKE["parameters"], "epochs": {"value": 3}}}, "i")
+    ctrl_c_after_epoch(monkeypatch, 1)
+    monkeypatch.setattr(robustness, "accuracy_per_change", lambda *a: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False))
+    [run] = ledger.runs(sid)
+    assert run["state"] == "stopped" and run["error"] == INTERRUPTED and ledger.record(run["id"]) is None
+
+
 @pytest.mark.slow
-def test_ctrl_c_marks_the_run_and_exits_cleanly(dataset_dir):
+@pytest.mark.parametrize("mode", [[], ["--subprocess"]])
+def test_ctrl_c_saves_the_run_and_exits_130(mode, dataset_dir, tmp_path):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (agent and run)."""
     ledger = Ledger()
     sid = ledger.create_sweep({**SMOKE, "parameters": {**SMOKE["parameters"], "epochs": {"value": 200}}}, "i")
-    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep", "agent", sid, "--quiet"],
-                            env=env(ASL_SWEEP_DATA_DIR=str(dataset_dir)), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep", "agent", sid, "--quiet", *mode],
+                            env=env(ASL_SWEEP_DATA_DIR=str(dataset_dir)), stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     wait_for(lambda: ledger.runs(sid) and len(ledger.runs(sid)[0]["history"]) >= 1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err
-    run = ledger.runs(sid)[0]
-    assert run["state"] == "stopped" and "Ctrl-C" in run["error"] and run["history"]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "asl-sweep: interrupted" in err, err
+    assert "(Ctrl-C again aborts the save)" in err
+    assert_saved_as_interrupted(ledger, sid, tmp_path)
 
 
 def test_unknown_sweep_id_is_a_clear_error():

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -88,6 +90,23 @@ def test_a_model_far_too_large_is_refused_before_it_is_built(monkeypatch):
     with pytest.raises(UserError, match=r"model too large for this machine: .* GiB .* GiB of memory") as info:
         model.classifier(huge)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("limit_mb, shown", [
+    ("1", "but 1.0 MiB of memory is available"),  # the seed CNN needs ~26 MiB: shown in MiB, not "0.0 GiB"
+    ("0.5", "but 0.5 MiB of memory is available"),
+])
+def test_memory_message_shows_mib_below_one_gib(limit_mb, shown, monkeypatch):
+    monkeypatch.setenv("ASL_SWEEP_MEMORY_LIMIT_MB", limit_mb)
+    with pytest.raises(UserError) as info:
+        model.check_memory(Config())
+    assert shown in str(info.value) and "0.0 GiB" not in str(info.value)
+    assert re.search(r"needs about [1-9][\d.]* MiB", str(info.value))
+
+
+def test_memory_sizes_read_in_mib_then_gib():
+    assert [model._size(n) for n in (2**20, 512 * 2**20, 2**30, 3.5 * 2**30)] == [
+        "1.0 MiB", "512.0 MiB", "1.0 GiB", "3.5 GiB"]
 
 
 def test_memory_limit_comes_from_the_environment_then_the_machine(monkeypatch, tmp_path):

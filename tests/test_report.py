@@ -217,3 +217,66 @@ def test_inactive_values_have_their_own_mark_on_axes_and_none_in_the_leaderboard
     board = {row["run"]: row for row in report.leaderboard(data)}
     two_blocks = next(r for r in data.runs if r["config"]["conv_blocks"] == 2)
     assert board[f"#{two_blocks['number']} {two_blocks['id']}"]["filters_4"] is None
+
+
+def plain_sweep(runs: int, epochs: int, record: dict | None = None) -> SweepData:
+    """`runs` finished runs of `epochs` epochs each, dropout driving the metric; the best one has `record`."""
+    config = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
+              "parameters": {"dropout": {"min": 0.1, "max": 0.5}, "filters_1": {"values": [32, 64]}}}
+    rows = [{"id": f"r{i}", "number": i + 1, "state": "finished", "config": {"dropout": 0.1 + i / 100, "filters_1": 32},
+             "history": [{"epoch": e, "loss": 1 / e, "val_accuracy": 0.5 + i / 100} for e in range(1, epochs + 1)],
+             "summary": {}} for i in range(runs)]
+    rows[-1]["record"] = record
+    return SweepData("s", "plain", "finished", config, rows, rows[-1], "test")
+
+
+def test_the_confusion_matrix_title_sits_below_the_toolbar():
+    cm = [[1 if i == j else 0 for j in range(10)] for i in range(10)]
+    fig = report.fig_confusion(report.figure_data(plain_sweep(2, 1, {"run_id": "r1", "confusion_matrix": cm})))
+    title, height = fig.layout.title, fig.layout.height
+    assert title.yref == "container" and title.yanchor == "top" and "run r1" in title.text
+    assert (1 - title.y) * height == pytest.approx(report.MODEBAR_PX)  # the toolbar's strip at the top is left to the toolbar
+    assert fig.layout.margin.t >= report.MODEBAR_PX + 40  # and the title's line is above the matrix
+
+
+@pytest.mark.parametrize("epochs, dtick", [(1, 1), (3, 1), (10, 1), (40, None)])
+def test_epoch_axes_tick_whole_epochs(epochs, dtick):
+    fig = report.fig_curves(report.figure_data(plain_sweep(2, epochs)))
+    assert {fig.layout[f"xaxis{n}"].dtick for n in ("", 2, 3, 4)} == {dtick}  # None: plotly's steps, whole beyond 10
+
+
+@pytest.mark.parametrize("runs, caveat", [(3, "from 3 runs: a rough guide"), (9, "from 9 runs: a rough guide"),
+                                          (10, ""), (12, "")])
+def test_importance_from_few_runs_says_it_is_a_rough_guide(runs, caveat):
+    data = plain_sweep(runs, 1)
+    assert report.importance_caveat(data) == caveat
+    title = report.fig_importance(report.figure_data(data)).layout.title.text
+    assert (caveat in title) if caveat else "rough guide" not in title
+
+
+@pytest.mark.parametrize("axis, span, ticks", [
+    (report.Axis("filters_1", "filters_1", [32.0, 32.0, 32.0]), [31.5, 32.5], ["", "32", ""]),  # not 28.8-35.2
+    (report.Axis("val_robust_worst", "val_robust_worst", [math.nan, 0.5]), [0.0, 1.0], ["", "0.5", ""]),
+    (report.Axis("dropout", "dropout", [0.1, 0.3, 0.2]), [0.1, 0.3], None),
+    (report.Axis("opt", "opt", [0.0, 0.0], [0.0], ["adam"], ["adam"]), [-0.5, 0.5], ["adam"]),
+    (report.Axis("val_robust_worst", "val_robust_worst", [math.nan]), None, None),
+])
+def test_a_parameter_every_run_shares_is_drawn_as_one_value(axis, span, ticks):
+    dim = report._dimension(axis)
+    assert dim.get("range") == (pytest.approx(span) if span else None)
+    assert dim.get("ticktext") == ticks
+
+
+def test_a_sweep_without_runs_is_a_small_page_that_says_what_to_do(monkeypatch, tmp_path, capsys):
+    ledger = isolate(monkeypatch, tmp_path)
+    db = Ledger(ledger)
+    sweep_id = db.create_sweep({"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
+                                "parameters": {"dropout": {"min": 0.1, "max": 0.5}}}, "empty")
+    db.close()
+    assert cli.main(["report", sweep_id]) == 0
+    out = tmp_path / "reports" / sweep_id
+    page = (out / "index.html").read_text()
+    assert len(page.encode()) < 5_000 and "plotly" not in page.lower()  # was 4.9 MB of plotly.js for no figure
+    assert f"asl-sweep agent {sweep_id}" in page and f"asl-sweep report {sweep_id}</code> again" in page
+    assert [p.name for p in out.iterdir()] == ["index.html"]
+    assert "report of 0 runs" in capsys.readouterr().out
