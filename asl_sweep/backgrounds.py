@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -48,10 +48,11 @@ def _colours(n: int, rng: np.random.Generator, k: int = 1) -> np.ndarray:
     return np.clip(rng.uniform(0, 255, (n, k, 3)) * rng.uniform(0.3, 1.2, (n, k, 1)), 0, 255).astype(np.float32)
 
 
-def _mix(t: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per pixel, colour a where t=0 and b where t=1 (t: (n, s, s); a, b: (n, 3))."""
+def _mix(t: np.ndarray, a: Any, b: Any) -> np.ndarray:
+    """Per pixel, colour a where t=0 and b where t=1 (t: (n, s, s); a, b: one colour per image (n, 3), or one
+    colour for all (3,))."""
     t = t[..., None]
-    return (1 - t) * a[:, None, None, :] + t * b[:, None, None, :]
+    return (1 - t) * np.asarray(a, np.float32)[..., None, None, :] + t * np.asarray(b, np.float32)[..., None, None, :]
 
 
 def _noise(n: int, size: int, rng: np.random.Generator, cells: int, channels: int = 1,
@@ -241,7 +242,7 @@ def wood(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     cx, cy = rng.uniform(-1, 2, (n, 1, 1)), rng.uniform(-3, -1, (n, 1, 1))
     r = np.sqrt((xx - cx) ** 2 * 30 + (yy - cy) ** 2) + 0.15 * _noise(n, size, rng, 4)[..., 0]
     t = (np.sin(2 * np.pi * r * rng.uniform(3, 6, (n, 1, 1))) + 1) / 2
-    return _mix(t, np.array([[150, 95, 50]] * n, np.float32), np.array([[95, 55, 25]] * n, np.float32))
+    return _mix(t, (150, 95, 50), (95, 55, 25))
 
 
 def bookshelf(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -262,9 +263,7 @@ def bookshelf(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 def foliage(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Leaves: blobs of greens and yellow-greens at two scales, with dark shade between them."""
     t = 0.6 * _noise(n, size, rng, 6)[..., 0] + 0.4 * _noise(n, size, rng, 16)[..., 0]
-    leaf = _mix(np.clip((t - 0.3) * 2.5, 0, 1), np.array([[20, 45, 15]] * n, np.float32),
-                np.array([[110, 170, 60]] * n, np.float32))
-    return leaf
+    return _mix(np.clip((t - 0.3) * 2.5, 0, 1), (20, 45, 15), (110, 170, 60))
 
 
 def sweater(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -273,7 +272,7 @@ def sweater(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     stitch = rng.uniform(12, 20, (n, 1, 1))
     v = np.abs(((xx * stitch) % 1) - 0.5) * 2 + ((yy * stitch * 1.5) % 1)
     t = (np.sin(2 * np.pi * v) + 1) / 2
-    return _mix(t, np.array([[20, 35, 90]] * n, np.float32), np.array([[60, 90, 170]] * n, np.float32))
+    return _mix(t, (20, 35, 90), (60, 90, 170))
 
 
 # name -> (what a user meets, a background family): the robustness suite's scenes, none of which training uses
