@@ -267,3 +267,29 @@ def test_the_generated_references_are_current(path, capsys):
 
     status = Cog().main(["cog", "--check", str(path)])
     assert status == 0, f"{path.name} is stale: run `make docs`\n{capsys.readouterr().out}"
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def links() -> list[tuple[str, str]]:
+    out = []
+    for path in [README, *DOCS]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if not re.match(r"[a-z]+://", target):
+                    out.append((f"{path.relative_to(REPO)}:{number}", target))
+    return out
+
+
+@pytest.mark.parametrize("where, target", links(), ids=lambda x: x)
+def test_every_relative_link_and_anchor_exists(where, target):
+    source = REPO / where.split(":")[0]
+    file, _, anchor = target.partition("#")
+    path = (source.parent / file).resolve() if file else source
+    assert path.exists(), f"{where}: {file} does not exist"
+    if anchor and path.suffix == ".md":
+        headings = re.findall(r"^#+ (.+)$", path.read_text(), re.M)
+        assert anchor in {slug(h) for h in headings}, f"{where}: no heading #{anchor} in {path.name}"
