@@ -260,10 +260,13 @@ def test_the_lists_are_not_empty():
     assert len(documented_commands()) > 50
 
 
-@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="docs/cli.md is argparse's help as Python 3.11 writes it")
 @pytest.mark.parametrize("path", GENERATED, ids=lambda p: p.name)
 def test_the_generated_references_are_current(path, capsys):
     from cogapp import Cog
+
+    made_with = re.search(r"^Generated with Python (\d+)\.(\d+)", path.read_text(), re.M)
+    if made_with and tuple(map(int, made_with.groups())) != sys.version_info[:2]:
+        pytest.skip(f"{path.name} is argparse's help as Python {'.'.join(made_with.groups())} writes it")
 
     status = Cog().main(["cog", "--check", str(path)])
     assert status == 0, f"{path.name} is stale: run `make docs`\n{capsys.readouterr().out}"
