@@ -17,7 +17,7 @@ BENCH_MINUTES ?= 30
 SEARCH_MINUTES ?= 10
 SEARCH_SEEDS ?= 3
 
-.PHONY: install test train sweep agent report export bench bench-search clean
+.PHONY: install test train sweep agent report export bench bench-search bench-replay bench-replay-table bench-replay-all clean
 
 install: $(STAMP)
 
@@ -60,6 +60,18 @@ bench: $(VENV)/.bench
 # ~70 min on 2 cores with the defaults: 4 methods x SEARCH_SEEDS x SEARCH_MINUTES, two at a time, then re-training
 bench-search: $(VENV)/.bench
 	$(BIN)/python bench/search.py --minutes $(SEARCH_MINUTES) --seeds $(SEARCH_SEEDS)
+
+# the replay benchmark (docs/replay.md): the table from the stored replays, re-running 2 per method as a check
+bench-replay: $(VENV)/.bench
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --results bench/replay/results.json --check 2
+
+# training the table: ~2 h on 2 cores (two one-thread processes); resumable
+bench-replay-table: $(VENV)/.bench
+	for i in 0 1; do ASL_SWEEP_THREADS=1 $(BIN)/python bench/replay_table.py --shard $$i/2 & done; wait
+
+# every replay (200 per method, 40 simulated minutes each), stored for bench-replay
+bench-replay-all: $(VENV)/.bench
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --replays $(or $(REPLAYS),200) --out bench/replay/results.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
