@@ -17,7 +17,7 @@ BENCH_MINUTES ?= 30
 SEARCH_MINUTES ?= 10
 SEARCH_SEEDS ?= 3
 
-.PHONY: install test train sweep agent report export bench bench-search docs clean
+.PHONY: install test train sweep agent report export bench bench-search bench-replay bench-replay-table bench-replay-all docs clean
 
 install: $(STAMP)
 
@@ -64,6 +64,18 @@ bench-search: $(VENV)/.bench
 # the generated references: docs/cli.md from the parser, docs/config.md from Config (`make test` fails when stale)
 docs: install
 	$(BIN)/cog -r docs/cli.md docs/config.md
+
+# the replay benchmark (docs/replay.md): the table from the stored replays, re-running 2 per method as a check
+bench-replay: $(VENV)/.bench
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --results bench/replay/results.json --check 2
+
+# training the table: ~2 h on 2 cores (two one-thread processes); resumable
+bench-replay-table: $(VENV)/.bench
+	for i in 0 1; do ASL_SWEEP_THREADS=1 $(BIN)/python bench/replay_table.py --shard $$i/2 & done; wait
+
+# every replay (200 per method, 40 simulated minutes each), stored for bench-replay
+bench-replay-all: $(VENV)/.bench
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --replays $(or $(REPLAYS),200) --out bench/replay/results.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

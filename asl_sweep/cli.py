@@ -91,6 +91,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"note: {args.file} has no 'command' or 'program': runs use asl-sweep's own entrypoint "
               f"({' '.join(config['command'])})", file=sys.stderr)
     sweepfile.check_program(config, args.file)
+    config, moved = sweepfile.falsy_first(config)
+    if moved:
+        print(f"note: {', '.join(moved)}: falsy value moved first in the list, so W&B's engine tells it from the "
+              "first value (same search space)", file=sys.stderr)
     if config.get("metric") and "goal" not in config["metric"]:
         print(f"note: metric.goal is not set, so W&B (and this sweep) will minimize {config['metric']['name']}",
               file=sys.stderr)

@@ -10,7 +10,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from asl_sweep.config import KNOWN_KEYS, from_mapping, load_yaml_file
 from asl_sweep.errors import UserError
@@ -117,9 +117,63 @@ def _sample_values(spec: dict[str, Any]) -> list[Any]:
     return []
 
 
-def engine_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as W&B's controller sees it: `metric.goal` filled with the schema's default."""
+def _parameter_specs(parameters: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(dotted name, spec) of every parameter, nested ones (`parameters:` inside a parameter) included."""
+    for name, spec in parameters.items():
+        if not isinstance(spec, dict):
+            continue
+        if isinstance(spec.get("parameters"), dict):
+            yield from _parameter_specs(spec["parameters"], f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", spec
+
+
+def falsy_first(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The config with each categorical list's falsy value (`false`, `0`, `0.0`, `""`, `null`) moved to the
+    front, and the names of the parameters moved. W&B's engine encodes a falsy value as the list's first
+    (`sweeps/params.py`, `normalize_runs_as_array` skips it), so `[true, false]` makes bayes see `false`
+    as `true`; with the falsy value first the encoding is right. Sampling is uniform over the list, so a
+    random or bayes sweep's space is unchanged; a grid's order is the user's and stays as written."""
     out = copy.deepcopy(config)
+    if config.get("method") == "grid":
+        return out, []
+    moved = []
+    for name, spec in _parameter_specs(out.get("parameters") or {}):
+        values = spec.get("values")
+        if not isinstance(values, list) or "probabilities" in spec:
+            continue
+        falsy = [v for v in values if not v]
+        if falsy and values[0]:
+            spec["values"] = falsy + [v for v in values if v]
+            moved.append(name)
+    return out, moved
+
+
+def _engine_blind_spots(config: dict[str, Any], source: str) -> None:
+    """Refuse a bayes space the engine cannot see: two values it encodes alike (two falsy ones, or `1`
+    and `true`, which `==` makes one), or `probabilities`, which make its encoder fail once a run ends."""
+    if config.get("method") != "bayes":
+        return
+    for name, spec in _parameter_specs(config.get("parameters") or {}):
+        values = spec.get("values")
+        if not isinstance(values, list):
+            continue
+        if "probabilities" in spec:
+            raise UserError(f"{source}: parameter '{name}': W&B's bayes engine fails on 'probabilities' once a run "
+                            "has finished; remove 'probabilities' or use method: random")
+        falsy = [v for v in values if not v]
+        same = next(((a, b) for i, a in enumerate(values) for b in values[i + 1:]
+                     if a == b and type(a) is not type(b)), None)
+        if len(falsy) > 1 or same:
+            a, b = same or falsy[:2]
+            raise UserError(f"{source}: parameter '{name}': W&B's bayes engine cannot tell {json.dumps(a)} from "
+                            f"{json.dumps(b)} (it encodes them alike); keep one of them")
+
+
+def engine_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as W&B's controller should see it: `metric.goal` filled with the schema's default and
+    falsy categorical values first (`falsy_first`, for sweeps made before it)."""
+    out = falsy_first(config)[0]
     if isinstance(out.get("metric"), dict):
         out["metric"].setdefault("goal", DEFAULT_GOAL)
     return out
@@ -171,6 +225,7 @@ def validate(config: Any, source: str = "sweep config") -> dict[str, Any]:
     for key, spec in params.items():
         for value in _sample_values(spec):
             from_mapping({key: value}, source=f"{source}, parameter '{key}'")
+    _engine_blind_spots(config, source)
     _check_runnable(config, source)
     return config
 

@@ -44,6 +44,24 @@ class Reporter(Protocol):
         """Record the run's final state and summary."""
 
 
+class StopOnSigterm:
+    """A run under W&B's agent: its hyperband stop is SIGTERM (then SIGKILL once `WANDB_AGENT_KILL_DELAY`,
+    30 s, has passed). Killed mid-epoch the run records nothing and W&B marks it crashed, which the engine
+    scores as the worst value; ended at the epoch boundary with exit code 0 it is `finished` (and
+    `stopped`) with its best value so far, which is what the local controller tells the engine too."""
+
+    sweep_id = None
+
+    def __init__(self) -> None:
+        controller.watch_sigterm()
+
+    def epoch(self, row: dict[str, float]) -> bool:
+        return controller.PREEMPTED.is_set()
+
+    def finish(self, record: RunRecord) -> None:
+        """Nothing to record: W&B's run is the record."""
+
+
 def example_indices(correct, count: int, seed: int):
     """Which validation images to show, in table order: mistakes first (what a user looks for; a
     random sample when there are more than `count`), then a random sample of correct ones."""
@@ -349,8 +367,8 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     data.locate(args.data_dir)  # what can be checked before a W&B run starts is checked first
     model.check_memory(cfg)
 
-    reporter = controller.reporter_from_env()
-    with reporter or contextlib.nullcontext():
+    reporter = controller.reporter_from_env() or (StopOnSigterm() if os.environ.get("WANDB_SWEEP_ID") else None)
+    with reporter if isinstance(reporter, contextlib.AbstractContextManager) else contextlib.nullcontext():
         record = execute(values, DataCache(args.data_dir), reporter=reporter,
                          run_id=os.environ.get("WANDB_RUN_ID"), verbose="auto")
     s = record["summary"]

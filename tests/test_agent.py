@@ -264,6 +264,29 @@ def test_online_sweep_and_agent_hand_over_to_wandb(tmp_path, monkeypatch, capsys
     assert not Path("asl-sweep.db").exists()
 
 
+def test_both_worlds_get_the_falsy_value_first_with_a_note(tmp_path, monkeypatch, capsys):
+    """W&B's servers run the same engine: the YAML they get has `false` first too, and so has the ledger's."""
+    import wandb
+
+    from asl_sweep import cli
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**SMOKE, "parameters": {**SMOKE["parameters"], "batch_norm": {"values": [True, False]}}}))
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr("asl_sweep.runtime.unreachable", lambda: None)
+    created = {}
+    monkeypatch.setattr(wandb, "sweep", lambda config, project, entity: created.update(config=config) or "abc123")
+    assert cli.main(["sweep", str(path)]) == 0
+    assert created["config"]["parameters"]["batch_norm"] == {"values": [False, True]}
+    assert "note: batch_norm: falsy value moved first" in capsys.readouterr().err
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert cli.main(["sweep", str(path), "--local"]) == 0
+    with Ledger() as ledger:
+        [sweep] = ledger.sweeps()
+    assert sweep["config"]["parameters"]["batch_norm"] == {"values": [False, True]}
+
+
 def test_ctrl_c_is_remembered_even_when_it_surfaces_as_another_error():
     pressed, previous = agent._watch_ctrl_c()
     try:

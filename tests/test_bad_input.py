@@ -305,6 +305,18 @@ CASES: list[Case] = [
          ("uses ${program}", "no 'program'")),
     Case("sweep: unknown parameter", lambda w: ["sweep", sweep_file(w, parameters={"dropuot": {"value": 0.1}})],
          ("unknown parameter 'dropuot'",)),
+    Case("sweep: bayes over two values its engine encodes alike",
+         lambda w: ["sweep", sweep_file(w, method="bayes", parameters={
+             **SMOKE["parameters"], "augment": {"values": [0, 0.0, 0.1]}})],
+         ("parameter 'augment'", "cannot tell 0 from 0.0")),
+    Case("sweep: bayes over 1 and true",
+         lambda w: ["sweep", sweep_file(w, method="bayes", parameters={
+             **SMOKE["parameters"], "batch_norm": {"values": [1, True]}})],
+         ("parameter 'batch_norm'", "cannot tell 1 from true")),
+    Case("sweep: bayes with probabilities",
+         lambda w: ["sweep", sweep_file(w, method="bayes", parameters={
+             **SMOKE["parameters"], "pooling": {"values": ["flatten", "global_avg"], "probabilities": [0.5, 0.5]}})],
+         ("parameter 'pooling'", "'probabilities'")),
     Case("sweep: online without an API key", lambda w: ["sweep", sweep_file(w)], ("no API key",),
          plant=lambda w: w.env.update(WANDB_MODE="online", WANDB_API_KEY="", HOME=w.folder("home"))),
     Case("sweep --resume a running sweep", lambda w: ["sweep", "--resume", w.sweep_id], ("cannot resume", "running")),

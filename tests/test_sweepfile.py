@@ -95,3 +95,77 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("method: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         sweepfile.load(tmp_path / "bad.yaml")
+
+
+def test_falsy_values_go_first_except_in_a_grid():
+    config = {"method": "bayes", "parameters": {
+        "batch_norm": {"values": [True, False]}, "augment": {"values": [0.1, 0.0, 0.2]},
+        "pooling": {"values": ["flatten", "global_avg"]}, "dropout": {"min": 0.0, "max": 0.5},
+        "opt": {"parameters": {"nesterov": {"values": [True, None]}}}}}
+    moved_config, moved = sweepfile.falsy_first(config)
+    assert moved == ["batch_norm", "augment", "opt.nesterov"]
+    params = moved_config["parameters"]
+    assert params["batch_norm"]["values"] == [False, True] and params["augment"]["values"] == [0.0, 0.1, 0.2]
+    assert params["opt"]["parameters"]["nesterov"]["values"] == [None, True]
+    assert params["pooling"] == config["parameters"]["pooling"] and config["parameters"]["batch_norm"]["values"] == [True, False]
+    assert sweepfile.falsy_first({**config, "method": "grid"}) == ({**config, "method": "grid"}, [])
+    assert sweepfile.engine_config(config)["parameters"]["batch_norm"]["values"] == [False, True]
+
+
+def test_shipped_sweeps_need_no_reordering():
+    for path in SWEEPS.glob("*.yaml"):
+        assert sweepfile.falsy_first(sweepfile.load(path))[1] == [], path.name
+
+
+def _encoded(config, values):
+    """What W&B's engine feeds its GP for runs with these `batch_norm` values."""
+    from sweeps import SweepRun
+    from sweeps.params import HyperParameterSet
+
+    runs = [SweepRun(name=str(i), state="finished", config={"batch_norm": {"value": v}}) for i, v in enumerate(values)]
+    return HyperParameterSet.from_config(config["parameters"]).normalize_runs_as_array(runs)[:, 0].tolist()
+
+
+def test_the_engine_tells_false_from_true_once_false_is_first():
+    written = {"method": "bayes", "parameters": {"batch_norm": {"values": [True, False]}}}
+    assert _encoded(written, [True, False]) == [0.5, 0.5]  # the blind spot, in the engine itself
+    reordered = sweepfile.engine_config(written)
+    low, high = _encoded(reordered, [False, True])
+    assert low != high
+
+
+def _share_with_batch_norm(config, seed, suggestions=12):
+    """Of the engine's next suggestions, after runs where batch norm decided the metric, the share with it on."""
+    import numpy as np
+    import sweeps
+    from sweeps import SweepRun
+
+    rng = np.random.default_rng(seed)
+    runs = []
+    for i in range(16):
+        on, lr = bool(i % 2), float(rng.uniform(0.001, 0.01))
+        value = (0.9 if on else 0.1) + float(rng.normal(0, 0.01))
+        runs.append(SweepRun(name=str(i), state="finished", config={"batch_norm": {"value": on}, "learning_rate": {"value": lr}},
+                             history=[{"val_accuracy": value}], summary_metrics={"val_accuracy": value}))
+    np.random.seed(seed)
+    picks = [sweeps.next_run(config, runs).config["batch_norm"]["value"] for _ in range(suggestions)]
+    return sum(picks) / len(picks)
+
+
+def test_bayes_then_suggests_what_won():
+    space = {"method": "bayes", "metric": {"name": "val_accuracy", "goal": "maximize"},
+             "parameters": {"batch_norm": {"values": [True, False]}, "learning_rate": {"min": 0.001, "max": 0.01}}}
+    blind = [_share_with_batch_norm(space, seed) for seed in range(3)]
+    seen = [_share_with_batch_norm(sweepfile.engine_config(space), seed) for seed in range(3)]
+    assert sum(seen) / 3 >= 0.9 and sum(seen) / 3 > sum(blind) / 3 + 0.2, (blind, seen)
+
+
+@pytest.mark.parametrize("name, values, fragment", [
+    ("augment", [0, 0.0, 0.1], "cannot tell 0 from 0.0"),
+    ("batch_norm", [1, True], "cannot tell 1 from true"),
+])
+def test_bayes_values_the_engine_encodes_alike_are_refused(tmp_path, name, values, fragment):
+    config = {**BASE, "method": "bayes", "parameters": {name: {"values": values}}}
+    with pytest.raises(UserError, match=fragment):
+        sweepfile.load(_write(tmp_path, config))
+    sweepfile.load(_write(tmp_path, {**config, "method": "random"}))

@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,24 @@ def test_launched_as_the_wandb_agent_launches_it(dataset_dir, tmp_path):
     assert record["run_id"] == "agentrun1" and record["sweep_id"] == "abcd1234"
     assert record["config"]["learning_rate"] == 0.005 and record["config"]["image_size"] == 16
     assert "Traceback" not in proc.stderr
+
+
+def test_under_wandbs_agent_sigterm_ends_the_run_as_stopped_at_an_epoch_boundary(dataset_dir):
+    """W&B's agent stops a run with SIGTERM: the run ends after its epoch, saved, recorded, exit code 0."""
+    args = [f"--{k}={v}" for k, v in {**TINY, "epochs": 200, "split": "random"}.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env=_env(WANDB_SWEEP_ID="abcd1234", WANDB_RUN_ID="sigrun", ASL_SWEEP_DATA_DIR=str(dataset_dir)))
+    deadline = time.monotonic() + 120
+    while not list(Path("wandb").glob("offline-run-*-sigrun/files/requirements.txt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    run_dir = next(Path("wandb").glob("offline-run-*-sigrun"))
+    record = json.loads((run_dir / "files/result.json").read_text())
+    assert record["state"] == "stopped" and 1 <= record["summary"]["epochs_run"] < 200
+    assert (run_dir / "files/model.keras").is_file()
 
 
 def test_param_file_alone_sets_the_config(dataset_dir, tmp_path):

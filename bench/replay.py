@@ -1,0 +1,505 @@
+"""`make bench-replay`: search methods replayed on the stored table (`bench/replay_table.py`) on a
+simulated 2-core clock, so that hundreds of replays per method can tell methods apart where a few live
+10-minute searches cannot (issue 23).
+
+A method proposes configurations through its own engine, really called: our bayes and random sweeps
+through `sweeps.next_run` and hyperband through `sweeps.stop_runs` (W&B's engine, given the runs as our
+controller gives them), Optuna's TPE sampler with its HyperbandPruner, Keras Tuner's HyperbandOracle
+(brackets, rounds and resumed trials). A proposal is looked up as the table's nearest configuration, in
+the encoding W&B's GP uses (each parameter's CDF; inactive parameters, such as filters_4 with 3 blocks,
+count as well), and one of that configuration's trainings is drawn (two seeds where the table has them:
+the training noise). Nearest-neighbour lookup keeps every result a real training; a surrogate would
+invent curves between them, and with ~200 points in 13 dimensions it would mostly be guessing.
+
+The clock charges what each method's runs cost, as measured in the table (`setup_s`, `epoch_s`, `end_s`:
+our runs' start-up, per-epoch work with the robustness estimate, end-of-run suite) or, for Keras Tuner,
+Keras's own epochs (`fit_s`) plus its measured model build, checkpoint save on each improving epoch and
+restore when a trial resumes (`--measure-kt`); the engines' own suggestions and stop decisions cost
+their real CPU time (`make` runs this with one BLAS thread: one core per worker). Times are CPU seconds
+of one-thread processes, i.e. seconds on a core of one's own. A run that ends after the budget does not count.
+
+Per method and budget: median best val_accuracy (of the epoch the sweep's metric ranks best, as the
+saved model is), its 95% bootstrap interval, the probability that our bayes beats the method (a random
+pair of replays, ties half), and the median time to the first run >= 0.95 and >= 0.99.
+    python bench/replay.py --table bench/replay/table.jsonl --replays 200 --out bench/replay/results.json
+    python bench/replay.py --results bench/replay/results.json        # the table from stored replays
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+WIDE = REPO / "sweeps" / "wide.yaml"
+METHODS = ("bayes", "random", "optuna", "kt")
+BUDGETS_MIN = (5, 10, 20, 40)
+THRESHOLDS = (0.95, 0.99)
+KT_COSTS_FILE = REPO / "bench" / "replay" / "kt_costs.json"  # Keras Tuner's own costs, from `--measure-kt`
+
+
+@dataclass
+class Curve:
+    """One training of one configuration, as the table recorded it."""
+
+    metric: list[float]
+    accuracy: list[float]
+    setup_s: float
+    epoch_s: list[float]
+    fit_s: list[float]
+    end_s: float
+
+
+class Table:
+    """The table's configurations, their trainings, and the nearest-configuration lookup."""
+
+    def __init__(self, rows: list[dict[str, Any]], sweep: dict[str, Any]) -> None:
+        from sweeps.params import HyperParameterSet
+
+        from asl_sweep.sweepfile import engine_config
+
+        self.sweep = engine_config(sweep)
+        self.metric = self.sweep["metric"]["name"]
+        self.params = HyperParameterSet.from_config(self.sweep["parameters"])
+        by_config: dict[int, dict[str, Any]] = {}
+        self.curves: dict[int, list[Curve]] = {}
+        for row in rows:
+            h = row["history"]
+            metric = [v if v is not None and math.isfinite(v) else -math.inf for v in h[self.metric]]
+            by_config[row["config"]] = row["values"]
+            self.curves.setdefault(row["config"], []).append(
+                Curve(metric, [v if v is not None else 0.0 for v in h["val_accuracy"]], row["setup_s"],
+                      row["epoch_s"], row["fit_s"], row["end_s"]))
+        self.ids = sorted(by_config)
+        self.values = [by_config[i] for i in self.ids]
+        self.points = self.encode(self.values)
+
+    def encode(self, values: list[dict[str, Any]]) -> np.ndarray:
+        from sweeps import SweepRun
+
+        runs = [SweepRun(name=str(i), state="finished", config={k: {"value": x} for k, x in v.items()})
+                for i, v in enumerate(values)]
+        return self.params.normalize_runs_as_array(runs)
+
+    def nearest(self, values: dict[str, Any]) -> int:
+        distance = ((self.points - self.encode([values])[0]) ** 2).sum(axis=1)
+        return self.ids[int(distance.argmin())]
+
+    def training(self, config: int, rng: random.Random) -> Curve:
+        return rng.choice(self.curves[config])
+
+
+@dataclass
+class Run:
+    """A run in a replay: which configuration, which training, how far it got."""
+
+    id: str
+    values: dict[str, Any]
+    curve: Curve
+    start: float
+    first_epoch: int = 0  # Keras Tuner's resumed trials start later
+    last_epoch: int = 0  # the epochs it is to train to
+    done: int = 0  # epochs trained so far (counting from 0, resumed trials included)
+    end: float | None = None
+    stopped: bool = False
+    should_stop: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def best(self) -> tuple[float, float]:
+        """(best metric, val_accuracy at that epoch) over the epochs trained so far."""
+        upto = self.curve.metric[:self.done]
+        if not upto:
+            return -math.inf, 0.0
+        i = int(np.argmax(upto))
+        return upto[i], self.curve.accuracy[i]
+
+
+class Method:
+    """A search method on the simulated clock: it proposes a run, hears each epoch, may stop runs."""
+
+    def __init__(self, table: Table, seed: int) -> None:
+        self.table, self.seed, self.rng = table, seed, random.Random(seed)
+        self.epochs = table.sweep["parameters"]["epochs"]["value"]
+
+    def propose(self, runs: list[Run], now: float, worker: int) -> Run | None:
+        raise NotImplementedError
+
+    def epoch(self, run: Run, runs: list[Run]) -> bool:
+        """The run finished an epoch: True to stop it here."""
+        return False
+
+    def ended(self, run: Run) -> None:
+        """The run is over."""
+
+    def epoch_cost(self, run: Run) -> float:
+        return run.curve.epoch_s[run.done]
+
+    def end_cost(self, run: Run) -> float:
+        return run.curve.end_s
+
+
+class WandbEngine(Method):
+    """Our sweep: W&B's engine (`next_run`, and `stop_runs` when a run reaches a hyperband band), given the
+    runs as `controller.engine_runs` gives them (a stopped run is finished with `stopped`)."""
+
+    def __init__(self, table: Table, seed: int, method: str) -> None:
+        from asl_sweep.controller import hyperband_bands
+
+        super().__init__(table, seed)
+        self.config = {**table.sweep, "method": method}
+        self.bands = hyperband_bands(self.config) or set()
+
+    def engine_runs(self, runs: list[Run]):
+        from sweeps import SweepRun
+
+        metric = self.table.metric
+        out = []
+        for r in runs:
+            history = [{metric: v} for v in r.curve.metric[:r.done]]
+            out.append(SweepRun(name=r.id, state="running" if r.end is None else "finished",
+                                config={k: {"value": v} for k, v in r.values.items()}, history=history,
+                                summary_metrics=history[-1] if history else {}, stopped=r.stopped,
+                                should_stop=r.should_stop))
+        return out
+
+    def propose(self, runs: list[Run], now: float, worker: int) -> Run:
+        import sweeps
+
+        np.random.seed(self.rng.randrange(2**32))
+        t = time.process_time()
+        values = {k: v["value"] for k, v in sweeps.next_run(self.config, self.engine_runs(runs)).config.items()}
+        config = self.table.nearest(values)
+        run = Run(str(len(runs)), values, self.table.training(config, self.rng), now, last_epoch=self.epochs)
+        run.extra["think_s"] = time.process_time() - t
+        return run
+
+    def epoch(self, run: Run, runs: list[Run]) -> bool:
+        import sweeps
+
+        if run.done in self.bands:
+            t = time.process_time()
+            names = {r.name for r in sweeps.stop_runs(self.config, self.engine_runs(runs))}
+            run.extra["think_s"] = run.extra.get("think_s", 0.0) + time.process_time() - t
+            for r in runs:
+                if r.id in names and r.end is None:
+                    r.should_stop = True
+        return run.should_stop
+
+
+class OptunaTPE(Method):
+    """Optuna's TPE sampler and HyperbandPruner with the YAML's min_iter, eta and epochs, as bench-search runs it."""
+
+    def __init__(self, table: Table, seed: int) -> None:
+        import optuna
+
+        super().__init__(table, seed)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        et = table.sweep["early_terminate"]
+        self.study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=optuna.pruners.HyperbandPruner(min_resource=et["min_iter"], max_resource=self.epochs,
+                                                  reduction_factor=et["eta"]))
+        self.trials: dict[str, Any] = {}
+
+    def propose(self, runs: list[Run], now: float, worker: int) -> Run:
+        import bench
+
+        t = time.process_time()
+        trial = self.study.ask()
+        values = {k: bench.optuna_suggest(trial, k, spec) for k, spec in self.table.sweep["parameters"].items()}
+        run = Run(str(len(runs)), values, self.table.training(self.table.nearest(values), self.rng), now,
+                  last_epoch=self.epochs)
+        self.trials[run.id] = trial
+        run.extra["think_s"] = time.process_time() - t
+        return run
+
+    def epoch(self, run: Run, runs: list[Run]) -> bool:
+        trial = self.trials[run.id]
+        trial.report(max(run.curve.metric[run.done - 1], -1e9), run.done)
+        return trial.should_prune()
+
+    def ended(self, run: Run) -> None:
+        import optuna
+
+        trial = self.trials.pop(run.id)
+        if run.stopped:
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            self.study.tell(trial, max(run.best()[0], -1e9))
+
+
+class KerasTunerHyperband(Method):
+    """Keras Tuner's HyperbandOracle: its brackets and rounds, and trials resumed from a checkpoint of the
+    trial they continue. Costs Keras's own epochs, model build, checkpoint saves and restores."""
+
+    def __init__(self, table: Table, seed: int, costs: dict[str, float]) -> None:
+        import keras_tuner as kt
+        import search
+
+        super().__init__(table, seed)
+        self.costs = costs
+        hp = kt.HyperParameters()
+        for k, spec in table.sweep["parameters"].items():
+            search.kt_suggest(hp, k, spec)
+        self.oracle = kt.oracles.HyperbandOracle(
+            objective=kt.Objective(table.metric, "max"), max_epochs=self.epochs,
+            factor=table.sweep["early_terminate"]["eta"], hyperband_iterations=1000, seed=seed, hyperparameters=hp)
+        self.folder = tempfile.TemporaryDirectory(prefix="replay-kt-")
+        self.oracle._set_project_dir(self.folder.name, f"kt-{seed}")
+        self.oracle._display.verbose = 0  # its per-trial printout, meant for a terminal
+        self.trials: dict[str, Any] = {}
+        self.curves: dict[str, Curve] = {}  # KT trial id -> the training its resumed trials continue
+
+    def propose(self, runs: list[Run], now: float, worker: int) -> Run | None:
+        t = time.process_time()
+        trial = self.oracle.create_trial(f"worker{worker}")
+        if trial.status == "IDLE":  # the round waits for trials still running
+            return None
+        hp = trial.hyperparameters.values
+        values = {k: hp[k] for k in self.table.sweep["parameters"] if k in hp}
+        values.update({k: s["value"] for k, s in self.table.sweep["parameters"].items() if "value" in s})
+        parent = hp.get("tuner/trial_id")
+        curve = self.curves[parent] if parent in self.curves else self.table.training(self.table.nearest(values), self.rng)
+        self.curves[trial.trial_id] = curve
+        run = Run(str(len(runs)), values, curve, now, first_epoch=hp["tuner/initial_epoch"],
+                  last_epoch=hp["tuner/epochs"], done=hp["tuner/initial_epoch"])
+        run.extra.update(think_s=time.process_time() - t, resumed=parent is not None,
+                         start_s=self.costs["build_s"] + (self.costs["restore_s"] if parent else 0.0),
+                         best=max(curve.metric[:run.done], default=-math.inf))
+        self.trials[run.id] = trial
+        return run
+
+    def epoch_cost(self, run: Run) -> float:
+        """Keras's epoch, a checkpoint when the objective improved (SaveBestEpoch), and on a resumed trial's
+        first epoch the graph tracing a new `fit` pays (the table's first epoch has it, later ones do not)."""
+        value = run.curve.metric[run.done]
+        save = self.costs["save_s"] if value > run.extra["best"] else 0.0
+        run.extra["best"] = max(run.extra["best"], value)
+        fit = run.curve.fit_s
+        trace = max(0.0, fit[0] - fit[1]) if run.done == run.first_epoch > 0 and len(fit) > 1 else 0.0
+        return fit[run.done] + save + trace
+
+    def epoch(self, run: Run, runs: list[Run]) -> bool:
+        self.oracle.update_trial(self.trials[run.id].trial_id, {self.table.metric: max(run.curve.metric[run.done - 1], -1e9)},
+                                 step=run.done - 1)
+        return False
+
+    def end_cost(self, run: Run) -> float:
+        return 0.0
+
+    def ended(self, run: Run) -> None:
+        trial = self.trials.pop(run.id)
+        trial.status = "COMPLETED"
+        self.oracle.end_trial(trial)
+
+
+def replay(method: Method, budget_s: float, workers: int = 2) -> list[Run]:
+    """Run `method` on `workers` simulated cores for `budget_s` simulated seconds; the runs it started."""
+    runs: list[Run] = []
+    queue: list[tuple[float, int, int, str, Run | None]] = []  # (time, order, worker, what, run)
+    order = 0
+
+    def at(t: float, worker: int, what: str, run: Run | None = None) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(queue, (t, order, worker, what, run))
+
+    for w in range(workers):
+        at(0.0, w, "start")
+    while queue:
+        now, _, worker, what, run = heapq.heappop(queue)
+        if now > budget_s:
+            break
+        if what == "start":
+            run = method.propose(runs, now, worker)
+            if run is None:  # nothing to run until another run ends
+                at(min((t for t, _, _, kind, _ in queue if kind != "start"), default=now + 1.0) + 1e-6, worker, "start")
+                continue
+            runs.append(run)
+            begin = now + run.extra.get("think_s", 0.0) + run.extra.get("start_s", run.curve.setup_s)
+            at(begin + method.epoch_cost(run), worker, "epoch", run)
+        elif what == "epoch":
+            run.done += 1
+            run.extra["think_s"] = 0.0
+            stop = method.epoch(run, runs) or run.should_stop
+            if stop or run.done >= run.last_epoch:
+                run.stopped = stop and run.done < run.last_epoch
+                at(now + run.extra["think_s"] + method.end_cost(run), worker, "end", run)
+            else:
+                at(now + run.extra["think_s"] + method.epoch_cost(run), worker, "epoch", run)
+        else:
+            run.end = now
+            method.ended(run)
+            at(now, worker, "start")
+    return [r for r in runs if r.end is not None and r.end <= budget_s]
+
+
+def measure_kt_costs(table: Table, samples: int = 8) -> dict[str, float]:
+    """Median CPU seconds (as the table's times) Keras Tuner spends on building and compiling a model of
+    the table's configurations, saving its weights (each improving epoch) and loading them (each resumed
+    trial). Run it with ASL_SWEEP_THREADS=1, as the table was trained."""
+    from asl_sweep import model as model_lib
+    from asl_sweep import runtime
+    from asl_sweep.config import from_mapping
+
+    runtime.setup(tensorflow=True)
+    build, save, restore = [], [], []
+    folder = Path(tempfile.mkdtemp(prefix="replay-kt-costs-"))
+    for values in random.Random(0).sample(table.values, min(samples, len(table.values))):
+        cfg = from_mapping(values, source="table")
+        t = time.process_time()
+        net = model_lib.compiled_model(cfg, 1500)
+        build.append(time.process_time() - t)
+        path = folder / "checkpoint.weights.h5"
+        t = time.process_time()
+        net.save_weights(path)
+        save.append(time.process_time() - t)
+        t = time.process_time()
+        net.load_weights(path)
+        restore.append(time.process_time() - t)
+    return {k: round(statistics.median(v), 4) for k, v in
+            (("build_s", build), ("save_s", save), ("restore_s", restore))}
+
+
+def make_method(name: str, table: Table, seed: int, kt_costs: dict[str, float]) -> Method:
+    if name in ("bayes", "random"):
+        return WandbEngine(table, seed, name)
+    if name == "optuna":
+        return OptunaTPE(table, seed)
+    return KerasTunerHyperband(table, seed, kt_costs)
+
+
+def events(runs: list[Run]) -> list[list[float]]:
+    """[end time, val_accuracy of the run's best-metric epoch, its best metric] per run, by end time."""
+    return sorted([round(r.end, 2), round(r.best()[1], 5), round(r.best()[0], 5)] for r in runs)
+
+
+def best_by(ev: list[list[float]], t: float) -> float:
+    """The best val_accuracy by time t of the run the metric ranks best (what a sweep would ship)."""
+    ended = [e for e in ev if e[0] <= t]
+    return max(ended, key=lambda e: e[2])[1] if ended else 0.0
+
+
+def first_reaching(ev: list[list[float]], threshold: float, t: float) -> float | None:
+    return next((e[0] for e in ev if e[0] <= t and e[1] >= threshold), None)
+
+
+def bootstrap_median(values: list[float], rng: random.Random, draws: int = 2000) -> tuple[float, float]:
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
+def p_beats(ours: list[float], theirs: list[float]) -> float:
+    """P(a random replay of ours ends better than a random one of theirs), ties counted half."""
+    a, b = np.asarray(ours)[:, None], np.asarray(theirs)[None, :]
+    return float(((a > b) + 0.5 * (a == b)).mean())
+
+
+def summary(results: dict[str, list[list[list[float]]]], budgets_min=BUDGETS_MIN) -> list[dict[str, Any]]:
+    """One row per (budget, method) from stored replays: what the table prints."""
+    rng = random.Random(0)
+    rows = []
+    for minutes in budgets_min:
+        t = minutes * 60
+        best = {m: [best_by(ev, t) for ev in replays] for m, replays in results.items()}
+        for m, values in best.items():
+            lo, hi = bootstrap_median(values, rng)
+            row = {"budget_min": minutes, "method": m, "replays": len(values), "median": statistics.median(values),
+                   "ci": [lo, hi], "p_bayes_beats": None if m == "bayes" or "bayes" not in best else p_beats(best["bayes"], values)}
+            for th in THRESHOLDS:
+                times = [first_reaching(ev, th, t) for ev in results[m]]
+                reached = [x for x in times if x is not None]
+                row[f"reached_{th}"] = len(reached) / len(times)
+                row[f"median_min_to_{th}"] = statistics.median(times_or_inf(times)) / 60
+            rows.append(row)
+    return rows
+
+
+def times_or_inf(times: list[float | None]) -> list[float]:
+    return [math.inf if x is None else x for x in times]
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    lines = ["| budget | method | replays | median best | 95% CI | P(bayes beats) | min to 0.95 (reached) | min to 0.99 (reached) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        p = "" if r["p_bayes_beats"] is None else f"{r['p_bayes_beats']:.2f}"
+        cells = [f"{r['median_min_to_' + str(th)]:.1f} ({r['reached_' + str(th)]:.0%})" for th in THRESHOLDS]
+        lines.append(f"| {r['budget_min']} min | {r['method']} | {r['replays']} | {r['median']:.4f} | "
+                     f"{r['ci'][0]:.4f}–{r['ci'][1]:.4f} | {p} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines).replace("inf", "—")
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_replays(table: Table, methods: list[str], replays: int, budget_s: float, kt_costs: dict[str, float],
+                first_seed: int = 0, progress: Callable[[str], None] = lambda s: None) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for m in methods:
+        out[m] = []
+        for seed in range(first_seed, first_seed + replays):
+            out[m].append(events(replay(make_method(m, table, seed, kt_costs), budget_s)))
+            progress(f"{m} replay {seed}: {len(out[m][-1])} runs")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", type=Path, default=REPO / "bench" / "replay" / "table.jsonl")
+    parser.add_argument("--sweep", type=Path, default=WIDE)
+    parser.add_argument("--results", type=Path, help="print the table from these stored replays (and check a few)")
+    parser.add_argument("--out", type=Path, help="write the replays here")
+    parser.add_argument("--replays", type=int, default=200)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--check", type=int, default=2, help="with --results: replays re-run per method as a check")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--minutes", type=float, default=max(BUDGETS_MIN))
+    parser.add_argument("--measure-kt", action="store_true", help=f"measure Keras Tuner's costs into {KT_COSTS_FILE.name}")
+    args = parser.parse_args()
+    table = Table(read_table(args.table), yaml.safe_load(args.sweep.read_text()))
+    methods = args.methods.split(",")
+    if args.measure_kt:
+        costs = measure_kt_costs(table)
+        KT_COSTS_FILE.write_text(json.dumps(costs, indent=1) + "\n")
+        print(costs)
+        return 0
+    kt_costs = json.loads(KT_COSTS_FILE.read_text())
+    if args.results:
+        stored = json.loads(args.results.read_text())
+        print(format_rows(summary(stored["replays"])))
+        if args.check:
+            fresh = run_replays(table, methods, args.check, args.minutes * 60, stored["kt_costs"])
+            for m, replays in fresh.items():
+                kept = [best_by(ev, args.minutes * 60) for ev in stored["replays"][m]]
+                print(f"check {m}: re-run {[round(best_by(ev, args.minutes * 60), 4) for ev in replays]}, "
+                      f"stored range {min(kept):.4f}–{max(kept):.4f}")
+        return 0
+    replays = run_replays(table, methods, args.replays, args.minutes * 60, kt_costs, args.first_seed,
+                          progress=lambda s: print(s, flush=True))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"table_rows": sum(map(len, table.curves.values())), "minutes": args.minutes,
+                                        "kt_costs": kt_costs, "replays": replays}, separators=(",", ":")))
+    print(format_rows(summary(replays, [b for b in BUDGETS_MIN if b <= args.minutes])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
