@@ -473,6 +473,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=max(BUDGETS_MIN))
     parser.add_argument("--measure-kt", action="store_true", help=f"measure Keras Tuner's costs into {KT_COSTS_FILE.name}")
     args = parser.parse_args()
+    for path, how in ((args.table, "make bench-replay-table"), (args.results, "make bench-replay-all")):
+        if path is not None and not path.is_file():
+            sys.exit(f"bench/replay.py: {path} does not exist yet; make it with: {how}")
     table = Table(read_table(args.table), yaml.safe_load(args.sweep.read_text()))
     methods = args.methods.split(",")
     if args.measure_kt:
