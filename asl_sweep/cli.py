@@ -194,11 +194,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from asl_sweep.export import FILES, export_best
 
     t0 = time.perf_counter()
-    meta = export_best(args.sweep_id, args.out, force=args.force, retrain=args.retrain, data_dir=args.data_dir)
+    meta = export_best(args.sweep_id, args.out, force=args.force, retrain=args.retrain, data_dir=args.data_dir,
+                       link=args.link)
     m = meta["metric"]
     print(f"exported run {meta['run_id']} of sweep {meta['sweep_id']} ({m['name']} {m['best']:.4f}"
           f"{', re-trained on train+validation' if meta['retrain'] else ''}) to {args.out}: {', '.join(FILES)} "
           f"({time.perf_counter() - t0:.1f}s)")
+    if meta.get("linked"):
+        print(f"linked its model artifact into W&B's registry: {meta['linked']}")
     for r in meta["passed_over"]:
         print(f"note: run #{r['number']} {r['id']} ranks higher ({m['name']} {r['value']:.4f}) but {r['state']} before "
               f"saving a model ({r['reason'] or 'no reason recorded'}), so it cannot be exported", file=sys.stderr)
@@ -338,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     p.add_argument("--retrain", action="store_true", help="re-train the winner on train+validation")
+    p.add_argument("--link", metavar="NAME", help="W&B sweep: link the winner's model artifact into W&B's model "
+                                                  "registry as collection NAME (or REGISTRY/COLLECTION)")
     p.add_argument("--data-dir")
 
     p = add_ledger_argument(sub.add_parser("dashboard", help="a local web app watching sweeps live (control with a token)"))
