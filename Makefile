@@ -17,7 +17,7 @@ BENCH_MINUTES ?= 30
 SEARCH_MINUTES ?= 10
 SEARCH_SEEDS ?= 3
 
-.PHONY: install test train sweep agent report export bench bench-search clean
+.PHONY: install test train sweep agent report export bench bench-search bench-dashboard clean
 
 install: $(STAMP)
 
@@ -60,6 +60,10 @@ bench: $(VENV)/.bench
 # ~70 min on 2 cores with the defaults: 4 methods x SEARCH_SEEDS x SEARCH_MINUTES, two at a time, then re-training
 bench-search: $(VENV)/.bench
 	$(BIN)/python bench/search.py --minutes $(SEARCH_MINUTES) --seeds $(SEARCH_SEEDS)
+
+# ~3 min: agents on SQLite and PostgreSQL with and without a dashboard polling (docs/dashboard.md)
+bench-dashboard: install
+	$(BIN)/python bench/bench.py --only dashboard
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
