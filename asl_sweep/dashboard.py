@@ -37,6 +37,8 @@ from asl_sweep.sweepfile import metric
 
 POLL_S = 2.0  # how often a page asks for news; one ledger read serves every viewer within READ_REUSE_S
 READ_REUSE_S = 1.0
+REDRAW_S = 5.0  # figures are drawn again at most this often (headers and leaderboard follow every poll)
+NICENESS = 10  # the dashboard's CPU priority below the agents' on a shared machine
 TOKEN_HEADER = "X-Dashboard-Token"
 log = logging.getLogger("asl_sweep")
 
@@ -413,6 +415,38 @@ def error_page(title: str, why: str, status: int):
                                     "<p><a href='/'>all sweeps</a></p>"), status_code=status)
 
 
+class Drawings:
+    """Figures drawn for every viewer in a thread of their own, so that a page's header and leaderboard
+    never wait for them: drawn again when the data changed, at most every REDRAW_S seconds, one drawing
+    per page at a time; until then viewers get the last ones drawn."""
+
+    def __init__(self) -> None:
+        self.done: dict[tuple, tuple[str, float, dict[str, Any]]] = {}  # key -> (data version, when, figures)
+        self.busy: set[tuple] = set()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple, ver: str, draw: Callable[[], dict[str, Any]]) -> tuple[str, dict[str, Any] | None]:
+        """(the version the figures show, the figures); ('', None) before the first are drawn."""
+        with self.lock:
+            known = self.done.get(key)
+            if (known is None or (known[0] != ver and time.monotonic() - known[1] >= REDRAW_S)) \
+                    and key not in self.busy:
+                self.busy.add(key)
+                threading.Thread(target=self._draw, args=(key, ver, draw), daemon=True).start()
+        return (known[0], known[2]) if known else ("", None)
+
+    def _draw(self, key: tuple, ver: str, draw: Callable[[], dict[str, Any]]) -> None:
+        try:
+            figs = draw()
+            with self.lock:
+                self.done[key] = (ver, time.monotonic(), figs)
+        except Exception:  # a figure that cannot be drawn must not stop the page: the next change tries again
+            log.exception("dashboard: drawing %s failed", key)
+        finally:
+            with self.lock:
+                self.busy.discard(key)
+
+
 def make_app(reader: Reader, token: str):
     """The Starlette app: three pages, their JSON, plotly.js, and the control endpoint."""
     from plotly.io.json import to_json_plotly
@@ -423,7 +457,7 @@ def make_app(reader: Reader, token: str):
 
     from asl_sweep import figures
 
-    drawn: dict[tuple, dict[str, Any]] = {}  # (page, id) -> (version, figures): drawn once for every viewer
+    drawings = Drawings()
 
     def as_json(obj: Any, status: int = 200) -> Response:
         return Response(to_json_plotly(obj), status_code=status, media_type="application/json",
@@ -437,22 +471,16 @@ def make_app(reader: Reader, token: str):
         except Lost as exc:
             return as_json({"error": str(exc), "ledger": reader.display}, 503)
 
-    def once(key: tuple, ver: str, draw: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if drawn.get(key, ("",))[0] != ver:
-            drawn[key] = (ver, draw())
-        return drawn[key][1]
-
     def api_sweeps(request: Request) -> Response:
         return answer(request, lambda: {"ledger": reader.display, "sweeps": [summary(d) for d in reader.sweeps()]})
 
     def api_sweep(request: Request) -> Response:
         def work() -> dict[str, Any]:
             data = reader.sweep(request.path_params["sweep_id"])
-            ver = version(data)
-            drawn_now = once(("sweep", data.sweep_id), ver, lambda: figures.sweep_payload(data))
+            ver, drawn = drawings.get(("sweep", data.sweep_id), version(data), lambda: figures.sweep_payload(data))
             out = {"sweep": summary(data), "version": ver, "leaderboard": figures.leaderboard_rows(data)}
-            if request.query_params.get("since") != ver:
-                out.update(figures=drawn_now["figures"], importance_caveat=drawn_now["importance_caveat"])
+            if drawn and request.query_params.get("since") != ver:
+                out.update(figures=drawn["figures"], importance_caveat=drawn["importance_caveat"])
             return out
 
         return answer(request, work)
@@ -460,11 +488,11 @@ def make_app(reader: Reader, token: str):
     def api_run(request: Request) -> Response:
         def work() -> dict[str, Any]:
             data, run, record = reader.run(request.path_params["run_id"])
-            ver = version(data) + str(record is not None)
-            out = run_payload(data, run, record, reader.seen.get(run["id"], []))
-            out["version"] = ver
-            if request.query_params.get("since") != ver:
-                out["figures"] = once(("run", run["id"]), ver, lambda: figures.run_figures(data, run, record))
+            ver, drawn = drawings.get(("run", run["id"]), version(data) + str(record is not None),
+                                      lambda: figures.run_figures(data, run, record))
+            out = {**run_payload(data, run, record, reader.seen.get(run["id"], [])), "version": ver}
+            if drawn and request.query_params.get("since") != ver:
+                out["figures"] = drawn
             return out
 
         return answer(request, work)
@@ -560,9 +588,13 @@ class Dashboard:
     url: str  # the page to open (home, or the sweep asked for), without the token
 
     def serve(self) -> None:
-        """Serve until Ctrl-C (uvicorn's own signal handling ends it cleanly)."""
+        """Serve until Ctrl-C (uvicorn's own signal handling ends it cleanly), at a lower CPU priority than
+        agents on this machine: drawing figures then waits for the cycles training leaves."""
+        import os
+
         import uvicorn
 
+        os.nice(NICENESS)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         uvicorn.Server(config).run(sockets=[self.sock])
 

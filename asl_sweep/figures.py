@@ -3,7 +3,8 @@ and the same plotly functions as the report's page: the data is computed once, i
 by plotly.js in the browser from the figures' JSON, so the page and the report cannot disagree.
 
 What only a live view needs (best so far against time, a run of its own) is built here from the same
-pieces; the random-forest importance, the one costly figure, is refitted only when a run ends.
+pieces. The random-forest importance, the costly figure (seconds for a hundred runs), is refitted when a
+run has ended, at most every IMPORTANCE_S seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from asl_sweep.ledger import RunRecord
 from asl_sweep.ranking import metric_value
 from asl_sweep.results import SweepData
 
-IMPORTANCE_CACHE: dict[tuple, list[dict[str, Any]]] = {}  # (sweep, its ended runs' values) -> importance rows
+IMPORTANCE_S = 30.0
+IMPORTANCE_CACHE: dict[str, tuple[tuple, float, list[dict[str, Any]]]] = {}  # sweep -> (its ended runs, when, rows)
 
 
 def plotly_json(fig) -> dict[str, Any]:
@@ -35,14 +37,13 @@ def ended_fingerprint(data: SweepData) -> tuple:
 
 
 def importance(data: SweepData) -> list[dict[str, Any]]:
-    """`report.importance`, refitted when a run ends rather than on every epoch of a running one: a forest
-    of 200 trees per poll would take a core from the agents on a small machine."""
+    """`report.importance`, refitted when a run has ended (not on every epoch of a running one) and at most
+    every IMPORTANCE_S seconds: a forest of 200 trees per poll would take a core from the agents."""
     key = ended_fingerprint(data)
-    if key not in IMPORTANCE_CACHE:
-        for old in [k for k in IMPORTANCE_CACHE if k[0] == data.sweep_id]:
-            del IMPORTANCE_CACHE[old]
-        IMPORTANCE_CACHE[key] = report.importance(data)
-    return IMPORTANCE_CACHE[key]
+    known = IMPORTANCE_CACHE.get(data.sweep_id)
+    if known is None or (known[0] != key and time.monotonic() - known[1] >= IMPORTANCE_S):
+        IMPORTANCE_CACHE[data.sweep_id] = known = (key, time.monotonic(), report.importance(data))
+    return known[2]
 
 
 def sweep_figures(data: SweepData) -> report.Figures:

@@ -270,9 +270,10 @@ def lock_timer(ledger) -> dict[str, float]:
     return marks
 
 
-def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue) -> None:
-    """One agent of the ledger bench (its own process): claim, write `epochs` fake epochs, finish, until the
-    sweep is done; times each claim and how long it held the sweep's lock."""
+def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue, pause: float = 0.0) -> None:
+    """One agent of the ledger bench (its own process): claim, write `epochs` fake epochs (`pause` seconds
+    of "training" before each), finish, until the sweep is done; times each claim, how long it held the
+    sweep's lock, and each epoch write."""
     import sweeps
 
     from asl_sweep import controller
@@ -296,6 +297,7 @@ def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue) ->
             break
         holds.append(marks["committed"] - marks["locked"])
         for step in range(1, epochs + 1):
+            time.sleep(pause)
             t0 = time.perf_counter()
             ledger.append_epoch(run["id"], {"epoch": step, "val_accuracy": 0.5 + step / 100}, attempt=run["attempt"],
                                 step=step)
@@ -305,7 +307,7 @@ def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue) ->
 
 
 def claims_cell(location: str, runs: int, agents: int, epochs: int = 2,
-                watch: Callable[[str, str], Any] | None = None) -> dict[str, Any]:
+                watch: Callable[[str, str], Any] | None = None, pause: float = 0.0) -> dict[str, Any]:
     """k agent processes on one random sweep of `runs` runs: claims per second, lock and epoch-write time
     (ms); with `watch(location, sweep_id)`, a context manager around the agents' work (a dashboard)."""
     import multiprocessing
@@ -318,7 +320,8 @@ def claims_cell(location: str, runs: int, agents: int, epochs: int = 2,
         sid = ledger.create_sweep(config, f"claims-{runs}-{agents}")
     ctx = multiprocessing.get_context("spawn")
     ready, go, queue = ctx.Queue(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=claim_worker, args=(location, sid, epochs, ready, go, queue)) for _ in range(agents)]
+    procs = [ctx.Process(target=claim_worker, args=(location, sid, epochs, ready, go, queue, pause))
+             for _ in range(agents)]
     with watch(location, sid) if watch else contextlib.nullcontext({}) as watcher:
         for p in procs:
             p.start()
@@ -445,7 +448,7 @@ def watched(location: str, sweep_id: str):
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     page = [proc.stdout.readline() for _ in range(2)][1].split()[-1]
     api = page.replace("/sweep/", "/api/sweep/")
-    stop, polls, measured = threading.Event(), [], {}
+    stop, polls, measured, first = threading.Event(), [], {}, threading.Event()
 
     def viewer() -> None:
         version = ""
@@ -454,10 +457,12 @@ def watched(location: str, sweep_id: str):
             with urllib.request.urlopen(f"{api}?since={version}", timeout=60) as r:
                 version = json.loads(r.read())["version"]
             polls.append(time.perf_counter() - t0)
+            first.set()
             stop.wait(max(0.0, POLL_S - (time.perf_counter() - t0)))
 
     thread = threading.Thread(target=viewer, daemon=True)
     thread.start()
+    first.wait(timeout=120)  # its imports and first drawing are done: what follows is its steady state
     try:
         yield measured
     finally:
@@ -468,10 +473,14 @@ def watched(location: str, sweep_id: str):
         measured.update(polls=len(polls), poll_ms_median=1000 * statistics.median(polls) if polls else None)
 
 
-def bench_dashboard(runs: int = 200, agents: int = 2, epochs: int = 3, trials: int = 3) -> dict[str, Any]:
-    """The ledger section's agents with and without a dashboard watching, in alternating trials."""
+def bench_dashboard(runs: int = 300, agents: int = 2, epochs: int = 5, pause: float = 0.02,
+                    trials: int = 3) -> dict[str, Any]:
+    """The ledger section's agents with and without a dashboard watching, in alternating trials; each epoch
+    "trains" `pause` seconds, so that a run ends every few tenths of a second: the dashboard redraws (and
+    refits importance) as often as it ever does, far more often than in a real sweep."""
     server = postgres_server()
-    out: dict[str, Any] = {"runs": runs, "agents": agents, "epochs_per_run": epochs, "trials": trials}
+    out: dict[str, Any] = {"runs": runs, "agents": agents, "epochs_per_run": epochs, "epoch_pause_s": pause,
+                           "trials": trials}
     keys = ("claims_per_s", "claim_ms_median", "epoch_ms_median", "epoch_ms_p95")
     try:
         for backend in ("sqlite", "postgresql"):
@@ -479,7 +488,8 @@ def bench_dashboard(runs: int = 200, agents: int = 2, epochs: int = 3, trials: i
             for trial in range(trials):
                 for mode in cells:
                     where = backend_location(server, backend, f"dash-{mode}-{trial}")
-                    cells[mode].append(claims_cell(where, runs, agents, epochs, watched if mode == "dashboard" else None))
+                    cells[mode].append(claims_cell(where, runs, agents, epochs, watched if mode == "dashboard" else None,
+                                                   pause))
                     print(f"[bench] dashboard {backend} {mode} trial {trial}: {cells[mode][-1]}", flush=True)
             med = {mode: {k: statistics.median(c[k] for c in cells[mode]) for k in keys} for mode in cells}
             med["dashboard"]["polls"] = sum(c["polls"] for c in cells["dashboard"])

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -43,7 +42,7 @@ class Server:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(self.base + path, timeout=30) as r:
+            with urllib.request.urlopen(self.base + path, timeout=120) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -52,7 +51,7 @@ class Server:
         request = urllib.request.Request(self.base + path, method="POST",
                                          headers={dashboard.TOKEN_HEADER: token} if token else {})
         try:
-            with urllib.request.urlopen(request, timeout=30) as r:
+            with urllib.request.urlopen(request, timeout=120) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
@@ -136,7 +135,8 @@ def test_the_sweep_page_shows_a_new_run_and_a_new_epoch_without_a_reload(browser
         wait_until(lambda: any(rows(browser).get(r, 0) > n for r, n in first.items()), 30, "a new epoch on the page")
         wait_until(lambda: len(rows(browser)) > len(first), 60, "a new run on the page")
         assert browser.execute_script("return window.notReloaded") is True
-        assert browser.execute_script("return document.querySelectorAll('#curves .trace').length") > 0
+        wait_until(lambda: browser.execute_script("return document.querySelectorAll('#curves .trace').length"),
+                   30, "the curves")
         assert browser.find_element("id", "lost").is_displayed() is False
         agent.wait(timeout=120)
         wait_until(lambda: browser.find_element("id", "state").text == "finished", 30, "the finished sweep")
@@ -221,7 +221,8 @@ def test_unknown_ids_get_a_clear_page_and_the_api_sends_figures_only_when_they_c
     assert code == 200 and "asl-sweep dashboard" in text
     code, text = server.get("/api/sweeps")
     assert json.loads(text)["sweeps"][0]["runs"] == 6
-    first = json.loads(server.get(f"/api/sweep/{sweep_id}")[1])
+    first = wait_until(lambda: (j := json.loads(server.get(f"/api/sweep/{sweep_id}")[1])).get("figures") and j,
+                       60, "the figures")
     assert set(first["figures"]) == {"best_so_far", "parallel", "importance", "curves"}
     assert first["sweep"]["running"] == 2 and first["sweep"]["done"] == 4 and len(first["leaderboard"]) == 6
     again = json.loads(server.get(f"/api/sweep/{sweep_id}?since={first['version']}")[1])
@@ -229,12 +230,13 @@ def test_unknown_ids_get_a_clear_page_and_the_api_sends_figures_only_when_they_c
     with Ledger(location) as ledger:
         running = next(r for r in ledger.runs(sweep_id) if r["state"] == "running" and r["history"])
         ledger.append_epoch(running["id"], {"epoch": 2, "val_accuracy": 0.3})
-    time.sleep(dashboard.READ_REUSE_S)
-    news = json.loads(server.get(f"/api/sweep/{sweep_id}?since={first['version']}")[1])
-    assert news["version"] != first["version"] and "figures" in news
+    news = wait_until(lambda: (j := json.loads(server.get(f"/api/sweep/{sweep_id}?since={first['version']}")[1]))
+                      ["version"] != first["version"] and j, dashboard.REDRAW_S + 10, "figures drawn again")
+    assert "figures" in news and news["leaderboard"] != first["leaderboard"]
     code, text = server.get(f"/run/{running['id']}")
     assert code == 200
-    run = json.loads(server.get(f"/api/run/{running['id']}")[1])
+    run = wait_until(lambda: (j := json.loads(server.get(f"/api/run/{running['id']}")[1])).get("figures") and j,
+                     60, "the run's figures")
     assert run["run"]["epochs"] == 2 and set(run["figures"]) == {"curves", "images", "confusion"}
     assert any("running on" in h["what"] for h in run["history"])
 
@@ -260,15 +262,20 @@ def test_importance_is_refitted_when_a_run_ends_not_on_every_epoch(isolated, mon
     sweep_id = synthetic_sweep(isolated / "asl-sweep.db", runs=4, extra_running=True)
     fits = []
     monkeypatch.setattr(report, "importance", lambda data: fits.append(1) or [])
+    monkeypatch.setattr(figures, "IMPORTANCE_S", 0.0)
     figures.importance(load_sweep(sweep_id))
     with Ledger(isolated / "asl-sweep.db") as ledger:
-        running = next(r for r in ledger.runs(sweep_id) if r["state"] == "running")
-        ledger.append_epoch(running["id"], {"epoch": 5, "val_accuracy": 0.9})
+        first, second = [r for r in ledger.runs(sweep_id) if r["state"] == "running"]
+        ledger.append_epoch(first["id"], {"epoch": 5, "val_accuracy": 0.9})
         figures.importance(load_sweep(sweep_id))
         assert len(fits) == 1
-        ledger.finish_run(running["id"], "finished")
-    figures.importance(load_sweep(sweep_id))
-    assert len(fits) == 2
+        ledger.finish_run(first["id"], "finished")
+        figures.importance(load_sweep(sweep_id))
+        assert len(fits) == 2
+        monkeypatch.setattr(figures, "IMPORTANCE_S", 3600.0)  # a run ended, but the last fit is recent
+        ledger.finish_run(second["id"], "finished")
+        figures.importance(load_sweep(sweep_id))
+        assert len(fits) == 2
 
 
 def test_no_page_or_answer_shows_the_password(serve, password_server, request):
@@ -283,8 +290,9 @@ def test_no_page_or_answer_shows_the_password(serve, password_server, request):
         said += server.get(path)[1]
     password_server.stop("immediate")
     try:
-        code, text = server.get(f"/api/sweep/{sweep_id}")
-        assert code == 503 and "postgres:***@127.0.0.1" in text
+        code, text = wait_until(lambda: (got := server.get(f"/api/sweep/{sweep_id}"))[0] == 503 and got, 30,
+                                "the lost ledger")  # past the last read, shared for READ_REUSE_S
+        assert "postgres:***@127.0.0.1" in text
         said += text + server.get("/api/sweeps")[1]
     finally:
         password_server.start()
