@@ -382,7 +382,7 @@ SWEEP_SECTIONS = (("best_so_far", "Best so far against time", "The best value of
                   ("parallel", "Parallel coordinates", "One line per run over every swept hyperparameter and the "
                    "robustness suite's numbers; the last axis is the metric. Drag on an axis to filter."),
                   ("importance", "Parameter importance", "Random forest and correlation, as in the report; refitted "
-                   "when a run ends."),
+                   "when runs have ended, at most every 30 s."),
                   ("curves", "Training curves", "Every run's epochs; a running run's curve grows as it trains."))
 
 

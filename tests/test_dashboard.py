@@ -298,3 +298,28 @@ def test_no_page_or_answer_shows_the_password(serve, password_server, request):
         password_server.start()
     said += server.close()
     assert PASSWORD not in said and not leaks(said), said
+
+
+@pytest.mark.slow
+def test_the_sweep_page_draws_every_figure(browser, serve, isolated, tmp_path):
+    """Also how docs/dashboard.png is made: DASHBOARD_SCREENSHOT=docs/dashboard.png pytest -k every_figure"""
+    from PIL import Image
+
+    location = isolated / "asl-sweep.db"
+    sweep_id = synthetic_sweep(location, runs=12, extra_running=True)
+    with Ledger(location) as ledger:  # the robustness suite's columns, as trained runs have them
+        for r in ledger.runs(sweep_id)[:12]:
+            robust = {"val_robust_accuracy": 0.4 + r["config"]["dropout"], "val_robust_worst": 0.2 + r["config"]["dropout"]}
+            ledger.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps({**r["summary"], **robust}), r["id"]))
+    server = serve(str(location), sweep_id)
+    browser.get(server.url)
+    plots = "return document.querySelectorAll('.js-plotly-plot').length"
+    wait_until(lambda: browser.execute_script(plots) == 4 and len(rows(browser)) == 14, 60, "every figure")
+    assert "val_robust_worst" in browser.find_element("id", "leaderboard").text
+    browser.set_window_size(1300, browser.execute_script("return document.body.scrollHeight") + 40)
+    wait_until(lambda: browser.execute_script("return document.readyState") == "complete", 10, "the relayout")
+    shot = Path(os.environ.get("DASHBOARD_SCREENSHOT") or tmp_path / "sweep.png")
+    browser.save_screenshot(str(shot))
+    with Image.open(shot) as img:
+        colours = img.convert("RGB").resize((130, 240)).getcolors(maxcolors=100_000)
+    assert colours is not None and len(colours) > 50  # drawn charts, not a blank page
