@@ -61,7 +61,7 @@ bench: $(VENV)/.bench
 bench-search: $(VENV)/.bench
 	$(BIN)/python bench/search.py --minutes $(SEARCH_MINUTES) --seeds $(SEARCH_SEEDS)
 
-# ~3 min: agents on SQLite and PostgreSQL with and without a dashboard polling (docs/dashboard.md)
+# ~8 min on 2 cores: agents on SQLite and PostgreSQL with and without a dashboard polling (docs/dashboard.md)
 bench-dashboard: install
 	$(BIN)/python bench/bench.py --only dashboard
 

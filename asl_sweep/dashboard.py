@@ -81,14 +81,13 @@ class Reader:
     def __init__(self, location: str) -> None:
         self.location = location
         self.display = where(location)
+        self.is_url = storage.is_url(location)
         self.ledger: Ledger | None = None
         self.lock = threading.Lock()
         self.recent: dict[tuple, tuple[float, Any]] = {}
         self.seen: dict[str, list[dict[str, Any]]] = {}  # run id -> states this dashboard saw it in, with when
 
     def _open(self) -> Ledger:
-        if not storage.is_url(self.location) and not Path(self.location).is_file():
-            raise Lost(f"no ledger at {self.display} (moved or deleted?)")
         ledger = Ledger(self.location, create=False)
         ledger.backend.can_reconnect = False  # a lost connection fails this read at once; the next one reconnects
         return ledger
@@ -110,6 +109,9 @@ class Reader:
             return self._use(work)
 
     def _use(self, work: Callable[[Ledger], Any]) -> Any:
+        if not self.is_url and not Path(self.location).is_file():  # an open file would still read, moved or not
+            self.drop()
+            raise Lost(f"no ledger at {self.display} (moved or deleted?)")
         try:
             self.ledger = self.ledger or self._open()
             return work(self.ledger)

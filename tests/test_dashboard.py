@@ -241,6 +241,18 @@ def test_unknown_ids_get_a_clear_page_and_the_api_sends_figures_only_when_they_c
     assert any("running on" in h["what"] for h in run["history"])
 
 
+def test_a_moved_sqlite_ledger_is_lost_until_it_is_back(serve, isolated):
+    location = isolated / "asl-sweep.db"
+    sweep_id = synthetic_sweep(location, runs=2)
+    server = serve(str(location), sweep_id)
+    assert server.get(f"/api/sweep/{sweep_id}")[0] == 200
+    location.rename(isolated / "elsewhere.db")
+    code, text = wait_until(lambda: (got := server.get(f"/api/sweep/{sweep_id}"))[0] == 503 and got, 30, "lost")
+    assert "no ledger at" in json.loads(text)["error"]
+    (isolated / "elsewhere.db").rename(location)
+    assert server.get(f"/api/sweep/{sweep_id}")[0] == 200
+
+
 def test_the_page_draws_the_reports_figure_data(isolated):
     """The same figures as the report: built by the report's own functions from the same data."""
     from asl_sweep.results import load_sweep
