@@ -449,10 +449,17 @@ class Drawings:
                 self.busy.discard(key)
 
 
-def make_app(reader: Reader, token: str):
-    """The Starlette app: three pages, their JSON, plotly.js, and the control endpoint."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def make_app(reader: Reader, token: str, host: str = "127.0.0.1"):
+    """The Starlette app: three pages, their JSON, plotly.js, and the control endpoint. Bound to loopback,
+    it answers only requests that name a loopback host, so a web page whose name was pointed at 127.0.0.1
+    (DNS rebinding) cannot read it."""
     from plotly.io.json import to_json_plotly
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, Response
     from starlette.routing import Route
@@ -552,7 +559,7 @@ def make_app(reader: Reader, token: str):
         Route("/api/sweeps", api_sweeps), Route("/api/sweep/{sweep_id}", api_sweep), Route("/api/run/{run_id}", api_run),
         Route("/api/sweep/{sweep_id}/{action}", api_control, methods=["POST"]),
         Route("/static/plotly.min.js", static_plotly),
-    ])
+    ], middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK) if host in LOOPBACK else ["*"])])
 
 
 # ---------------------------------------------------------------- starting it
@@ -612,4 +619,4 @@ def prepare(location: str, host: str = "127.0.0.1", port: int = 8765, sweep_id: 
     token = secrets.token_urlsafe(24)
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{sock.getsockname()[1]}/" + (f"sweep/{sweep_id}" if sweep_id else "")
-    return Dashboard(make_app(reader, token), sock, token, reader.display, url)
+    return Dashboard(make_app(reader, token, host), sock, token, reader.display, url)

@@ -219,6 +219,9 @@ def test_unknown_ids_get_a_clear_page_and_the_api_sends_figures_only_when_they_c
     assert code == 404 and "unknown run id" in text
     code, text = server.get("/")
     assert code == 200 and "asl-sweep dashboard" in text
+    rebound = urllib.request.Request(server.base + "/api/sweeps", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError, match="400"):  # a page whose name points here reads nothing
+        urllib.request.urlopen(rebound, timeout=30)
     code, text = server.get("/api/sweeps")
     assert json.loads(text)["sweeps"][0]["runs"] == 6
     first = wait_until(lambda: (j := json.loads(server.get(f"/api/sweep/{sweep_id}")[1])).get("figures") and j,
