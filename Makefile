@@ -17,7 +17,7 @@ BENCH_MINUTES ?= 30
 SEARCH_MINUTES ?= 10
 SEARCH_SEEDS ?= 3
 
-.PHONY: install test train sweep agent report export bench bench-search bench-replay bench-replay-table bench-replay-all docs clean
+.PHONY: install test train sweep agent report export bench bench-search bench-dashboard bench-replay bench-replay-table bench-replay-all docs clean
 
 install: $(STAMP)
 
@@ -76,6 +76,10 @@ bench-replay-table: $(VENV)/.bench
 # every replay (200 per method, 40 simulated minutes each), stored for bench-replay
 bench-replay-all: $(VENV)/.bench
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --replays $(or $(REPLAYS),200) --out bench/replay/results.json
+
+# ~8 min on 2 cores: agents on SQLite and PostgreSQL with and without a dashboard polling (docs/dashboard.md)
+bench-dashboard: install
+	$(BIN)/python bench/bench.py --only dashboard
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -183,15 +183,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from asl_sweep import dashboard
+    from asl_sweep.ledger import default_path
+
+    board = dashboard.prepare(default_path(), args.host, args.port, args.sweep_id)
+    print(f"dashboard of ledger {board.ledger}, updating every {dashboard.POLL_S:g}s (Ctrl-C stops it):\n"
+          f"  read-only:    {board.url}\n  with control: {board.url}?token={board.token}", flush=True)
+    board.serve()
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from asl_sweep.export import FILES, export_best
 
     t0 = time.perf_counter()
-    meta = export_best(args.sweep_id, args.out, force=args.force, retrain=args.retrain, data_dir=args.data_dir)
+    meta = export_best(args.sweep_id, args.out, force=args.force, retrain=args.retrain, data_dir=args.data_dir,
+                       link=args.link)
     m = meta["metric"]
     print(f"exported run {meta['run_id']} of sweep {meta['sweep_id']} ({m['name']} {m['best']:.4f}"
           f"{', re-trained on train+validation' if meta['retrain'] else ''}) to {args.out}: {', '.join(FILES)} "
           f"({time.perf_counter() - t0:.1f}s)")
+    if meta.get("linked"):
+        print(f"linked its model artifact into W&B's registry: {meta['linked']}")
     for r in meta["passed_over"]:
         print(f"note: run #{r['number']} {r['id']} ranks higher ({m['name']} {r['value']:.4f}) but {r['state']} before "
               f"saving a model ({r['reason'] or 'no reason recorded'}), so it cannot be exported", file=sys.stderr)
@@ -233,6 +247,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
     return value
 
 
@@ -324,7 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     p.add_argument("--retrain", action="store_true", help="re-train the winner on train+validation")
+    p.add_argument("--link", metavar="NAME", help="W&B sweep: link the winner's model artifact into W&B's model "
+                                                  "registry as collection NAME (or REGISTRY/COLLECTION)")
     p.add_argument("--data-dir")
+
+    p = add_ledger_argument(sub.add_parser("dashboard", help="a local web app watching sweeps live (control with a token)"))
+    p.add_argument("sweep_id", nargs="?", help="open this sweep's page (default: the list of sweeps)")
+    p.add_argument("--port", type=port_number, default=8765, help="port to serve on (default 8765; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
 
     p = sub.add_parser("ledger", help="move sweeps between ledgers (SQLite file <-> PostgreSQL)")
     ledger_sub = p.add_subparsers(dest="ledger_command", required=True)
@@ -379,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sync": lambda: cmd_sync(args),
         "report": lambda: cmd_report(args),
         "export": lambda: cmd_export(args),
+        "dashboard": lambda: cmd_dashboard(args),
         "predict": lambda: cmd_predict(args),
         "evaluate": lambda: cmd_evaluate(args),
     }

@@ -204,16 +204,21 @@ def model_card(meta: dict[str, Any], cfg: Config, swept: list[str]) -> str:
 
 
 def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain: bool = False,
-                data_dir: str | None = None) -> dict[str, Any]:
-    """`asl-sweep export`: write the sweep's best run to `out`; returns what `metrics.json` holds."""
-    from asl_sweep import model as model_lib
-    from asl_sweep.ledger import RunState
+                data_dir: str | None = None, link: str | None = None) -> dict[str, Any]:
+    """`asl-sweep export`: write the sweep's best run to `out`; returns what `metrics.json` holds, and with
+    `link` (a W&B sweep) where in W&B's model registry the winner's model artifact was linked."""
+    from asl_sweep import artifacts, model as model_lib
+    from asl_sweep.ledger import RunState, is_local_sweep
     from asl_sweep.ranking import best_epoch, best_value
     from asl_sweep.results import load_sweep, read_record, swept_params
 
     out = Path(out)
     check_out_dir(out, force)
-    data = load_sweep(sweep_id, with_model=True)
+    on_wandb = not is_local_sweep(sweep_id)  # its winner's model comes from its artifact
+    if link and not on_wandb:
+        raise UserError(f"--link puts a W&B run's model in W&B's registry, and {sweep_id} is a local sweep: upload it "
+                        f"first (asl-sweep sync {sweep_id}), then export its W&B sweep with --link")
+    data = load_sweep(sweep_id, with_model=not on_wandb)
     if data.best is None:
         if data.passed_over:
             first = data.passed_over[0]
@@ -228,6 +233,8 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
     if record is None:
         raise UserError(f"best run {best['id']} (#{best['number']}, {best['state']}) has no result record yet: not in "
                         f"{data.source}, nor a result.json on this machine")
+    if on_wandb:
+        record["paths"]["model"] = artifacts.winner_model(best["remote"], Path(best["record_path"]).parent)
     model_path = (record.get("paths") or {}).get("model")
     if not model_path or not Path(model_path).is_file():
         raise UserError(f"best run {best['id']} has no saved model (expected at {model_path})")
@@ -264,4 +271,6 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
         (folder / "README.md").write_text(model_card(meta, cfg, swept_params(data.config)))
 
     write_folder(out, fill)
+    if link:
+        meta["linked"] = artifacts.link_model(best["remote"], link)
     return meta

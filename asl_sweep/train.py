@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from asl_sweep import controller, runtime
+from asl_sweep import artifacts, controller, runtime
 from asl_sweep.config import Config, from_mapping, inactive_keys, parse_overrides, read_yaml
 from asl_sweep.data import DataCache
 from asl_sweep.ledger import INTERRUPTED, STOP_REASON, RunRecord, RunState
@@ -286,6 +286,7 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
         },
     }
     (files / RESULT_FILE).write_text(json.dumps(record, indent=1))
+    artifacts.log_model(run, record)
     if reporter is not None:
         reporter.finish(record)
     if interrupted:  # saved: now end as Ctrl-C ends a run (wandb exit code 255, exit 130, the agent stops)

@@ -19,6 +19,9 @@ Sections (each can be chosen with --only):
             worst, time per photo; a contact sheet of photo, mask and reference in bench-results/masks.png
   background  the cost of `background` (compositing each epoch): fit seconds per epoch of the default
             sweep's space with background 0 and with it, in one process, and their ratio
+  dashboard the ledger section's agents (claims per second, epoch-write time) with an `asl-sweep dashboard`
+            and one viewer polling the sweep's page at its rate, against none, on SQLite and PostgreSQL:
+            alternating trials, medians, and the ratios (`make bench-dashboard`)
 
 Not a test: nothing here asserts; it measures. Results go to bench-results/<timestamp>.json.
 """
@@ -26,6 +29,7 @@ Not a test: nothing here asserts; it measures. Results go to bench-results/<time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,7 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -266,9 +270,10 @@ def lock_timer(ledger) -> dict[str, float]:
     return marks
 
 
-def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue) -> None:
-    """One agent of the ledger bench (its own process): claim, write `epochs` fake epochs, finish, until the
-    sweep is done; times each claim and how long it held the sweep's lock."""
+def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue, pause: float = 0.0) -> None:
+    """One agent of the ledger bench (its own process): claim, write `epochs` fake epochs (`pause` seconds
+    of "training" before each), finish, until the sweep is done; times each claim, how long it held the
+    sweep's lock, and each epoch write."""
     import sweeps
 
     from asl_sweep import controller
@@ -281,7 +286,7 @@ def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue) ->
         ledger.reap_stale(sweep_id, 1e9)
         ledger.runs(sweep_id)
     marks = lock_timer(ledger)
-    holds, latencies = [], []
+    holds, latencies, writes = [], [], []
     ready.put(os.getpid())
     go.wait()  # every agent imported, connected and warm: none competes with another's start-up
     while True:
@@ -292,14 +297,19 @@ def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue) ->
             break
         holds.append(marks["committed"] - marks["locked"])
         for step in range(1, epochs + 1):
+            time.sleep(pause)
+            t0 = time.perf_counter()
             ledger.append_epoch(run["id"], {"epoch": step, "val_accuracy": 0.5 + step / 100}, attempt=run["attempt"],
                                 step=step)
+            writes.append(time.perf_counter() - t0)
         ledger.finish_run(run["id"], "finished", attempt=run["attempt"], summary={"val_accuracy": 0.5})
-    queue.put({"holds": holds, "latencies": latencies, "done": time.time()})
+    queue.put({"holds": holds, "latencies": latencies, "writes": writes, "done": time.time()})
 
 
-def claims_cell(location: str, runs: int, agents: int, epochs: int = 2) -> dict[str, Any]:
-    """k agent processes on one random sweep of `runs` runs: claims per second and lock time (ms)."""
+def claims_cell(location: str, runs: int, agents: int, epochs: int = 2,
+                watch: Callable[[str, str], Any] | None = None, pause: float = 0.0) -> dict[str, Any]:
+    """k agent processes on one random sweep of `runs` runs: claims per second, lock and epoch-write time
+    (ms); with `watch(location, sweep_id)`, a context manager around the agents' work (a dashboard)."""
     import multiprocessing
 
     from asl_sweep.ledger import Ledger
@@ -310,22 +320,27 @@ def claims_cell(location: str, runs: int, agents: int, epochs: int = 2) -> dict[
         sid = ledger.create_sweep(config, f"claims-{runs}-{agents}")
     ctx = multiprocessing.get_context("spawn")
     ready, go, queue = ctx.Queue(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=claim_worker, args=(location, sid, epochs, ready, go, queue)) for _ in range(agents)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.get(timeout=300)
-    start_at = time.time()
-    go.set()
-    results = [queue.get(timeout=900) for _ in procs]
-    for p in procs:
-        p.join()
+    procs = [ctx.Process(target=claim_worker, args=(location, sid, epochs, ready, go, queue, pause))
+             for _ in range(agents)]
+    with watch(location, sid) if watch else contextlib.nullcontext({}) as watcher:
+        for p in procs:
+            p.start()
+        for _ in procs:
+            ready.get(timeout=300)
+        start_at = time.time()
+        go.set()
+        results = [queue.get(timeout=900) for _ in procs]
+        for p in procs:
+            p.join()
     holds = sorted(h for r in results for h in r["holds"])
     latencies = sorted(x for r in results for x in r["latencies"])
+    writes = sorted(x for r in results for x in r["writes"])
     wall = max(r["done"] for r in results) - start_at
     return {"claims_per_s": len(holds) / wall, "lock_ms_median": 1000 * statistics.median(holds),
             "lock_ms_p95": 1000 * holds[int(0.95 * (len(holds) - 1))],
-            "claim_ms_median": 1000 * statistics.median(latencies)}
+            "claim_ms_median": 1000 * statistics.median(latencies),
+            "epoch_ms_median": 1000 * statistics.median(writes) if writes else None,
+            "epoch_ms_p95": 1000 * writes[int(0.95 * (len(writes) - 1))] if writes else None, **watcher}
 
 
 def bayes_lock_ms(location: str, runs: int, claims: int = 5) -> float:
@@ -370,19 +385,29 @@ def real_two_agents(location: str, runs: int = 6, epochs: int = 6) -> float:
     return time.perf_counter() - t0
 
 
-def bench_ledger(run_length_s: float) -> dict[str, Any]:
+def postgres_server():
+    """A PostgreSQL server of the bench's own, started as the tests start theirs."""
     sys.path.insert(0, str(REPO))
     from tests.pg import PostgresServer
 
-    server = PostgresServer()
+    return PostgresServer()
+
+
+def backend_location(server, backend: str, name: str) -> str:
+    """A fresh ledger on `backend`: a database on the bench's server, or a new SQLite file."""
+    if backend == "postgresql":
+        return server.create_database(name.replace("-", "_"))
+    fresh_ledger(f"ledger-{name}")
+    return os.environ["ASL_SWEEP_LEDGER"]
+
+
+def bench_ledger(run_length_s: float) -> dict[str, Any]:
+    server = postgres_server()
     out: dict[str, Any] = {}
     try:
         for backend in ("sqlite", "postgresql"):
             def location(name: str) -> str:
-                if backend == "postgresql":
-                    return server.create_database(name.replace("-", "_"))
-                fresh_ledger(f"ledger-{name}")
-                return os.environ["ASL_SWEEP_LEDGER"]
+                return backend_location(server, backend, name)
 
             cells = out[backend] = {}
             for runs in (50, 200, 400):
@@ -406,6 +431,72 @@ def bench_ledger(run_length_s: float) -> dict[str, Any]:
     out["max_agents_one_sweep"] = {
         "bayes_400_runs": int(run_length_s / (worst / 1000)),
         "random_400_runs": int(run_length_s / (out["postgresql"]["400_runs_8_agents"]["lock_ms_p95"] / 1000))}
+    return out
+
+
+@contextlib.contextmanager
+def watched(location: str, sweep_id: str):
+    """`asl-sweep dashboard` on the ledger and one viewer polling its sweep page's JSON every POLL_S seconds,
+    as the page does (figures are sent again only when they changed); yields what the viewer measured."""
+    import threading
+    import urllib.request
+
+    from asl_sweep.dashboard import POLL_S
+
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep", "dashboard", sweep_id, "--port", "0", "--ledger", location],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    page = [proc.stdout.readline() for _ in range(2)][1].split()[-1]
+    api = page.replace("/sweep/", "/api/sweep/")
+    stop, polls, measured, first = threading.Event(), [], {}, threading.Event()
+
+    def viewer() -> None:
+        version = ""
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(f"{api}?since={version}", timeout=60) as r:
+                version = json.loads(r.read())["version"]
+            polls.append(time.perf_counter() - t0)
+            first.set()
+            stop.wait(max(0.0, POLL_S - (time.perf_counter() - t0)))
+
+    thread = threading.Thread(target=viewer, daemon=True)
+    thread.start()
+    first.wait(timeout=120)  # its imports and first drawing are done: what follows is its steady state
+    try:
+        yield measured
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+        proc.terminate()
+        proc.wait(timeout=30)
+        measured.update(polls=len(polls), poll_ms_median=1000 * statistics.median(polls) if polls else None)
+
+
+def bench_dashboard(runs: int = 300, agents: int = 2, epochs: int = 5, pause: float = 0.02,
+                    trials: int = 3) -> dict[str, Any]:
+    """The ledger section's agents with and without a dashboard watching, in alternating trials; each epoch
+    "trains" `pause` seconds, so that a run ends every few tenths of a second: the dashboard redraws (and
+    refits importance) as often as it ever does, far more often than in a real sweep."""
+    server = postgres_server()
+    out: dict[str, Any] = {"runs": runs, "agents": agents, "epochs_per_run": epochs, "epoch_pause_s": pause,
+                           "trials": trials}
+    keys = ("claims_per_s", "claim_ms_median", "epoch_ms_median", "epoch_ms_p95")
+    try:
+        for backend in ("sqlite", "postgresql"):
+            cells: dict[str, list[dict[str, Any]]] = {"none": [], "dashboard": []}
+            for trial in range(trials):
+                for mode in cells:
+                    where = backend_location(server, backend, f"dash-{mode}-{trial}")
+                    cells[mode].append(claims_cell(where, runs, agents, epochs, watched if mode == "dashboard" else None,
+                                                   pause))
+                    print(f"[bench] dashboard {backend} {mode} trial {trial}: {cells[mode][-1]}", flush=True)
+            med = {mode: {k: statistics.median(c[k] for c in cells[mode]) for k in keys} for mode in cells}
+            med["dashboard"]["polls"] = sum(c["polls"] for c in cells["dashboard"])
+            med["dashboard"]["poll_ms_median"] = statistics.median(c["poll_ms_median"] for c in cells["dashboard"])
+            out[backend] = {**med, "ratio": {k: med["dashboard"][k] / med["none"][k] for k in keys}}
+    finally:
+        server.close()
     return out
 
 
@@ -653,6 +744,7 @@ def main() -> int:
         "ledger": lambda: bench_ledger(args.run_length),
         "masks": bench_masks,
         "background": bench_background,
+        "dashboard": bench_dashboard,
     }
     for name in args.only:
         t0 = time.perf_counter()

@@ -153,6 +153,20 @@ def program_sweep(w: World) -> str:
                                    "program")
 
 
+HELD: list = []  # sockets a row plants, kept open until the test session ends
+
+
+def port_in_use(w: World) -> int:
+    """A port some other program listens on."""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    HELD.append(sock)
+    return sock.getsockname()[1]
+
+
 def unreachable_wandb(w: World) -> None:
     """An API key, no WANDB_MODE (empty, as `export WANDB_MODE=` leaves it) and W&B's URL on a closed port."""
     import socket
@@ -422,6 +436,17 @@ CASES: list[Case] = [
     Case("--ledger: password as a parameter, PostgreSQL not answering",
          lambda w: ["sweep", sweep_file(w), "--local", "--ledger", "postgresql://ann@127.0.0.1:1/sweeps?password=pw"],
          ("cannot connect to ledger postgresql://ann:***@127.0.0.1:1/sweeps",)),
+    # ---- the dashboard (issue 25): every mistake found before it serves anything
+    Case("dashboard: port in use", lambda w: ["dashboard", "--port", str(port_in_use(w))],
+         ("port", "is in use", "--port 0")),
+    Case("dashboard: port out of range", lambda w: ["dashboard", "--port", "70000"], ("must be from 0 to 65535",)),
+    Case("dashboard: an address not of this machine", lambda w: ["dashboard", "--host", "192.0.2.1"],
+         ("cannot listen on 192.0.2.1:8765",)),
+    Case("dashboard: unknown sweep id", lambda w: ["dashboard", "zzzz9999"], ("unknown sweep id 'zzzz9999'",)),
+    Case("dashboard: no ledger", lambda w: ["dashboard"], ("no ledger at",),
+         plant=lambda w: other_ledger(w, w.work / "none.db")),
+    Case("dashboard: PostgreSQL not answering", lambda w: ["dashboard", "--ledger", "postgresql://ann:pw@127.0.0.1:1/s"],
+         ("cannot connect to ledger postgresql://ann:***@127.0.0.1:1/s",), subprocess=True),
 ]
 
 
