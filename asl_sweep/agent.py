@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -42,13 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from asl_sweep import controller
+from asl_sweep import controller, heartbeat
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import ERROR_LOG, INTERRUPTED, Ledger, RunRow, RunState
+from asl_sweep.ledger import Ledger
+from asl_sweep.records import ERROR_LOG, INTERRUPTED, RunRow
+from asl_sweep.state import Outcome, RunState, SweepState
 from asl_sweep.ranking import best_run, best_value
 from asl_sweep.sweepfile import command_of, metric, wandb_target
 
 
+log = logging.getLogger(__name__)
 LOG_LINES = 40  # of a failed run's output or traceback, kept in its summary (`ledger.ERROR_LOG`)
 
 
@@ -180,7 +184,7 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
     else:
         best_txt = f"best {name} -"
     elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))
-    paused = ", paused" if sweep["state"] == "paused" else ""
+    paused = ", paused" if sweep["state"] == SweepState.PAUSED else ""
     failed_txt = f", {failed} failed" if failed else ""
     return f"[{sweep_id}] {done}/{cap} runs done, {running} running{failed_txt}, {best_txt}, {elapsed} elapsed{paused}"
 
@@ -213,7 +217,7 @@ class Progress:
 
 
 def _run_in_process(ledger: Ledger, sweep_id: str, run: RunRow, cache, progress: Progress,
-                    target: tuple[str, str | None]) -> str:
+                    target: tuple[str, str | None]) -> Outcome:
     """The run's outcome: its final state, `requeued` (SIGTERM) or `fenced` (reaped meanwhile)."""
     from asl_sweep.train import execute
 
@@ -224,7 +228,7 @@ def _run_in_process(ledger: Ledger, sweep_id: str, run: RunRow, cache, progress:
 
 
 def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: AgentOptions,
-                    target: tuple[str, str | None]) -> str:
+                    target: tuple[str, str | None]) -> Outcome:
     """One run as W&B's agent starts it: the YAML's command in W&B's agent environment, except that the
     local sweep id goes in ASL_SWEEP_SWEEP_ID (a WANDB_SWEEP_ID unknown to W&B would block `wandb sync`).
     SIGTERM to the agent is passed on to the run. Returns the run's outcome, as `_run_in_process`."""
@@ -244,41 +248,47 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
     except OSError as exc:
         ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"],
                           error=f"cannot start {cmd[0]!r}: {exc.strerror}", summary={ERROR_LOG: " ".join(cmd)})
-        return RunState.FAILED.value
-    passed_on, beat = False, time.monotonic()
+        return Outcome.FAILED
+    # the agent beats for its run too: the child's own heartbeat starts only after its imports and data
+    # checks, which can outlast the timeout on a busy shared filesystem
+    with heartbeat.Heartbeat(lambda: Ledger(ledger.location, patient=True), run["id"], run["attempt"]) as beats:
+        err = _wait_for(proc, ledger, run, beats)
+    after = ledger.run(run["id"])
+    if after is None or after["attempt"] != run["attempt"]:
+        return Outcome.REQUEUED if controller.PREEMPTED.is_set() else Outcome.FENCED
+    if after["state"] == RunState.RUNNING:  # the child died without ending its run
+        if controller.PREEMPTED.is_set():
+            landed = ledger.requeue(run["id"], run["attempt"], "preempted (SIGTERM); requeued")
+            return Outcome.REQUEUED if landed else Outcome.FENCED
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        if not ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"exit code {proc.returncode}: {last}",
+                                 summary={ERROR_LOG: tail(f"$ {' '.join(cmd)}\n{err}")}):
+            return Outcome.FENCED
+        return Outcome.FAILED
+    return Outcome.REQUEUED if after["state"] == RunState.PENDING else Outcome(after["state"])
+
+
+def _wait_for(proc: subprocess.Popen, ledger: Ledger, run: RunRow, beats: heartbeat.Heartbeat) -> str:
+    """Wait for a run's process, reading its stderr (returned): SIGTERM to the agent is passed on to it,
+    and it is killed once its run was reaped (its result could not be recorded anyway)."""
+    passed_on, checked = False, False
     while True:
         try:
-            _, err = proc.communicate(timeout=0.5)
-            break
+            return proc.communicate(timeout=0.5)[1]
         except subprocess.TimeoutExpired:
             if controller.PREEMPTED.is_set() and not passed_on:
                 proc.send_signal(signal.SIGTERM)
                 passed_on = True
-            if time.monotonic() - beat > controller.heartbeat_interval():
-                # the agent beats for its run too: the child's own heartbeat starts only after its
-                # imports and data checks, which can outlast the timeout on a busy shared filesystem
-                beat = time.monotonic()
-                if not ledger.heartbeat(run["id"], run["attempt"]) and not passed_on:
-                    now = ledger.run(run["id"])  # not running: ended by the child itself, or reaped meanwhile
-                    if now is None or now["attempt"] != run["attempt"] or now["state"] == RunState.CRASHED:
-                        proc.kill()  # reaped: its result could not be recorded anyway
+            if beats.fenced.is_set() and not passed_on and not checked:
+                checked = True
+                now = ledger.run(run["id"])  # not running: ended by the child itself, or reaped meanwhile
+                if now is None or now["attempt"] != run["attempt"] or now["state"] == RunState.CRASHED:
+                    proc.kill()
         except KeyboardInterrupt:  # the run got Ctrl-C too (same process group): it saves what it has, then exits
-            print(f"run {run['id']} interrupted: waiting for it to save its best-so-far model and record "
-                  "(Ctrl-C again aborts the save)", file=sys.stderr, flush=True)
+            log.warning("run %s interrupted: waiting for it to save its best-so-far model and record "
+                        "(Ctrl-C again aborts the save)", run["id"])
             proc.communicate()  # reading its output as it ends: a full pipe would block it
             raise
-    after = ledger.run(run["id"])
-    if after is None or after["attempt"] != run["attempt"]:
-        return "requeued" if controller.PREEMPTED.is_set() else "fenced"
-    if after["state"] == RunState.RUNNING:  # the child died without ending its run
-        if controller.PREEMPTED.is_set():
-            return "requeued" if ledger.requeue(run["id"], run["attempt"], "preempted (SIGTERM); requeued") else "fenced"
-        last = (err.strip().splitlines() or ["no output"])[-1]
-        if not ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"exit code {proc.returncode}: {last}",
-                                 summary={ERROR_LOG: tail(f"$ {' '.join(cmd)}\n{err}")}):
-            return "fenced"
-        return RunState.FAILED.value
-    return "requeued" if after["state"] == RunState.PENDING else after["state"].value
 
 
 def _watch_ctrl_c(raise_while: Callable[[], bool] = lambda: True) -> tuple[threading.Event, Any]:
@@ -306,8 +316,8 @@ def preflight(sweep: dict[str, Any], opts: AgentOptions) -> None:
     if opts.subprocess_mode:
         sweepfile.check_program(sweep["config"], f"sweep {sweep['id']}")
     data.list_images(data.locate(opts.data_dir))
-    controller.heartbeat_interval()
-    controller.heartbeat_timeout()
+    heartbeat.interval()
+    heartbeat.timeout()
 
 
 def tail(text: str, lines: int = LOG_LINES) -> str:
@@ -351,12 +361,12 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                     and not controller.PREEMPTED.is_set():
                 run = controller.claim_next(ledger, sweep_id, agent)
                 if run is None:
-                    if ledger.sweep(sweep_id)["state"] != "paused":
+                    if ledger.sweep(sweep_id)["state"] != SweepState.PAUSED:
                         break
                     if not waiting and opts.show_progress:
                         print(f"sweep {sweep_id} is paused: waiting (asl-sweep sweep --resume {sweep_id})", flush=True)
                     waiting = True
-                    time.sleep(controller.heartbeat_interval())
+                    time.sleep(heartbeat.interval())
                     continue
                 waiting = False
                 executed += 1
@@ -364,9 +374,9 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                 ours = {"attempt": run["attempt"]}
                 try:
                     if opts.subprocess_mode:
-                        outcome = _run_subprocess(ledger, sweep, run, opts, target)
+                        outcome = Outcome(_run_subprocess(ledger, sweep, run, opts, target))
                     else:
-                        outcome = _run_in_process(ledger, sweep_id, run, cache, progress, target)
+                        outcome = Outcome(_run_in_process(ledger, sweep_id, run, cache, progress, target))
                 except KeyboardInterrupt:
                     ledger.finish_run(run["id"], RunState.STOPPED, **ours, error=INTERRUPTED)
                     raise
@@ -376,13 +386,13 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                         raise KeyboardInterrupt from exc
                     ledger.finish_run(run["id"], RunState.FAILED, **ours, error=error_line(exc),
                                       summary={ERROR_LOG: tail(traceback.format_exc())})
-                    outcome = RunState.FAILED.value
+                    outcome = Outcome.FAILED
                     if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
                         raise
                 progress.show(force=True)
-                if outcome in ("requeued", "fenced"):
+                if not outcome.recorded:
                     print(f"run {run['id']} " + ("requeued: this agent got SIGTERM; the next free agent reruns it"
-                          if outcome == "requeued" else "was ended by another agent (no heartbeat seen; reaped "
+                          if outcome == Outcome.REQUEUED else "was ended by another agent (no heartbeat seen; reaped "
                           "as crashed) while it ran here: its result is not recorded"), file=sys.stderr, flush=True)
                     continue
                 ended = ledger.run(run["id"]) or {}
@@ -394,7 +404,7 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                     raise UserError(f"agent shut down after {reason}; last error (run #{run['number']}): "
                                     f"{ended.get('error') or 'see its record'}")
             state = ledger.sweep(sweep_id)["state"]
-            if executed == 0 and state in ("finished", "canceled") and opts.show_progress:
+            if executed == 0 and state in (SweepState.FINISHED, SweepState.CANCELED) and opts.show_progress:
                 print(f"sweep {sweep_id} is {state}: no run left to start (asl-sweep status {sweep_id} shows its runs)",
                       flush=True)
         finally:

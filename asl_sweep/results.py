@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import RunRecord, RunState
 from asl_sweep.ranking import ranked
+from asl_sweep.records import RunRecord
+from asl_sweep.state import RunState
 from asl_sweep.sweepfile import LOGGED_METRICS, metric
 
 HISTORY_KEYS = ("epoch", *LOGGED_METRICS)  # what a W&B-hosted run's history is read back with

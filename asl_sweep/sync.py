@@ -17,7 +17,8 @@ from typing import Any
 
 from asl_sweep import runtime
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import ACTIVE, Ledger
+from asl_sweep.ledger import Ledger
+from asl_sweep.state import ACTIVE
 from asl_sweep.sweepfile import wandb_target
 
 def check_reachable() -> str:

@@ -25,8 +25,9 @@ from typing import Any, Mapping, Protocol, Sequence
 from asl_sweep import controller, runtime
 from asl_sweep.config import Config, from_mapping, inactive_keys, parse_overrides, read_yaml
 from asl_sweep.data import DataCache
-from asl_sweep.ledger import INTERRUPTED, STOP_REASON, RunRecord, RunState
 from asl_sweep.preprocessing import CLASSES, preprocess
+from asl_sweep.records import INTERRUPTED, STOP_REASON, RunRecord
+from asl_sweep.state import RunState
 
 EXAMPLE_IMAGES = 24  # each wandb.Image costs ~2 ms to make and log, per run
 RESULT_FILE = "result.json"

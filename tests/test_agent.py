@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from asl_sweep import agent
-from asl_sweep.ledger import INTERRUPTED, STOP_REASON, Ledger
+from asl_sweep.ledger import Ledger
+from asl_sweep.records import INTERRUPTED, STOP_REASON
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,9 @@ import yaml
 
 from asl_sweep import agent, cli, controller, export, status
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import HYPERBAND, INTERRUPTED, Ledger, RunState
+from asl_sweep.ledger import Ledger
+from asl_sweep.records import HYPERBAND, INTERRUPTED
+from asl_sweep.state import RunState
 from asl_sweep.sweepfile import OWN_COMMAND
 from tests.test_agent import SMOKE
 

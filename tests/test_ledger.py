@@ -11,8 +11,9 @@ import pytest
 from asl_sweep import controller
 from asl_sweep.agent import progress_line
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import Ledger, RunState, copy_sweep
+from asl_sweep.ledger import Ledger, copy_sweep
 from asl_sweep.results import load_sweep
+from asl_sweep.state import RunState
 from asl_sweep.status import status_table, sweeps_table
 from asl_sweep.sync import sync_sweep
 

@@ -12,7 +12,8 @@ import pytest
 
 from asl_sweep import controller, schema, storage
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import Ledger, RunState
+from asl_sweep.ledger import Ledger
+from asl_sweep.state import RunState
 
 REPO = Path(__file__).resolve().parents[1]
 RANDOM = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": 4,
