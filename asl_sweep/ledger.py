@@ -77,8 +77,11 @@ def is_local_sweep(sweep_id: str) -> bool:
         return ledger.find_sweep(sweep_id) is not None
 
 
-def unknown_sweep(sweep_id: str) -> UserError:
-    """The error for an id that is not local while W&B is offline, so it cannot be a W&B sweep either."""
+def unknown_sweep(sweep_id: str, ledger: str | None = None) -> UserError:
+    """The one error for an id nobody knows: not in `ledger` (the display form of an open one), or, with
+    none given, not in the default ledger while W&B is offline, so it cannot be a W&B sweep either."""
+    if ledger is not None:
+        return UserError(f"unknown sweep id '{sweep_id}': not in {ledger} ('asl-sweep sweeps' lists them; {CHOOSE})")
     return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {where()} ({CHOOSE}), "
                      "and W&B is offline (no API key) so it cannot be a W&B sweep")
 
@@ -179,14 +182,10 @@ class Ledger(contextlib.AbstractContextManager):
             return None
         return sweep_from_row(row)
 
-    def unknown(self, sweep_id: str) -> UserError:
-        return UserError(f"unknown sweep id '{sweep_id}': not in {self.display} ('asl-sweep sweeps' lists them; "
-                         f"{CHOOSE})")
-
     def sweep(self, sweep_id: str) -> SweepRow:
         found = self.find_sweep(sweep_id)
         if found is None:
-            raise self.unknown(sweep_id)
+            raise unknown_sweep(sweep_id, self.display)
         return found
 
     @retried
@@ -210,7 +209,7 @@ class Ledger(contextlib.AbstractContextManager):
             self.backend.lock_sweep(sweep_id)
             row = self.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
             if row is None:
-                raise self.unknown(sweep_id)
+                raise unknown_sweep(sweep_id, self.display)
             if row["state"] == new and self.repeating():  # it landed before the answer was lost
                 return new
             if row["state"] not in allowed:

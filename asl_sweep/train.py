@@ -299,12 +299,13 @@ def execute(
     `project`/`entity` default to W&B's environment variables, as a run launched by `wandb agent` reads them."""
     import wandb
 
-    from asl_sweep.sweepfile import DEFAULT_PROJECT
+    from asl_sweep.sweepfile import wandb_target
 
     initial = from_mapping(values, source="config")
+    project, entity = wandb_target({}, project, entity)
     run = wandb.init(
-        project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-        entity=entity or os.environ.get("WANDB_ENTITY") or None,
+        project=project,
+        entity=entity,
         config=initial.to_dict(),
         id=run_id,
         group=getattr(reporter, "sweep_id", None) or os.environ.get(controller.LOCAL_SWEEP_ENV),
@@ -339,7 +340,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show TensorFlow/wandb logs and full tracebacks")
 
 
-def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> RunRecord:
     """`asl-sweep train` and `python -m asl_sweep.train`: defaults <- --config <- --key=value."""
     values: dict[str, Any] = read_yaml(args.config) if args.config else {}
     values.update(parse_overrides(overrides))
@@ -354,24 +355,18 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     with reporter or contextlib.nullcontext():
         record = execute(values, DataCache(args.data_dir), reporter=reporter,
                          run_id=os.environ.get("WANDB_RUN_ID"), verbose="auto")
-    s = record["summary"]
-    acc = f"{s['val_accuracy']:.4f} (saved model: best epoch {s['best_epoch']})" if s["val_accuracy"] is not None else "n/a"
-    last = f"{s['last_epoch_val_accuracy']:.4f}" if s["last_epoch_val_accuracy"] is not None else "n/a"
-    print(f"run {record['run_id']} {record['state']}: val_accuracy {acc}, last epoch {last}, "
-          f"{s['epochs_run']} epochs in {s['wall_time']:.1f}s")
-    print(f"record: {record['paths']['record']}")
-    if os.environ.get("WANDB_MODE") == "offline":
-        print(f"logged offline; upload later with: wandb sync {record['paths']['run_dir']}")
-    return 1 if record["state"] == RunState.FAILED else 0
+    return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from asl_sweep import console
     from asl_sweep.errors import OneLineParser, guarded
 
     parser = OneLineParser(prog="python -m asl_sweep.train", description="Train one run.", allow_abbrev=False)
     add_train_arguments(parser)
     args, rest = parser.parse_known_args(argv)
-    return guarded(lambda: run_from_args(args, rest), debug=getattr(args, "debug", False))
+    console.install(debug=getattr(args, "debug", False))
+    return guarded(lambda: console.report_run(run_from_args(args, rest)), debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":
