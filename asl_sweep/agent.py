@@ -250,10 +250,7 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
         ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"],
                           error=f"cannot start {cmd[0]!r}: {exc.strerror}", summary={ERROR_LOG: " ".join(cmd)})
         return Outcome.FAILED
-    # the agent beats for its run too: the child's own heartbeat starts only after its imports and data
-    # checks, which can outlast the timeout on a busy shared filesystem
-    with heartbeat.Heartbeat(lambda: Ledger(ledger.location, patient=True), run["id"], run["attempt"]) as beats:
-        err = _wait_for(proc, ledger, run, beats)
+    err = _wait_for(proc, ledger, run)
     after = ledger.run(run["id"])
     if after is None or after["attempt"] != run["attempt"]:
         return Outcome.REQUEUED if controller.PREEMPTED.is_set() else Outcome.FENCED
@@ -269,10 +266,12 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
     return Outcome.REQUEUED if after["state"] == RunState.PENDING else Outcome(after["state"])
 
 
-def _wait_for(proc: subprocess.Popen, ledger: Ledger, run: RunRow, beats: heartbeat.Heartbeat) -> str:
+def _wait_for(proc: subprocess.Popen, ledger: Ledger, run: RunRow) -> str:
     """Wait for a run's process, reading its stderr (returned): SIGTERM to the agent is passed on to it,
-    and it is killed once its run was reaped (its result could not be recorded anyway)."""
-    passed_on, checked = False, False
+    and it is killed once its run was reaped (its result could not be recorded anyway). The agent beats
+    for its run too, on its own connection: the child's heartbeat starts only after its imports and data
+    checks, which can outlast the timeout on a busy shared filesystem."""
+    passed_on, beat_due = False, heartbeat.pacer()
     while True:
         try:
             return proc.communicate(timeout=0.5)[1]
@@ -280,8 +279,7 @@ def _wait_for(proc: subprocess.Popen, ledger: Ledger, run: RunRow, beats: heartb
             if controller.PREEMPTED.is_set() and not passed_on:
                 proc.send_signal(signal.SIGTERM)
                 passed_on = True
-            if beats.fenced.is_set() and not passed_on and not checked:
-                checked = True
+            if beat_due() and not ledger.heartbeat(run["id"], run["attempt"]) and not passed_on:
                 now = ledger.run(run["id"])  # not running: ended by the child itself, or reaped meanwhile
                 if now is None or now["attempt"] != run["attempt"] or now["state"] == RunState.CRASHED:
                     proc.kill()

@@ -1,11 +1,12 @@
 """Heartbeats: how a running run shows that its agent is alive, and how long silence means it died
 (as Optuna's `storages/_heartbeat.py`). The ledger writes and reads them (`Ledger.heartbeat`, its
 `SILENT` rule, `reap_stale` inside every claim); this module holds the two settings and the thread
-that beats while a run trains."""
+that beats while a run trains (or the pacer of an agent that beats for its run's process)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, Protocol
 
 from asl_sweep.runtime import env_number
@@ -20,6 +21,21 @@ def timeout() -> float:
     """Seconds without a heartbeat after which a running run is crashed (shown so at once, recorded so by
     the next claim; ASL_SWEEP_HEARTBEAT_TIMEOUT_S)."""
     return env_number("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", 60.0, minimum=0.01)
+
+
+def pacer() -> Callable[[], bool]:
+    """For a loop that beats as it waits (an agent watching its run's process): True once `interval()`
+    seconds have passed since the last True."""
+    last = time.monotonic()
+
+    def due() -> bool:
+        nonlocal last
+        if time.monotonic() - last <= interval():
+            return False
+        last = time.monotonic()
+        return True
+
+    return due
 
 
 class Beating(Protocol):

@@ -182,10 +182,14 @@ class Ledger(contextlib.AbstractContextManager):
             return None
         return sweep_from_row(row)
 
+    def unknown(self, sweep_id: str) -> UserError:
+        """The error for an id this ledger does not hold (`unknown_sweep`, naming this ledger)."""
+        return unknown_sweep(sweep_id, self.display)
+
     def sweep(self, sweep_id: str) -> SweepRow:
         found = self.find_sweep(sweep_id)
         if found is None:
-            raise unknown_sweep(sweep_id, self.display)
+            raise self.unknown(sweep_id)
         return found
 
     @retried
@@ -209,7 +213,7 @@ class Ledger(contextlib.AbstractContextManager):
             self.backend.lock_sweep(sweep_id)
             row = self.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
             if row is None:
-                raise unknown_sweep(sweep_id, self.display)
+                raise self.unknown(sweep_id)
             if row["state"] == new and self.repeating():  # it landed before the answer was lost
                 return new
             if row["state"] not in allowed:
