@@ -3,14 +3,15 @@
 How a run of a local sweep travels, from `asl-sweep sweep FILE --run` (or `asl-sweep agent ID`)
 to its ledger row:
 
-    cli.sweep_cmd / cli.agent_cmd
+    cli.cmd_sweep (--run) / cli.cmd_agent, with the CLI's display (display.Progress) for events
       -> run_agents: one agent here, or k agent processes (`python -m asl_sweep agent ID --quiet`)
       -> local_agent: preflight (sweep file, data), then per run:
-           controller.claim_next      one ledger transaction under the sweep's lock: reap, requeued run
-                                      first, cap/target, sweeps.next_run, insert
+           controller.claim_next      Ledger.claim: one transaction under the sweep's lock: reap,
+                                      requeued run first, cap/target, sweeps.next_run, insert
            in-process (default)       train.execute(config) in this process, TensorFlow and data loaded
                                       once; controller.LedgerReporter writes each epoch, asks
-                                      sweeps.stop_runs (hyperband) and relays stop requests
+                                      sweeps.stop_runs (hyperband), relays stop requests and
+                                      beats (heartbeat.Heartbeat)
            or subprocess (--subprocess)
                                       expand_command: the YAML's `command`, exactly as W&B's agent
                                       expands it; the child gets W&B's agent environment plus
@@ -30,6 +31,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -42,13 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from asl_sweep import controller
+from asl_sweep import controller, heartbeat
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import ERROR_LOG, INTERRUPTED, Ledger, RunRow, RunState
+from asl_sweep.ledger import Ledger
+from asl_sweep.records import ERROR_LOG, INTERRUPTED, RunRow
+from asl_sweep.state import Outcome, RunState, SweepState
 from asl_sweep.ranking import best_run, best_value
 from asl_sweep.sweepfile import command_of, metric, wandb_target
 
 
+log = logging.getLogger(__name__)
 LOG_LINES = 40  # of a failed run's output or traceback, kept in its summary (`ledger.ERROR_LOG`)
 
 
@@ -180,51 +185,51 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
     else:
         best_txt = f"best {name} -"
     elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))
-    paused = ", paused" if sweep["state"] == "paused" else ""
+    paused = ", paused" if sweep["state"] == SweepState.PAUSED else ""
     failed_txt = f", {failed} failed" if failed else ""
     return f"[{sweep_id}] {done}/{cap} runs done, {running} running{failed_txt}, {best_txt}, {elapsed} elapsed{paused}"
 
 
-class Progress:
-    """A live status line: rewritten in place on a terminal, one line per update otherwise (throttled)."""
+class AgentEvents:
+    """What an agent tells as it goes, to whoever shows it. The library's own logs each note (logger
+    `asl_sweep.agent`) and shows no progress line; the CLI passes its display (`console.Progress`), which
+    keeps a live line of `progress_line` and prints the notes. `notes=False`: warnings only."""
 
-    def __init__(self, ledger: Ledger, sweep_id: str, enabled: bool = True) -> None:
-        self.ledger, self.sweep_id, self.enabled = ledger, sweep_id, enabled
-        self.started = time.time()
-        self.tty = sys.stdout.isatty()
-        self._last = 0.0
+    def __init__(self, *, notes: bool = True) -> None:
+        self.notes = notes
+
+    def started(self, ledger: Ledger, sweep_id: str) -> None:
+        """The sweep this agent works on, read through `ledger` for as long as it runs."""
 
     def show(self, force: bool = False) -> None:
-        if not self.enabled or (not force and not self.tty and time.time() - self._last < 10):
-            return
-        self._last = time.time()
-        line = progress_line(self.ledger, self.sweep_id, self.started)
-        print(f"\r{line}\033[K" if self.tty else line, end="" if self.tty else "\n", flush=True)
+        """The sweep moved on (a run claimed, an epoch, a run ended): a progress display may redraw."""
 
     def note(self, text: str) -> None:
-        """A line of its own (a run that failed, and why), above the live line on a terminal."""
-        if self.enabled:
-            print(f"\r{text}\033[K" if self.tty else text, flush=True)
-            self._last = 0.0
+        """Something worth a line of its own (a run failed, the sweep is paused or done)."""
+        if self.notes:
+            log.info(text)
+
+    def warn(self, text: str) -> None:
+        """Something the person running the agent must see, even a quiet one (a run requeued or fenced)."""
+        log.warning(text)
 
     def end(self) -> None:
-        if self.enabled and self.tty:
-            print()
+        """The agent is done with the sweep."""
 
 
-def _run_in_process(ledger: Ledger, sweep_id: str, run: RunRow, cache, progress: Progress,
-                    target: tuple[str, str | None]) -> str:
+def _run_in_process(ledger: Ledger, sweep_id: str, run: RunRow, cache, events: AgentEvents,
+                    target: tuple[str, str | None]) -> Outcome:
     """The run's outcome: its final state, `requeued` (SIGTERM) or `fenced` (reaped meanwhile)."""
     from asl_sweep.train import execute
 
-    with controller.LedgerReporter(ledger, sweep_id, run, on_epoch=progress.show) as reporter:
+    with controller.LedgerReporter(ledger, sweep_id, run, on_epoch=events.show) as reporter:
         execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0,
                 project=target[0], entity=target[1])
     return reporter.outcome
 
 
 def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: AgentOptions,
-                    target: tuple[str, str | None]) -> str:
+                    target: tuple[str, str | None]) -> Outcome:
     """One run as W&B's agent starts it: the YAML's command in W&B's agent environment, except that the
     local sweep id goes in ASL_SWEEP_SWEEP_ID (a WANDB_SWEEP_ID unknown to W&B would block `wandb sync`).
     SIGTERM to the agent is passed on to the run. Returns the run's outcome, as `_run_in_process`."""
@@ -244,41 +249,45 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
     except OSError as exc:
         ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"],
                           error=f"cannot start {cmd[0]!r}: {exc.strerror}", summary={ERROR_LOG: " ".join(cmd)})
-        return RunState.FAILED.value
-    passed_on, beat = False, time.monotonic()
+        return Outcome.FAILED
+    err = _wait_for(proc, ledger, run)
+    after = ledger.run(run["id"])
+    if after is None or after["attempt"] != run["attempt"]:
+        return Outcome.REQUEUED if controller.PREEMPTED.is_set() else Outcome.FENCED
+    if after["state"] == RunState.RUNNING:  # the child died without ending its run
+        if controller.PREEMPTED.is_set():
+            landed = ledger.requeue(run["id"], run["attempt"], "preempted (SIGTERM); requeued")
+            return Outcome.REQUEUED if landed else Outcome.FENCED
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        if not ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"exit code {proc.returncode}: {last}",
+                                 summary={ERROR_LOG: tail(f"$ {' '.join(cmd)}\n{err}")}):
+            return Outcome.FENCED
+        return Outcome.FAILED
+    return Outcome.REQUEUED if after["state"] == RunState.PENDING else Outcome(after["state"])
+
+
+def _wait_for(proc: subprocess.Popen, ledger: Ledger, run: RunRow) -> str:
+    """Wait for a run's process, reading its stderr (returned): SIGTERM to the agent is passed on to it,
+    and it is killed once its run was reaped (its result could not be recorded anyway). The agent beats
+    for its run too, on its own connection: the child's heartbeat starts only after its imports and data
+    checks, which can outlast the timeout on a busy shared filesystem."""
+    passed_on, beat_due = False, heartbeat.pacer()
     while True:
         try:
-            _, err = proc.communicate(timeout=0.5)
-            break
+            return proc.communicate(timeout=0.5)[1]
         except subprocess.TimeoutExpired:
             if controller.PREEMPTED.is_set() and not passed_on:
                 proc.send_signal(signal.SIGTERM)
                 passed_on = True
-            if time.monotonic() - beat > controller.heartbeat_interval():
-                # the agent beats for its run too: the child's own heartbeat starts only after its
-                # imports and data checks, which can outlast the timeout on a busy shared filesystem
-                beat = time.monotonic()
-                if not ledger.heartbeat(run["id"], run["attempt"]) and not passed_on:
-                    now = ledger.run(run["id"])  # not running: ended by the child itself, or reaped meanwhile
-                    if now is None or now["attempt"] != run["attempt"] or now["state"] == RunState.CRASHED:
-                        proc.kill()  # reaped: its result could not be recorded anyway
+            if beat_due() and not ledger.heartbeat(run["id"], run["attempt"]) and not passed_on:
+                now = ledger.run(run["id"])  # not running: ended by the child itself, or reaped meanwhile
+                if now is None or now["attempt"] != run["attempt"] or now["state"] == RunState.CRASHED:
+                    proc.kill()
         except KeyboardInterrupt:  # the run got Ctrl-C too (same process group): it saves what it has, then exits
-            print(f"run {run['id']} interrupted: waiting for it to save its best-so-far model and record "
-                  "(Ctrl-C again aborts the save)", file=sys.stderr, flush=True)
+            log.warning("run %s interrupted: waiting for it to save its best-so-far model and record "
+                        "(Ctrl-C again aborts the save)", run["id"])
             proc.communicate()  # reading its output as it ends: a full pipe would block it
             raise
-    after = ledger.run(run["id"])
-    if after is None or after["attempt"] != run["attempt"]:
-        return "requeued" if controller.PREEMPTED.is_set() else "fenced"
-    if after["state"] == RunState.RUNNING:  # the child died without ending its run
-        if controller.PREEMPTED.is_set():
-            return "requeued" if ledger.requeue(run["id"], run["attempt"], "preempted (SIGTERM); requeued") else "fenced"
-        last = (err.strip().splitlines() or ["no output"])[-1]
-        if not ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"exit code {proc.returncode}: {last}",
-                                 summary={ERROR_LOG: tail(f"$ {' '.join(cmd)}\n{err}")}):
-            return "fenced"
-        return RunState.FAILED.value
-    return "requeued" if after["state"] == RunState.PENDING else after["state"].value
 
 
 def _watch_ctrl_c(raise_while: Callable[[], bool] = lambda: True) -> tuple[threading.Event, Any]:
@@ -306,8 +315,8 @@ def preflight(sweep: dict[str, Any], opts: AgentOptions) -> None:
     if opts.subprocess_mode:
         sweepfile.check_program(sweep["config"], f"sweep {sweep['id']}")
     data.list_images(data.locate(opts.data_dir))
-    controller.heartbeat_interval()
-    controller.heartbeat_timeout()
+    heartbeat.interval()
+    heartbeat.timeout()
 
 
 def tail(text: str, lines: int = LOG_LINES) -> str:
@@ -322,9 +331,11 @@ def error_line(exc: BaseException) -> str:
     return head if isinstance(exc, UserError) else f"{type(exc).__name__}: {head}"
 
 
-def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
+def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions(), events: AgentEvents | None = None) -> int:
     """Run a local sweep's runs until it is done, `opts.count` runs have run, or `opts.minutes` have
-    passed (no new run starts after that); waits while the sweep is paused. Returns runs executed."""
+    passed (no new run starts after that); waits while the sweep is paused. Tells `events` how it goes
+    (by default: logs its notes unless `opts.show_progress` is off). Returns runs executed."""
+    events = events or AgentEvents(notes=opts.show_progress)
     from asl_sweep import runtime
     from asl_sweep.data import DataCache
 
@@ -341,7 +352,7 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
         # full collection otherwise rescans them all, ~0.2-0.4 s at unpredictable points between runs.
         gc.collect()
         gc.freeze()
-        progress = Progress(ledger, sweep_id, enabled=opts.show_progress)
+        events.started(ledger, sweep_id)
         agent = f"{os.uname().nodename}:{os.getpid()}"
         executed, waiting = 0, False
         policy = FailurePolicy(opts.max_consecutive_failed_runs)
@@ -351,22 +362,22 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                     and not controller.PREEMPTED.is_set():
                 run = controller.claim_next(ledger, sweep_id, agent)
                 if run is None:
-                    if ledger.sweep(sweep_id)["state"] != "paused":
+                    if ledger.sweep(sweep_id)["state"] != SweepState.PAUSED:
                         break
-                    if not waiting and opts.show_progress:
-                        print(f"sweep {sweep_id} is paused: waiting (asl-sweep sweep --resume {sweep_id})", flush=True)
+                    if not waiting:
+                        events.note(f"sweep {sweep_id} is paused: waiting (asl-sweep sweep --resume {sweep_id})")
                     waiting = True
-                    time.sleep(controller.heartbeat_interval())
+                    time.sleep(heartbeat.interval())
                     continue
                 waiting = False
                 executed += 1
-                progress.show(force=True)
+                events.show(force=True)
                 ours = {"attempt": run["attempt"]}
                 try:
                     if opts.subprocess_mode:
-                        outcome = _run_subprocess(ledger, sweep, run, opts, target)
+                        outcome = Outcome(_run_subprocess(ledger, sweep, run, opts, target))
                     else:
-                        outcome = _run_in_process(ledger, sweep_id, run, cache, progress, target)
+                        outcome = Outcome(_run_in_process(ledger, sweep_id, run, cache, events, target))
                 except KeyboardInterrupt:
                     ledger.finish_run(run["id"], RunState.STOPPED, **ours, error=INTERRUPTED)
                     raise
@@ -376,31 +387,31 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions()) -> int:
                         raise KeyboardInterrupt from exc
                     ledger.finish_run(run["id"], RunState.FAILED, **ours, error=error_line(exc),
                                       summary={ERROR_LOG: tail(traceback.format_exc())})
-                    outcome = RunState.FAILED.value
+                    outcome = Outcome.FAILED
                     if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
                         raise
-                progress.show(force=True)
-                if outcome in ("requeued", "fenced"):
-                    print(f"run {run['id']} " + ("requeued: this agent got SIGTERM; the next free agent reruns it"
-                          if outcome == "requeued" else "was ended by another agent (no heartbeat seen; reaped "
-                          "as crashed) while it ran here: its result is not recorded"), file=sys.stderr, flush=True)
+                events.show(force=True)
+                if not outcome.recorded:
+                    events.warn(f"run {run['id']} " + ("requeued: this agent got SIGTERM; the next free agent reruns it"
+                                if outcome == Outcome.REQUEUED else "was ended by another agent (no heartbeat seen; "
+                                "reaped as crashed) while it ran here: its result is not recorded"))
                     continue
                 ended = ledger.run(run["id"]) or {}
                 if outcome == RunState.FAILED:
-                    progress.note(f"run #{run['number']} ({run['id']}) failed: {ended.get('error') or 'no error recorded'}"
+                    events.note(f"run #{run['number']} ({run['id']}) failed: {ended.get('error') or 'no error recorded'}"
                                   f"  (details: asl-sweep status {sweep_id} --run {run['number']})")
                 reason = policy.record(outcome == RunState.FAILED)
                 if reason:
                     raise UserError(f"agent shut down after {reason}; last error (run #{run['number']}): "
                                     f"{ended.get('error') or 'see its record'}")
             state = ledger.sweep(sweep_id)["state"]
-            if executed == 0 and state in ("finished", "canceled") and opts.show_progress:
-                print(f"sweep {sweep_id} is {state}: no run left to start (asl-sweep status {sweep_id} shows its runs)",
-                      flush=True)
+            if executed == 0 and state in (SweepState.FINISHED, SweepState.CANCELED):
+                events.note(f"sweep {sweep_id} is {state}: no run left to start (asl-sweep status {sweep_id} shows "
+                            "its runs)")
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-            progress.end()
+            events.end()
     return executed
 
 
@@ -417,7 +428,8 @@ def interrupted_exit(code: int | None) -> bool:
     return code in (130, -signal.SIGINT)
 
 
-def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) -> None:
+def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions(),
+               events: AgentEvents | None = None) -> None:
     """Run `agents` agents for a local sweep on this machine: here when one, else as processes (threads
     split between them, one GPU each with `opts.gpus`) with one progress line. SIGTERM is passed on to
     every agent, each of which requeues its run. Ctrl-C reaches the whole process group: this process
@@ -426,8 +438,9 @@ def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) 
     if agents <= 1:
         if opts.gpus:
             os.environ["CUDA_VISIBLE_DEVICES"] = opts.gpus[0]
-        local_agent(sweep_id, opts)
+        local_agent(sweep_id, opts, events)
         return
+    events = events or AgentEvents(notes=opts.show_progress)
     cmd = [sys.executable, "-m", "asl_sweep", "agent", sweep_id, "--quiet"]
     flags = {"--count": opts.count, "--data-dir": opts.data_dir, "--minutes": opts.minutes, "--project": opts.project,
              "--entity": opts.entity, "--max-consecutive-failed-runs": opts.max_consecutive_failed_runs}
@@ -437,7 +450,7 @@ def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) 
     ctrl_c, previous = _watch_ctrl_c(raise_while=lambda: any(p.returncode is None for p in procs))
     try:
         with Ledger(create=False) as ledger:
-            progress = Progress(ledger, sweep_id, enabled=opts.show_progress)
+            events.started(ledger, sweep_id)
             passed_on = False
             try:
                 while any(p.poll() is None for p in procs):
@@ -445,14 +458,14 @@ def run_agents(sweep_id: str, agents: int, opts: AgentOptions = AgentOptions()) 
                         for p in procs:
                             p.send_signal(signal.SIGTERM)
                         passed_on = True
-                    progress.show()
+                    events.show()
                     time.sleep(0.5)
             except KeyboardInterrupt:
                 for p in procs:
                     p.wait()
             finally:
-                progress.show(force=True)
-                progress.end()
+                events.show(force=True)
+                events.end()
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

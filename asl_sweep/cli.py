@@ -13,6 +13,7 @@ from asl_sweep.errors import OneLineParser, guarded
 
 if TYPE_CHECKING:
     from asl_sweep.agent import AgentOptions
+    from asl_sweep.display import Progress
 
 
 # Commands that always need TensorFlow import it quietly up front; agents do it in `local_agent`,
@@ -42,9 +43,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from asl_sweep import console
     from asl_sweep.train import run_from_args
 
-    return run_from_args(args, rest)
+    return console.report_run(run_from_args(args, rest))
 
 
 def agent_options(args: argparse.Namespace) -> AgentOptions:
@@ -54,6 +56,13 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
                         minutes=args.minutes, project=args.project, entity=args.entity,
                         max_consecutive_failed_runs=args.max_consecutive_failed_runs,
                         show_progress=not getattr(args, "quiet", False), gpus=args.gpus)
+
+
+def progress(args: argparse.Namespace) -> Progress:
+    """The agent's display on this terminal: its progress line and notes, unless --quiet."""
+    from asl_sweep.display import Progress
+
+    return Progress(enabled=not getattr(args, "quiet", False))
 
 
 def agent_count(args: argparse.Namespace) -> int:
@@ -100,12 +109,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               file=sys.stderr)
     name = args.name or config.get("name") or os.path.splitext(os.path.basename(args.file))[0]
     if not (args.local or sweepfile.uses_local_controller(config)) and runtime.wandb_mode() == "online":
-        import wandb
+        from asl_sweep.sync import create_wandb_sweep
 
         runtime.require_online("a W&B sweep")
-        project, entity = sweepfile.wandb_target(config, args.project, args.entity)
-        sweep_id = wandb.sweep(config, project=project, entity=entity)
-        path = "/".join(p for p in (entity, project, sweep_id) if p)
+        path = create_wandb_sweep(config, *sweepfile.wandb_target(config, args.project, args.entity))
         print(f"created W&B sweep {path}\nnext: make agent SWEEP={path}")
         return 0
     stored = {**config, **{k: v for k, v in (("project", args.project), ("entity", args.entity)) if v}}
@@ -118,7 +125,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runtime.setup(debug=debug_of(args))
     from asl_sweep import agent, status
 
-    agent.run_agents(sweep_id, agent_count(args), agent_options(args))
+    agent.run_agents(sweep_id, agent_count(args), agent_options(args), progress(args))
     print(status.best_summary(sweep_id))
     return 0
 
@@ -129,7 +136,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     runtime.setup(debug=debug_of(args))
     if is_local_sweep(args.sweep_id):
-        agent.run_agents(args.sweep_id, agent_count(args), agent_options(args))
+        agent.run_agents(args.sweep_id, agent_count(args), agent_options(args), progress(args))
         if not args.quiet:
             from asl_sweep import status
 
@@ -394,8 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "ledger", None):  # through the environment, so agent processes and runs get it too
         os.environ["ASL_SWEEP_LEDGER"] = args.ledger
     mask_argv([getattr(args, name, None) for name in ("ledger", "source", "destination")])
-    from asl_sweep import runtime
+    from asl_sweep import console, runtime
 
+    console.install(debug=debug)
     handlers: dict[str, Callable[[], int]] = {
         "data": lambda: cmd_data(args),
         "train": lambda: cmd_train(args, rest),

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from asl_sweep.errors import UserError
+from asl_sweep.errors import UserError, one_line
 
 
 def _range(lo: float, hi: float, *, lo_open: bool = False) -> dict:
@@ -223,7 +223,7 @@ def load_yaml_file(path: str | Path, what: str) -> Any:
         raise UserError(f"{what} {path} is not a text file (binary, or not UTF-8): "
                         f"{exc.reason} at byte {exc.position}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{what} {path} is not valid YAML: {one_line(exc)}") from None
     except RecursionError:
         raise UserError(f"{what} {path} is nested too deeply to be a config") from None
 

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from asl_sweep.ledger import (HYPERBAND, STOP_REASON, Ledger, RunRecord, RunRow, RunState, SweepRow, default_path,
-                              heartbeat_timeout, ledger_exists, new_id)
+from asl_sweep.heartbeat import Heartbeat
+from asl_sweep.ledger import Ledger, default_path, ledger_exists
 from asl_sweep.ranking import best_value
-from asl_sweep.runtime import env_number
+from asl_sweep.records import HYPERBAND, STOP_REASON, RunRecord, RunRow, SweepRow
+from asl_sweep.state import Outcome, RunState, SweepState
 from asl_sweep.sweepfile import engine_config, metric, target
 
 # A local sweep's runs find their sweep here (W&B's agent sets WANDB_SWEEP_ID, which a local id must not use).
@@ -40,10 +41,6 @@ def watch_sigterm() -> None:
     """Turn SIGTERM into a preemption request (main thread only; elsewhere the default stays)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: PREEMPTED.set())
-
-
-def heartbeat_interval() -> float:
-    return env_number("ASL_SWEEP_HEARTBEAT_S", 5.0, minimum=0.01)
 
 
 def engine_runs(runs: list[dict[str, Any]]):
@@ -94,43 +91,19 @@ def next_values(config: dict[str, Any], runs: list[RunRow]) -> dict[str, Any] | 
     return None if suggestion is None else {k: v["value"] for k, v in suggestion.config.items()}
 
 
-def shown_state(sweep: SweepRow, runs: list[RunRow]) -> str:
+def shown_state(sweep: SweepRow, runs: list[RunRow]) -> SweepState:
     """The sweep's state as every reader shows it: a running sweep with no live run left (a silent run
     counts as crashed) and nothing more to give is finished, which the next claim would record; so a
     sweep whose last run died ends then, without waiting for an agent to come and look."""
-    if sweep["state"] != "running" or any(r["state"].is_active for r in runs):
+    if sweep["state"] != SweepState.RUNNING or any(r["state"].is_active for r in runs):
         return sweep["state"]
-    return "finished" if next_values(sweep["config"], runs) is None else "running"
+    return SweepState.FINISHED if next_values(sweep["config"], runs) is None else SweepState.RUNNING
 
 
 def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> RunRow | None:
-    """Atomically pick the next configuration and record it as a running run; None when the sweep gives
-    no run now (done, capped, target reached, paused, stopped or canceled: the sweep's state says which).
-    The claim carries an id made here, so when the connection drops during COMMIT the retry finds out
-    whether it landed instead of claiming a second run."""
-    config = ledger.sweep(sweep_id)["config"]
-    claim = new_id(16)
-
-    def attempt() -> RunRow | None:
-        with ledger.transaction():
-            ledger.backend.lock_sweep(sweep_id)
-            landed = ledger.claimed(claim)  # a repeat after a lost COMMIT: that COMMIT has ended by now
-            if landed is not None:
-                return landed
-            ledger.reap_stale(sweep_id, heartbeat_timeout())
-            if ledger.sweep(sweep_id)["state"] != "running":  # a paused, finished or canceled sweep gives no run
-                return None
-            if not ledger.restart_queued(sweep_id, agent, claim):
-                runs = ledger.runs(sweep_id)
-                values = next_values(config, runs)
-                if values is None:
-                    if not any(r["state"].is_active for r in runs):
-                        ledger.execute("UPDATE sweeps SET state = 'finished' WHERE id = ?", (sweep_id,))
-                    return None
-                ledger.insert_run(sweep_id, len(runs) + 1, values, agent, claim)
-        return ledger.claimed(claim)
-
-    return ledger.retrying(attempt)
+    """The sweep's next run for this agent, the engine's search choosing a new one (`Ledger.claim`); None
+    when the sweep gives no run now (its state says why)."""
+    return ledger.claim(sweep_id, agent, next_values)
 
 
 def hyperband_bands(config: dict[str, Any]) -> set[int] | None:
@@ -178,32 +151,19 @@ class LedgerReporter(contextlib.AbstractContextManager):
     def __init__(self, ledger: Ledger, sweep_id: str, run: RunRow, on_epoch=None, *, owns_ledger: bool = False) -> None:
         self.ledger, self.sweep_id, self.run_id, self.attempt = ledger, sweep_id, run["id"], run["attempt"]
         self.on_epoch, self.owns_ledger = on_epoch, owns_ledger
-        self.step, self.fenced, self.outcome = 0, False, "running"
+        self.step, self.refused, self.outcome = 0, False, Outcome.FENCED
         self.bands = hyperband_bands(ledger.sweep(sweep_id)["config"])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_id}", daemon=True)
-        self._thread.start()
+        self.heartbeat = Heartbeat(lambda: Ledger(ledger.location, patient=True), self.run_id, self.attempt)
 
-    def _beat(self) -> None:
-        own: Ledger | None = None
-        try:
-            while not self._stop.wait(heartbeat_interval()):
-                try:
-                    own = own or Ledger(self.ledger.location, patient=True)
-                    if not own.heartbeat(self.run_id, self.attempt):
-                        self.fenced = True
-                except Exception:  # whatever the ledger raised, a dead heartbeat would get a live run reaped
-                    if own is not None:
-                        own.close()
-                    own = None
-        finally:
-            if own is not None:
-                own.close()
+    @property
+    def fenced(self) -> bool:
+        """A write of this attempt was refused: the run is no longer its own."""
+        return self.refused or self.heartbeat.fenced.is_set()
 
     def epoch(self, row: dict[str, float]) -> bool:
         self.step += 1
         if not self.ledger.append_epoch(self.run_id, row, attempt=self.attempt, step=self.step):
-            self.fenced = True
+            self.refused = True
         if self.fenced:
             return True
         if self.bands is None or self.step in self.bands:
@@ -214,10 +174,10 @@ class LedgerReporter(contextlib.AbstractContextManager):
 
     def finish(self, record: RunRecord) -> None:
         """Record the run's end, or requeue it when SIGTERM stopped it (and the sweep did not)."""
-        self._stop.set()
+        self.heartbeat.stop()
         if PREEMPTED.is_set() and record["state"] == RunState.STOPPED and not self.ledger.should_stop(self.run_id):
             landed = self.ledger.requeue(self.run_id, self.attempt, "preempted (SIGTERM); requeued")
-            self.outcome = "requeued" if landed else "fenced"
+            self.outcome = Outcome.REQUEUED if landed else Outcome.FENCED
         else:
             model_path = record["paths"].get("model")
             model = open(model_path, "rb").read() if model_path and os.path.isfile(model_path) else None
@@ -225,19 +185,18 @@ class LedgerReporter(contextlib.AbstractContextManager):
                 self.run_id, record["state"], attempt=self.attempt, summary=record["summary"], record=record,
                 model=model, record_path=record["paths"]["record"], wandb_dir=record["paths"]["run_dir"],
                 error=record["summary"].get(STOP_REASON))
-            self.outcome = str(record["state"]) if landed else "fenced"
-        self.fenced = self.fenced or self.outcome == "fenced"
+            self.outcome = Outcome(record["state"]) if landed else Outcome.FENCED
+        self.refused = self.refused or not landed
         self.close()
 
     def close(self) -> None:
         """Stop the heartbeat, and close the ledger when this reporter opened it."""
-        self._stop.set()
+        self.heartbeat.stop()
         if self.owns_ledger:
             self.ledger.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
 
 
 def reporter_from_env() -> LedgerReporter | None:

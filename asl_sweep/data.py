@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
 import struct
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -30,7 +30,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -94,6 +94,15 @@ def check_folder(folder: Path, what: str) -> None:
             raise UserError(f"{what} {folder}: {p} is a broken symbolic link")
 
 
+def fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename in it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """Write `path` all or nothing: a temporary file in the same folder, flushed to disk, renamed over
@@ -108,21 +117,18 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    folder_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
+    fsync(path.parent)
 
 
 _warned: set[str] = set()
+log = logging.getLogger(__name__)
 
 
 def warn_once(message: str) -> None:
-    """A problem that costs speed, not results (the cache): one line on stderr, once per process."""
+    """A problem that costs speed, not results (the cache): logged once per process."""
     if message not in _warned:
         _warned.add(message)
-        print(f"asl-sweep: warning: {message}", file=sys.stderr)
+        log.warning(message)
 
 
 def listing(folder: Path) -> list[Path]:
@@ -155,7 +161,7 @@ def data_folder(given: str | os.PathLike, source: str = "--data-dir") -> Path:
     return path
 
 
-def locate(data_dir: str | os.PathLike | None = None, *, download_ok: bool = True) -> Path:
+def locate(data_dir: str | os.PathLike | None = None) -> Path:
     """Return the class root: `--data-dir`, else `ASL_SWEEP_DATA_DIR`, else the cache (downloading once)."""
     if data_dir:
         return class_root(data_folder(data_dir))
@@ -163,8 +169,6 @@ def locate(data_dir: str | os.PathLike | None = None, *, download_ok: bool = Tru
         return class_root(data_folder(os.environ["ASL_SWEEP_DATA_DIR"], "ASL_SWEEP_DATA_DIR"))
     target = cache_subfolder("sign-language-digits")
     if not target.is_dir():
-        if not download_ok:
-            raise UserError(f"dataset not found at {target}; run 'asl-sweep data' to download it")
         download(os.environ.get("ASL_SWEEP_DATA_URL", DEFAULT_URL), target)
     return class_root(target)
 
@@ -311,25 +315,24 @@ def write_cached(cache_file: Path, x: np.ndarray, m: np.ndarray) -> None:
                   "continuing without it")
 
 
-def load(root: Path, image_size: int, *, use_cache: bool = True) -> Dataset:
+def load(root: Path, image_size: int) -> Dataset:
     """Decode all images under `root` at `image_size`, reading/writing the content-keyed cache."""
     from asl_sweep.config import from_mapping
 
     from_mapping({"image_size": image_size}, source="--image-size")  # the model's own range, before any work
-    folder = cache_subfolder("arrays") if use_cache else None
+    folder = cache_subfolder("arrays")
     items = list_images(root)
     key = content_key(items, root, image_size)
     paths = [str(p) for p, _ in items]
     y = np.array([label for _, label in items], dtype=np.int64)
     numbers = np.array([image_number(p) for p, _ in items], dtype=np.int64)
-    cache_file = folder / f"{key}.npz" if folder else None
-    cached = read_cached(cache_file, (len(items), image_size, image_size, 3)) if cache_file else None
+    cache_file = folder / f"{key}.npz"
+    cached = read_cached(cache_file, (len(items), image_size, image_size, 3))
     if cached is None:
         originals = [decode(p) for p, _ in items]
         cached = (resize_batch(originals, image_size),
                   resize_batch([m[..., None] for m in masks_lib.masks(originals)], image_size))
-        if cache_file:
-            write_cached(cache_file, *cached)
+        write_cached(cache_file, *cached)
     return Dataset(cached[0], cached[1], y, numbers, paths)
 
 
@@ -385,16 +388,25 @@ def split(ds: Dataset, how: str, val_fraction: float, seed: int, fold: int = 0) 
 
 class DataCache:
     """Loads the dataset once per image size, with its splits and preprocessed inputs, and keeps them
-    for the process (one per agent): later runs with the same settings start from memory."""
+    for the process (one per agent): later runs with the same settings start from memory. Each product
+    is keyed by the config fields it depends on, and by nothing else."""
+
+    LOADED = ("image_size", "max_per_class")
+    SPLIT = (*LOADED, "split", "val_fraction", "seed", "fold")
+    INPUT = ("image_size", "color_mode")
 
     def __init__(self, data_dir: str | None = None) -> None:
         self.data_dir = data_dir
         self._root: Path | None = None
         self._loaded: dict[int, Any] = {}
-        self._splits: dict[tuple, tuple[Any, Any]] = {}
-        self._inputs: dict[tuple, Any] = {}
-        self._suites: dict[tuple, Any] = {}
-        self._banks: dict[tuple, Any] = {}
+        self._made: dict[tuple, Any] = {}
+
+    def _once(self, what: str, cfg: Config, fields: tuple[str, ...], make: Callable[[], Any]) -> Any:
+        """`make()` the first time `what` is asked for with these values of `fields`, then the kept result."""
+        key = (what, *(getattr(cfg, f) for f in fields))
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
 
     def get(self, cfg: Config) -> Dataset:
         if self._root is None:
@@ -405,28 +417,20 @@ class DataCache:
 
     def split(self, cfg: Config, dataset) -> tuple[Any, Any]:
         """Train/validation indices, computed once per split setting (signer grouping costs ~0.2 s)."""
-        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold)
-        if key not in self._splits:
-            self._splits[key] = split(dataset, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold)
-        return self._splits[key]
+        return self._once("split", cfg, self.SPLIT,
+                          lambda: split(dataset, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold))
 
     def inputs(self, cfg: Config, dataset):
         """The classifier's input for every image, preprocessed once per setting, not once per batch."""
-        key = (cfg.image_size, cfg.max_per_class, cfg.color_mode)
-        if key not in self._inputs:
-            self._inputs[key] = preprocess(cfg, dataset.x)
-        return self._inputs[key]
+        return self._once("inputs", cfg, (*self.LOADED, "color_mode"), lambda: preprocess(cfg, dataset.x))
 
     def suite(self, cfg: Config, dataset: Dataset, va) -> dict[str, Any]:
         """The validation photos under every change of the robustness suite, preprocessed for the
         classifier: built once per split and preprocessing setting (a few seconds), then reused."""
         from asl_sweep import robustness
 
-        key = (cfg.image_size, cfg.max_per_class, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold, cfg.color_mode)
-        if key not in self._suites:
-            originals = [decode(Path(dataset.paths[i])) for i in va]
-            self._suites[key] = robustness.preprocessed_suite(cfg, originals)
-        return self._suites[key]
+        return self._once("suite", cfg, (*self.SPLIT, "color_mode"), lambda: robustness.preprocessed_suite(
+            cfg, [decode(Path(dataset.paths[i])) for i in va]))
 
     def bank(self, cfg: Config):
         """The preprocessed backgrounds `background` draws from, made once per input setting (None without it)."""
@@ -434,7 +438,4 @@ class DataCache:
 
         if cfg.background <= 0:
             return None
-        key = (cfg.image_size, cfg.color_mode)
-        if key not in self._banks:
-            self._banks[key] = feed.bank(cfg)
-        return self._banks[key]
+        return self._once("bank", cfg, self.INPUT, lambda: feed.bank(cfg))

@@ -16,124 +16,31 @@ import functools
 import json
 import secrets
 import string
-import sys
-import threading
-import time
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, TypedDict
+from typing import Any, Callable, Iterator, TypeVar
 
-from asl_sweep import storage
-from asl_sweep.errors import UserError, one_line
+from asl_sweep import heartbeat, retry, storage
+from asl_sweep.errors import UserError
+from asl_sweep.records import CANCELED, NO_HEARTBEAT, RunRecord, RunRow, SweepRow
+from asl_sweep.state import ACTIVE as ACTIVE  # re-exported: report.py reads it here
+from asl_sweep.state import RunState, SweepState
 
-
-class RunState(str, Enum):
-    """A run's state, one type for every module (as Optuna's TrialState); stored as its value.
-    `pending` is a preempted run waiting for the next free agent (W&B's requeue), `stopped` an
-    early-stopped (hyperband) or interrupted run, `crashed` one whose agent died."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    FINISHED = "finished"
-    STOPPED = "stopped"
-    FAILED = "failed"
-    CRASHED = "crashed"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-    @property
-    def is_active(self) -> bool:
-        return self in (RunState.PENDING, RunState.RUNNING)
-
-    @property
-    def is_final(self) -> bool:
-        return not self.is_active
-
-    @property
-    def is_broken(self) -> bool:
-        """Ended without a usable result."""
-        return self in (RunState.FAILED, RunState.CRASHED)
-
-
-ACTIVE = tuple(s.value for s in RunState if s.is_active)
-TERMINAL = tuple(s.value for s in RunState if s.is_final)
-
-
-class RunRow(TypedDict):
-    """A run as the ledger holds it (`config`, `history`, `summary` decoded from JSON)."""
-
-    id: str
-    sweep_id: str
-    number: int
-    config: dict[str, Any]
-    state: RunState
-    should_stop: int
-    created_at: float
-    heartbeat_at: float
-    ended_at: float | None
-    history: list[dict[str, float]]
-    summary: dict[str, Any]
-    record_path: str | None
-    wandb_dir: str | None
-    agent: str | None
-    error: str | None
-    attempt: int  # the fencing token: 1, then one more each time a preempted run is claimed again
-    claim: str | None  # the claiming agent's own id for that claim, to find it after a lost COMMIT
-    preemptions: int
-
-
-class RunRecord(TypedDict):
-    """A finished run's record (train.py writes it as `result.json` beside the model, and the ledger keeps
-    it): all that export, report and evaluate need, since an offline run's W&B files are binary."""
-
-    run_id: str
-    sweep_id: str | None
-    state: RunState
-    config: dict[str, Any]
-    history: list[dict[str, float]]
-    summary: dict[str, Any]
-    confusion_matrix: list[list[int]]
-    robustness: dict[str, float]  # accuracy under each change of robustness.SUITE (empty for a failed run)
-    val_predictions: list[dict[str, Any]]
-    paths: dict[str, str | None]
-
-
-class SweepRow(TypedDict):
-    """A sweep as the ledger holds it (`config` decoded); `sweeps()` adds its run count as `runs`."""
-
-    id: str
-    name: str
-    config: dict[str, Any]
-    state: str
-    created_at: float
-
-# Sweep states are W&B's, lower case: running, paused, finished, canceled.
+T = TypeVar("T")
 # control action (`wandb sweep --pause/--resume/--stop/--cancel`) -> (states it applies to, new state)
 CONTROL = {
-    "pause": (("running",), "paused"),
-    "resume": (("paused",), "running"),
-    "stop": (("running", "paused"), "finished"),
-    "cancel": (("running", "paused"), "canceled"),
+    "pause": ((SweepState.RUNNING,), SweepState.PAUSED),
+    "resume": ((SweepState.PAUSED,), SweepState.RUNNING),
+    "stop": ((SweepState.RUNNING, SweepState.PAUSED), SweepState.FINISHED),
+    "cancel": ((SweepState.RUNNING, SweepState.PAUSED), SweepState.CANCELED),
 }
+# what a claim asks the search for: the sweep's config and runs -> the next run's values, or None for no more
+Suggest = Callable[[dict[str, Any], list[RunRow]], dict[str, Any] | None]
 
 
 # a running run without a heartbeat for `?` seconds of the database's clock; a heartbeat counts from the
 # server's start at the latest, so a database restart does not make every run look dead
 SILENT = "{greatest}(heartbeat_at, {started}) < {now} - ?"
-NO_HEARTBEAT = "no heartbeat (agent died)"
-# why a run ended early, kept in its `error` field (every reader shows it as the run's reason)
-CANCELED = "stopped: sweep canceled (asl-sweep sweep --cancel)"
-HYPERBAND = "stopped early by hyperband (early_terminate)"
-INTERRUPTED = "interrupted by user (Ctrl-C)"
-# a failed run's traceback or output tail, kept in its summary under this key (`error` holds its first line)
-ERROR_LOG = "error_log"
-# why a run that saved its result ended early (Ctrl-C), kept in its summary; the ledger's reporter makes it `error`
-STOP_REASON = "stop_reason"
 # a run's columns as `runs()` reads them: its record is read on its own (`record()`), only when needed;
 # `stale`: running but silent, which every reader shows as crashed (the next claim records it)
 RUN_COLUMNS = ("id, sweep_id, number, config, state, should_stop, created_at, heartbeat_at, ended_at, summary, "
@@ -170,8 +77,11 @@ def is_local_sweep(sweep_id: str) -> bool:
         return ledger.find_sweep(sweep_id) is not None
 
 
-def unknown_sweep(sweep_id: str) -> UserError:
-    """The error for an id that is not local while W&B is offline, so it cannot be a W&B sweep either."""
+def unknown_sweep(sweep_id: str, ledger: str | None = None) -> UserError:
+    """The one error for an id nobody knows: not in `ledger` (the display form of an open one), or, with
+    none given, not in the default ledger while W&B is offline, so it cannot be a W&B sweep either."""
+    if ledger is not None:
+        return UserError(f"unknown sweep id '{sweep_id}': not in {ledger} ('asl-sweep sweeps' lists them; {CHOOSE})")
     return UserError(f"unknown sweep id '{sweep_id}': not a local sweep in {where()} ({CHOOSE}), "
                      "and W&B is offline (no API key) so it cannot be a W&B sweep")
 
@@ -194,18 +104,9 @@ def run_from_row(row: Any, history: list[dict[str, float]] | None = None) -> Run
     return out  # type: ignore[return-value]
 
 
-def heartbeat_timeout() -> float:
-    """Seconds without a heartbeat after which a running run is crashed (shown so at once, recorded so by
-    the next claim)."""
-    from asl_sweep.runtime import env_number
-
-    return env_number("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", 60.0, minimum=0.01)
-
-
-def retry_seconds() -> float:
-    from asl_sweep.runtime import env_number
-
-    return env_number("ASL_SWEEP_LEDGER_RETRY_S", 600.0, minimum=0.0)
+def sweep_from_row(row: Any) -> SweepRow:
+    """A sweep as readers see it (`sweeps()` rows keep their run count)."""
+    return {**dict(row), "config": json.loads(row["config"]), "state": SweepState(row["state"])}  # type: ignore[typeddict-item]
 
 
 def retried(method):
@@ -224,18 +125,11 @@ class Ledger(contextlib.AbstractContextManager):
     def __init__(self, location: str | Path | None = None, *, create: bool = True, patient: bool = False) -> None:
         """`patient`: wait (ASL_SWEEP_LEDGER_RETRY_S) for a database that does not answer yet, as agents and
         their runs do through a database restart; commands people type fail at once instead."""
-        deadline, pause = time.monotonic() + retry_seconds(), 0.2
-        while True:
-            try:
-                self.backend = storage.open_backend(str(location or default_path()), create=create)
-                break
-            except storage.Unreachable:
-                if not patient or time.monotonic() > deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+        self.backend = retry.patiently(lambda: storage.open_backend(str(location or default_path()), create=create),
+                                       storage.Unreachable, patient=patient)
         self.location, self.display = self.backend.location, self.backend.display
-        self._local = threading.local()
+        self._retrier = retry.Retrier(self.backend, lambda text: storage.scrub(text, self.location),
+                                      storage.Unreachable)
 
     def close(self) -> None:
         self.backend.close()
@@ -246,46 +140,13 @@ class Ledger(contextlib.AbstractContextManager):
     def execute(self, sql: str, params: tuple | list = ()) -> Any:
         return self.backend.execute(sql, params)
 
-    def retrying(self, work):
-        """Run `work`; when the connection is lost, reconnect with backoff and run it again, for up to
-        ASL_SWEEP_LEDGER_RETRY_S seconds. Nested calls run once: only the outermost unit is repeated."""
-        if getattr(self._local, "inside", False) or not self.backend.can_reconnect:
-            return work()
-        deadline, pause, told = time.monotonic() + retry_seconds(), 0.1, False
-        self._local.inside, self._local.repeat = True, False
-        try:
-            while True:
-                try:
-                    result = work()
-                    if told:
-                        print(f"ledger {self.display}: reconnected", file=sys.stderr, flush=True)
-                    return result
-                except Exception as exc:
-                    if not self.backend.is_lost(exc):
-                        raise
-                    self._local.repeat = True  # the unit may have landed before its answer was lost
-                    reason = storage.scrub(one_line(exc, 200), self.location)
-                    self.backend.rollback()
-                    while True:
-                        if time.monotonic() > deadline:
-                            raise UserError(f"ledger {self.display} unreachable for {retry_seconds():.0f}s: {reason}") from None
-                        if not told:
-                            print(f"ledger {self.display}: connection lost ({reason}); reconnecting",
-                                  file=sys.stderr, flush=True)
-                            told = True
-                        time.sleep(pause)
-                        pause = min(pause * 2, 5.0)
-                        try:
-                            self.backend.reconnect()
-                            break
-                        except storage.Unreachable as down:
-                            reason = str(down)
-        finally:
-            self._local.inside = self._local.repeat = False
+    def retrying(self, work: Callable[[], T]) -> T:
+        """Run `work` as one unit: repeated after a reconnect when the connection is lost (`retry.Retrier`)."""
+        return self._retrier.run(work)
 
     def repeating(self) -> bool:
         """Inside a unit of work that runs again after a lost connection: its first run may have landed."""
-        return getattr(self._local, "repeat", False)
+        return self._retrier.repeating()
 
     @contextmanager
     def transaction(self) -> Iterator[Ledger]:
@@ -319,13 +180,11 @@ class Ledger(contextlib.AbstractContextManager):
         row = self.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         if row is None:
             return None
-        out = dict(row)
-        out["config"] = json.loads(out["config"])
-        return out  # type: ignore[return-value]
+        return sweep_from_row(row)
 
     def unknown(self, sweep_id: str) -> UserError:
-        return UserError(f"unknown sweep id '{sweep_id}': not in {self.display} ('asl-sweep sweeps' lists them; "
-                         f"{CHOOSE})")
+        """The error for an id this ledger does not hold (`unknown_sweep`, naming this ledger)."""
+        return unknown_sweep(sweep_id, self.display)
 
     def sweep(self, sweep_id: str) -> SweepRow:
         found = self.find_sweep(sweep_id)
@@ -339,14 +198,14 @@ class Ledger(contextlib.AbstractContextManager):
             "SELECT s.id, s.name, s.state, s.created_at, s.config, COUNT(r.id) AS runs FROM sweeps s "
             "LEFT JOIN runs r ON r.sweep_id = s.id GROUP BY s.id, s.name, s.state, s.created_at, s.config "
             "ORDER BY s.created_at").fetchall()
-        return [{**dict(r), "config": json.loads(r["config"])} for r in rows]
+        return [sweep_from_row(r) for r in rows]
 
     @retried
-    def set_sweep_state(self, sweep_id: str, state: str) -> None:
-        self.execute("UPDATE sweeps SET state = ? WHERE id = ?", (state, sweep_id))
+    def set_sweep_state(self, sweep_id: str, state: SweepState | str) -> None:
+        self.execute("UPDATE sweeps SET state = ? WHERE id = ?", (SweepState(state).value, sweep_id))
 
     @retried
-    def control(self, sweep_id: str, action: str) -> str:
+    def control(self, sweep_id: str, action: str) -> SweepState:
         """Pause, resume, stop or cancel a sweep (W&B's meanings); cancel also asks every active run to
         stop at its next epoch boundary. Returns the new state; a transition that does not apply is an error."""
         allowed, new = CONTROL[action]
@@ -359,7 +218,7 @@ class Ledger(contextlib.AbstractContextManager):
                 return new
             if row["state"] not in allowed:
                 raise UserError(f"cannot {action} sweep {sweep_id}: it is {row['state']}")
-            self.execute("UPDATE sweeps SET state = ? WHERE id = ?", (new, sweep_id))
+            self.set_sweep_state(sweep_id, new)
             if action in ("stop", "cancel"):  # requeued runs would wait for a claim that never comes
                 self.execute("UPDATE runs SET state = ?, ended_at = {now}, error = ? WHERE sweep_id = ? AND state = ?",
                              (RunState.STOPPED.value, f"sweep {new} before this preempted run was rerun",
@@ -373,7 +232,7 @@ class Ledger(contextlib.AbstractContextManager):
     @retried
     def runs(self, sweep_id: str) -> list[RunRow]:
         rows = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE sweep_id = ? ORDER BY number",
-                            (heartbeat_timeout(), sweep_id)).fetchall()
+                            (heartbeat.timeout(), sweep_id)).fetchall()
         histories: dict[str, list[dict[str, float]]] = {}
         for e in self.execute("SELECT e.run_id, e.row FROM epochs e JOIN runs r ON r.id = e.run_id "
                               "WHERE r.sweep_id = ? ORDER BY e.run_id, e.step", (sweep_id,)):
@@ -382,11 +241,41 @@ class Ledger(contextlib.AbstractContextManager):
 
     @retried
     def run(self, run_id: str) -> RunRow | None:
-        row = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (heartbeat_timeout(), run_id)).fetchone()
+        row = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (heartbeat.timeout(), run_id)).fetchone()
         if row is None:
             return None
         epochs = self.execute("SELECT row FROM epochs WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
         return run_from_row(row, [json.loads(e["row"]) for e in epochs])
+
+    def claim(self, sweep_id: str, agent: str, suggest: Suggest) -> RunRow | None:
+        """One unit of work under the sweep's lock: record silent runs as crashed, then give this agent the
+        oldest requeued run, else a new run of `suggest(config, runs)`'s values; None when the sweep gives no
+        run now (paused, stopped, canceled; or done, which is recorded as finished once no run is active).
+        The claim carries an id made here, so a repeat after a COMMIT whose answer was lost finds the run
+        that COMMIT made instead of claiming a second one."""
+        claim = new_id(16)
+
+        def attempt() -> RunRow | None:
+            with self.transaction():
+                self.backend.lock_sweep(sweep_id)
+                landed = self.claimed(claim)  # a repeat after a lost COMMIT: that COMMIT has ended by now
+                if landed is not None:
+                    return landed
+                self.reap_stale(sweep_id, heartbeat.timeout())
+                sweep = self.sweep(sweep_id)
+                if sweep["state"] != SweepState.RUNNING:
+                    return None
+                if not self.restart_queued(sweep_id, agent, claim):
+                    runs = self.runs(sweep_id)
+                    values = suggest(sweep["config"], runs)
+                    if values is None:
+                        if not any(r["state"].is_active for r in runs):
+                            self.set_sweep_state(sweep_id, SweepState.FINISHED)
+                        return None
+                    self.insert_run(sweep_id, len(runs) + 1, values, agent, claim)
+            return self.claimed(claim)
+
+        return self.retrying(attempt)
 
     def claimed(self, claim: str) -> RunRow | None:
         """The run a claim produced, if its transaction committed (asked again after a lost COMMIT)."""

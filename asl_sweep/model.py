@@ -6,7 +6,6 @@ are used, so it loads in Keras' safe mode with no custom objects."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ import numpy as np
 from keras import layers
 
 from asl_sweep.config import Config
-from asl_sweep.errors import UserError
+from asl_sweep.errors import UserError, one_line
 from asl_sweep.preprocessing import CLASSES, preprocessor
-from asl_sweep.runtime import env_number
+from asl_sweep.runtime import MEMORY_LIMIT_ENV, available_memory, size_text
 
 NUM_CLASSES = len(CLASSES)
 # Keras' default 0.99 leaves the moving variance ~1e2 too large after the few hundred steps a run
@@ -26,8 +25,6 @@ BN_MOMENTUM = 0.9
 FLOAT_BYTES = 4
 COPIES_PER_PARAMETER = 4  # weights, gradients and Adam's two moment slots
 ACTIVATION_FACTOR = 3  # feature maps kept for the backward pass, plus their gradients and workspace
-MEMORY_LIMIT_ENV = "ASL_SWEEP_MEMORY_LIMIT_MB"
-CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's own memory limit, below the host's MemAvailable
 
 
 def memory_estimate(cfg: Config) -> tuple[int, int]:
@@ -51,35 +48,6 @@ def memory_estimate(cfg: Config) -> tuple[int, int]:
     return params, need
 
 
-def available_memory() -> int | None:
-    """Bytes a new model may use: `ASL_SWEEP_MEMORY_LIMIT_MB` when set, else the kernel's MemAvailable
-    (free plus reclaimable) capped by a container's cgroup headroom; None where neither can be read."""
-    limit_mb = env_number(MEMORY_LIMIT_ENV, 0, minimum=0)
-    if limit_mb:
-        return int(limit_mb * 2**20)
-    found: list[int] = []
-    try:
-        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        found.append(int(meminfo["MemAvailable"].split()[0]) * 1024)
-    except (OSError, KeyError, ValueError):
-        try:
-            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-        except (OSError, ValueError, AttributeError):
-            pass
-    try:
-        cap = (CGROUP / "memory.max").read_text().strip()
-        if cap != "max":
-            found.append(int(cap) - int((CGROUP / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
-
-
-def _size(n: float) -> str:
-    """Bytes as a person reads them: GiB, or MiB below 1 GiB (a small limit would read '0.0 GiB')."""
-    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
-
-
 def check_memory(cfg: Config) -> None:
     """Refuse, as one line, a config whose model cannot fit in this machine's memory, before building it
     (a 128x128x512 flatten into dense 4096 alone is 34 G parameters: minutes of swapping, then a kill)."""
@@ -87,8 +55,8 @@ def check_memory(cfg: Config) -> None:
     have = available_memory()
     if have is not None and need > have:
         raise UserError(
-            f"model too large for this machine: training it needs about {_size(need)} ({params / 1e6:,.1f} M "
-            f"parameters, batch_size {cfg.batch_size}) but {_size(have)} of memory is available; lower filters, "
+            f"model too large for this machine: training it needs about {size_text(need)} ({params / 1e6:,.1f} M "
+            f"parameters, batch_size {cfg.batch_size}) but {size_text(have)} of memory is available; lower filters, "
             f"dense_units, image_size or batch_size, or use global_avg pooling ({MEMORY_LIMIT_ENV} sets the limit)")
 
 
@@ -199,7 +167,7 @@ def load(path: str) -> keras.Model:
     try:
         return keras.saving.load_model(p, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for bad files; all mean "not a usable model".
-        raise UserError(f"cannot load model {p}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot load model {p}: {type(exc).__name__}: {one_line(exc, 200)}") from None
 
 
 def make_optimizer(cfg: Config, steps_per_epoch: int):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from asl_sweep.ledger import RunState
+from asl_sweep.state import RunState
 
 
 def _finite(value: Any) -> bool:

@@ -7,17 +7,17 @@ from the local ledger or from W&B. Report, export, status, agents and sync read 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asl_sweep.errors import UserError
-from asl_sweep.ledger import RunRecord, RunState
+from asl_sweep.errors import UserError, one_line
 from asl_sweep.ranking import ranked
-from asl_sweep.sweepfile import LOGGED_METRICS, metric
+from asl_sweep.records import RunRecord
+from asl_sweep.state import RunState
+from asl_sweep.sweepfile import LOGGED_METRICS, metric, wandb_target
 
 HISTORY_KEYS = ("epoch", *LOGGED_METRICS)  # what a W&B-hosted run's history is read back with
 
@@ -119,30 +119,35 @@ def local_model(ledger, run_id: str, path: str | None) -> str:
     return str(folder / "model.keras")
 
 
+WANDB_STATES = {"killed": RunState.STOPPED, "preempted": RunState.STOPPED}  # W&B's states that are not ours
+
+
+def run_from_wandb(remote: Any, number: int) -> dict[str, Any]:
+    """A W&B run (public API) in the ledger's shape, the one place such a run is made: its epochs, numeric
+    and text summary, config without W&B's own keys; `remote` keeps the API object for its files."""
+    history = [{k: row[k] for k in HISTORY_KEYS if isinstance(row.get(k), (int, float))}
+               for row in remote.scan_history() if "epoch" in row]
+    summary = {k: v for k, v in remote.summary.items() if not k.startswith("_") and isinstance(v, (int, float, str))}
+    summary.setdefault("wall_time", remote.summary.get("_runtime"))
+    run = {"id": remote.id, "number": number, "state": WANDB_STATES.get(remote.state, remote.state),
+           "config": {k: v for k, v in remote.config.items() if not k.startswith("_")},
+           "history": history, "summary": summary, "record_path": None, "remote": remote}
+    run["wall_time"] = wall_time(run)
+    return run
+
+
 def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
     """A W&B sweep through the public API; the best run's result.json (and model) are downloaded."""
     import wandb
 
     api = wandb.Api()
-    path = sweep_id if sweep_id.count("/") == 2 else \
-        f"{api.default_entity}/{os.environ.get('WANDB_PROJECT', 'asl-sweep')}/{sweep_id}"
+    path = sweep_id if sweep_id.count("/") == 2 else f"{api.default_entity}/{wandb_target({})[0]}/{sweep_id}"
     try:
         sweep = api.sweep(path)
         best_remote = sweep.best_run()
     except Exception as exc:  # the API raises CommError, ValueError, HTTP errors: all mean "cannot read it"
-        raise UserError(f"cannot read W&B sweep {path}: {str(exc).splitlines()[0][:200]}") from None
-    states = {"killed": RunState.STOPPED, "preempted": RunState.STOPPED}
-    runs = []
-    for number, r in enumerate(sorted(sweep.runs, key=lambda r: r.created_at), start=1):
-        history = [{k: row[k] for k in HISTORY_KEYS if isinstance(row.get(k), (int, float))}
-                   for row in r.scan_history() if "epoch" in row]
-        summary = {k: v for k, v in r.summary.items() if not k.startswith("_") and isinstance(v, (int, float, str))}
-        summary.setdefault("wall_time", r.summary.get("_runtime"))
-        runs.append({"id": r.id, "number": number, "state": states.get(r.state, r.state),
-                     "config": {k: v for k, v in r.config.items() if not k.startswith("_")},
-                     "history": history, "summary": summary, "record_path": None, "remote": r})
-    for r in runs:
-        r["wall_time"] = wall_time(r)
+        raise UserError(f"cannot read W&B sweep {path}: {one_line(exc, 200)}") from None
+    runs = [run_from_wandb(r, number) for number, r in enumerate(sorted(sweep.runs, key=lambda r: r.created_at), 1)]
     best = next((r for r in runs if best_remote is not None and r["id"] == best_remote.id), None)
     if best is not None:
         folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{best['id']}-"))

@@ -140,6 +140,39 @@ def load_tensorflow(*, quiet: bool) -> None:
         pass  # already initialised in this process: the first setting stays, which is what we want.
 
 
+MEMORY_LIMIT_ENV = "ASL_SWEEP_MEMORY_LIMIT_MB"
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's own memory limit, below the host's MemAvailable
+
+
+def available_memory() -> int | None:
+    """Bytes a new model may use: `ASL_SWEEP_MEMORY_LIMIT_MB` when set, else the kernel's MemAvailable
+    (free plus reclaimable) capped by a container's cgroup headroom; None where neither can be read."""
+    limit_mb = env_number(MEMORY_LIMIT_ENV, 0, minimum=0)
+    if limit_mb:
+        return int(limit_mb * 2**20)
+    found: list[int] = []
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        found.append(int(meminfo["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        try:
+            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        cap = (CGROUP / "memory.max").read_text().strip()
+        if cap != "max":
+            found.append(int(cap) - int((CGROUP / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def size_text(n: float) -> str:
+    """Bytes as a person reads them: GiB, or MiB below 1 GiB (a small limit would read '0.0 GiB')."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
 def env_number(name: str, default: float, *, integer: bool = False, minimum: float | None = None) -> float:
     """One of our numeric environment variables (`default` when unset or empty); a value that is not
     a (whole, finite) number or is below `minimum` is one clear line naming the variable, not a traceback."""

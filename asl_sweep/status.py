@@ -11,9 +11,11 @@ from typing import Any
 
 from asl_sweep.controller import shown_state
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import CHOOSE, ERROR_LOG, Ledger, RunRow, RunState, SweepRow, ledger_exists, where
+from asl_sweep.ledger import CHOOSE, Ledger, ledger_exists, where
 from asl_sweep.ranking import best_run, best_value
+from asl_sweep.records import ERROR_LOG, RunRow, SweepRow
 from asl_sweep.results import swept_params
+from asl_sweep.state import RunState, SweepState
 from asl_sweep.sweepfile import metric
 
 REASON_WIDTH = 70
@@ -42,7 +44,7 @@ def all_failed(runs: list[RunRow]) -> bool:
 def state_text(sweep: SweepRow, runs: list[RunRow]) -> str:
     """The sweep's state, and what it means for a newcomer: no run yet, or every run failed."""
     state = shown_state(sweep, runs)
-    if not runs and state == "running":
+    if not runs and state == SweepState.RUNNING:
         return f"running, no run yet: start one with asl-sweep agent {sweep['id']}"
     if all_failed(runs) and not any(r["state"].is_active for r in runs):
         return f"{state}: all {len(runs)} runs failed"
@@ -69,8 +71,8 @@ def sweeps_table() -> str:
         for s in rows:
             created = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created_at"]))
             runs = ledger.runs(s["id"])
-            state = shown_state(s, runs) if s["state"] == "running" else s["state"]
-            if all_failed(runs) and state != "running":
+            state = shown_state(s, runs) if s["state"] == SweepState.RUNNING else s["state"]
+            if all_failed(runs) and state != SweepState.RUNNING:
                 state = "failed"
                 notes.append("  " + failure_line(s["id"], runs))
             lines.append(f"{s['id']:10} {s['name'][:14]:14} {s['config']['method']:7} {state:9} {s['runs']:>4}  {created}")

@@ -3,8 +3,9 @@
 never know which one they talk to (as Optuna's RDB storage).
 
 A backend runs the ledger's SQL (written once, with `?` parameters and `{now}`/`{started}`/`{greatest}`/
-`{float}`/`{blob}` for what differs), gives transactions and a per-sweep claim lock, and says which of its
-errors mean "the connection was lost: reconnect and try again" (`is_lost`). Times come from the
+`{float}`/`{blob}` for what differs), gives transactions, a per-sweep claim lock and a migration lock
+(opening a ledger brings its tables to `schema.VERSION`), and says which of its errors mean "the
+connection was lost: reconnect and try again" (`is_lost`). Times come from the
 database's clock: on a cluster, machines' clocks disagree, the database's is the one every agent shares.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlencode
 
+from asl_sweep import schema
 from asl_sweep.errors import UserError, one_line
 
 URL_SCHEMES = ("postgresql://", "postgres://")  # libpq's two URI prefixes
@@ -187,57 +189,17 @@ class Backend(Protocol):
     def lock_sweep(self, sweep_id: str) -> None:
         """Inside a transaction: wait for, then hold, the sweep's claim lock until commit."""
 
+    def lock_schema(self) -> None:
+        """Inside a transaction: hold the ledger's migration lock until commit (`schema.migrate`)."""
+
+    def tables(self) -> set[str]: ...
+
+    def columns(self, table: str) -> set[str]:
+        """The table's column names (none when it does not exist)."""
+
     def reconnect(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sweeps (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    config TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'running',
-    created_at {float} NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    sweep_id TEXT NOT NULL REFERENCES sweeps(id),
-    number INTEGER NOT NULL,
-    config TEXT NOT NULL,
-    state TEXT NOT NULL,
-    should_stop INTEGER NOT NULL DEFAULT 0,
-    created_at {float} NOT NULL,
-    heartbeat_at {float} NOT NULL,
-    ended_at {float},
-    summary TEXT NOT NULL DEFAULT '{{}}',
-    record_path TEXT,
-    wandb_dir TEXT,
-    agent TEXT,
-    error TEXT,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    claim TEXT,
-    preemptions INTEGER NOT NULL DEFAULT 0,
-    record TEXT,
-    UNIQUE (sweep_id, number)
-);
-CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, state);
-CREATE INDEX IF NOT EXISTS runs_by_claim ON runs (claim);
-CREATE TABLE IF NOT EXISTS epochs (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    step INTEGER NOT NULL,
-    row TEXT NOT NULL,
-    PRIMARY KEY (run_id, step)
-);
-CREATE TABLE IF NOT EXISTS models (
-    run_id TEXT PRIMARY KEY REFERENCES runs(id),
-    data {blob} NOT NULL
-);
-"""
-
-# columns added to `runs` since the first ledgers; an older SQLite file gets them on open
-ADDED_COLUMNS = {"attempt": "INTEGER NOT NULL DEFAULT 1", "claim": "TEXT",
-                 "preemptions": "INTEGER NOT NULL DEFAULT 0", "record": "TEXT"}
 
 
 def sqlite_error(path: Path, exc: sqlite3.Error) -> UserError:
@@ -279,32 +241,13 @@ class SQLiteBackend:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self._add_columns()
-            self.db.executescript(SCHEMA.format(**self.dialect))
-            self._move_histories()
         except sqlite3.Error as exc:
             raise sqlite_error(self.path, exc) from None
-
-    def _add_columns(self) -> None:
-        """A ledger written by an earlier version gets the columns added since (before the schema's indexes
-        name them)."""
-        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(runs)")}
-        for name in ADDED_COLUMNS:
-            if columns and name not in columns:
-                self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {ADDED_COLUMNS[name]}")
-
-    def _move_histories(self) -> None:
-        """Epochs used to live in a JSON list on the run: they become rows, every one kept."""
-        import json
-
-        if "history" not in {row["name"] for row in self.db.execute("PRAGMA table_info(runs)")}:
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        for run_id, history in self.db.execute("SELECT id, history FROM runs").fetchall():
-            self.db.executemany("INSERT OR IGNORE INTO epochs (run_id, step, row) VALUES (?, ?, ?)",
-                                [(run_id, i + 1, json.dumps(r)) for i, r in enumerate(json.loads(history))])
-        self.db.execute("ALTER TABLE runs DROP COLUMN history")
-        self.db.execute("COMMIT")
+        try:
+            schema.migrate(self)
+        except BaseException:
+            self.close()
+            raise
 
     def execute(self, sql: str, params: tuple | list = ()) -> sqlite3.Cursor:
         try:
@@ -327,6 +270,15 @@ class SQLiteBackend:
 
     def lock_sweep(self, sweep_id: str) -> None:
         """Nothing more to do: BEGIN IMMEDIATE already holds the file's write lock."""
+
+    def lock_schema(self) -> None:
+        """The same: BEGIN IMMEDIATE already holds the file's write lock."""
+
+    def tables(self) -> set[str]:
+        return {row["name"] for row in self.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def columns(self, table: str) -> set[str]:
+        return {row["name"] for row in self.execute("SELECT name FROM pragma_table_info(?)", (table,))}
 
     def reconnect(self) -> None:
         raise AssertionError("a SQLite ledger has no connection to lose")
@@ -356,12 +308,15 @@ class PostgresBackend:
         self.location, self.display = location, display(location)
         self.can_reconnect = True
         self.conn = self._connect()
-        try:  # the tables once, by whoever comes first: DDL on every open would queue behind writes
-            if self.execute("SELECT to_regclass('runs') AS t").fetchone()["t"] is None:
-                self._create_schema()
+        try:
+            schema.migrate(self)
         except psycopg.Error as exc:
+            self.close()
             if self.is_lost(exc):
                 raise self._unreachable(exc) from None
+            raise
+        except BaseException:
+            self.close()
             raise
 
     def _connect(self):
@@ -377,20 +332,6 @@ class PostgresBackend:
 
     def _unreachable(self, exc: BaseException) -> Unreachable:
         return Unreachable(f"cannot connect to ledger {self.display}: {scrub(one_line(exc, 240), self.location)}")
-
-    def _create_schema(self) -> None:
-        """Tables once, even when many agents start at the same moment (concurrent CREATE TABLE IF NOT
-        EXISTS can collide in PostgreSQL's catalog): under a transaction-scoped advisory lock."""
-        self.begin()
-        try:
-            self.execute("SELECT pg_advisory_xact_lock(7426912)")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.execute(statement)
-        except BaseException:
-            self.rollback()
-            raise
-        self.commit()
 
     def is_lost(self, exc: BaseException) -> bool:
         """Connection errors, and any error after which the connection is closed (the server ends a session
@@ -423,6 +364,20 @@ class PostgresBackend:
     def lock_sweep(self, sweep_id: str) -> None:
         """FOR NO KEY UPDATE: claims queue on it, while inserting runs (a foreign-key check) does not."""
         self.execute("SELECT id FROM sweeps WHERE id = ? FOR NO KEY UPDATE", (sweep_id,))
+
+    def lock_schema(self) -> None:
+        """A transaction-scoped advisory lock: agents starting at the same moment migrate one at a time
+        (concurrent CREATE TABLE IF NOT EXISTS can collide in PostgreSQL's catalog)."""
+        self.execute("SELECT pg_advisory_xact_lock(7426912)")
+
+    def tables(self) -> set[str]:
+        return {row["table_name"] for row in self.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+
+    def columns(self, table: str) -> set[str]:
+        return {row["column_name"] for row in self.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ?", (table,))}
 
     def reconnect(self) -> None:
         self.close()

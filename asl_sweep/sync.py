@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from asl_sweep import runtime
-from asl_sweep.errors import UserError
-from asl_sweep.ledger import ACTIVE, Ledger
+from asl_sweep.errors import UserError, one_line
+from asl_sweep.ledger import Ledger
+from asl_sweep.state import ACTIVE
 from asl_sweep.sweepfile import wandb_target
+
 
 def check_reachable() -> str:
     """W&B's base URL when there is an API key and its host answers; else one line saying why not."""
@@ -58,6 +60,19 @@ def wandb_sweep_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "controller"}
 
 
+def create_wandb_sweep(config: dict[str, Any], project: str, entity: str | None, *,
+                       prior_runs: list[str] | None = None) -> str:
+    """A new W&B sweep of `config` in `entity/project` (holding `prior_runs`); returns its path
+    entity/project/id, which `asl-sweep agent` and `make agent SWEEP=` take."""
+    import wandb
+
+    try:
+        sweep_id = wandb.sweep(config, project=project, entity=entity, **({"prior_runs": prior_runs} if prior_runs else {}))
+    except Exception as exc:  # wandb raises CommError, UsageError, HTTP errors: all mean "W&B refused it"
+        raise UserError(f"W&B did not create the sweep: {one_line(exc, 200)}") from None
+    return "/".join(p for p in (entity, project, sweep_id) if p)
+
+
 def sync_sweep(sweep_id: str, *, project: str | None = None, entity: str | None = None) -> str:
     """Upload every run of a local sweep and create the W&B sweep that continues it; returns what to print."""
     with Ledger(create=False) as ledger:
@@ -72,15 +87,9 @@ def sync_sweep(sweep_id: str, *, project: str | None = None, entity: str | None 
     if not found:
         raise UserError(f"sweep {sweep_id} has no run with an offline run folder to upload")
     project, entity = wandb_target(sweep["config"], project, entity)
-    import wandb
-
     upload([folder for _, folder in found], project, entity)
-    try:
-        wandb_id = wandb.sweep(wandb_sweep_config(sweep["config"]), project=project, entity=entity,
-                               prior_runs=[run_id for run_id, _ in found])
-    except Exception as exc:  # wandb raises CommError, UsageError, HTTP errors: all mean "W&B refused it"
-        raise UserError(f"W&B did not create the sweep: {str(exc).splitlines()[0][:200]}") from None
-    path = "/".join(p for p in (entity, project, wandb_id) if p)
+    path = create_wandb_sweep(wandb_sweep_config(sweep["config"]), project, entity,
+                              prior_runs=[run_id for run_id, _ in found])
     lines = [f"uploaded {len(found)} run(s) of local sweep {sweep_id} to {'/'.join(p for p in (entity, project) if p)}",
              *[f"  skipped: {note}" for note in missing],
              f"created W&B sweep {path} with them as prior runs",

@@ -25,8 +25,9 @@ from typing import Any, Mapping, Protocol, Sequence
 from asl_sweep import artifacts, controller, runtime
 from asl_sweep.config import Config, from_mapping, inactive_keys, parse_overrides, read_yaml
 from asl_sweep.data import DataCache
-from asl_sweep.ledger import INTERRUPTED, STOP_REASON, RunRecord, RunState
 from asl_sweep.preprocessing import CLASSES, preprocess
+from asl_sweep.records import INTERRUPTED, STOP_REASON, RunRecord
+from asl_sweep.state import RunState
 
 EXAMPLE_IMAGES = 24  # each wandb.Image costs ~2 ms to make and log, per run
 RESULT_FILE = "result.json"
@@ -317,12 +318,13 @@ def execute(
     `project`/`entity` default to W&B's environment variables, as a run launched by `wandb agent` reads them."""
     import wandb
 
-    from asl_sweep.sweepfile import DEFAULT_PROJECT
+    from asl_sweep.sweepfile import wandb_target
 
     initial = from_mapping(values, source="config")
+    project, entity = wandb_target({}, project, entity)
     run = wandb.init(
-        project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-        entity=entity or os.environ.get("WANDB_ENTITY") or None,
+        project=project,
+        entity=entity,
         config=initial.to_dict(),
         id=run_id,
         group=getattr(reporter, "sweep_id", None) or os.environ.get(controller.LOCAL_SWEEP_ENV),
@@ -357,7 +359,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show TensorFlow/wandb logs and full tracebacks")
 
 
-def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> RunRecord:
     """`asl-sweep train` and `python -m asl_sweep.train`: defaults <- --config <- --key=value."""
     values: dict[str, Any] = read_yaml(args.config) if args.config else {}
     values.update(parse_overrides(overrides))
@@ -372,24 +374,18 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     with reporter if isinstance(reporter, contextlib.AbstractContextManager) else contextlib.nullcontext():
         record = execute(values, DataCache(args.data_dir), reporter=reporter,
                          run_id=os.environ.get("WANDB_RUN_ID"), verbose="auto")
-    s = record["summary"]
-    acc = f"{s['val_accuracy']:.4f} (saved model: best epoch {s['best_epoch']})" if s["val_accuracy"] is not None else "n/a"
-    last = f"{s['last_epoch_val_accuracy']:.4f}" if s["last_epoch_val_accuracy"] is not None else "n/a"
-    print(f"run {record['run_id']} {record['state']}: val_accuracy {acc}, last epoch {last}, "
-          f"{s['epochs_run']} epochs in {s['wall_time']:.1f}s")
-    print(f"record: {record['paths']['record']}")
-    if os.environ.get("WANDB_MODE") == "offline":
-        print(f"logged offline; upload later with: wandb sync {record['paths']['run_dir']}")
-    return 1 if record["state"] == RunState.FAILED else 0
+    return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from asl_sweep import console
     from asl_sweep.errors import OneLineParser, guarded
 
     parser = OneLineParser(prog="python -m asl_sweep.train", description="Train one run.", allow_abbrev=False)
     add_train_arguments(parser)
     args, rest = parser.parse_known_args(argv)
-    return guarded(lambda: run_from_args(args, rest), debug=getattr(args, "debug", False))
+    console.install(debug=getattr(args, "debug", False))
+    return guarded(lambda: console.report_run(run_from_args(args, rest)), debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from asl_sweep import console
+
 # The same TensorFlow kernels as the product (asl_sweep.runtime.setup), before anything imports TensorFlow.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
@@ -39,6 +41,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var, sub in (("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
         monkeypatch.setenv(var, str(work / "wandb" / sub))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    console.install()  # the library's logs on the terminal, as every entry point shows them
     return work
 
 

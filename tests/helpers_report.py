@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tests import conftest
+
 SWEEP_PARAMS = {
     "dropout": {"distribution": "uniform", "min": 0.1, "max": 0.5},
     "optimizer": {"values": ["adam", "sgd", "rmsprop"]},
@@ -92,8 +94,7 @@ def write_images(root: Path, per_class: int = 8, size: int = 24) -> Path:
     return root
 
 
-TINY = {"image_size": 16, "filters_1": 4, "filters_2": 8, "dense_units": 16, "epochs": 2, "split": "random",
-        "batch_size": 16}
+TINY = {**conftest.TINY, "epochs": 2, "split": "random"}  # two epochs: the report draws curves
 _TRAINED: dict[str, Any] = {}
 
 

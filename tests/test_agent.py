@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asl_sweep import agent
-from asl_sweep.ledger import INTERRUPTED, STOP_REASON, Ledger
+from asl_sweep import agent, display
+from asl_sweep.ledger import Ledger
+from asl_sweep.records import INTERRUPTED, STOP_REASON
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -500,14 +501,14 @@ def test_ctrl_c_of_several_agents_is_one_interrupted_line_whichever_arrives_firs
     made = iter(codes)
     monkeypatch.setattr(agent.subprocess, "Popen", lambda cmd, env: AgentProcess(
         cmd, env, code=next(made), sigint_first=order.startswith("the parent's SIGINT")))
-    real_show = agent.Progress.show
+    real_show = display.Progress.show
 
     def last_look(self, force: bool = False) -> None:
         if force and order == "the agents' exits, then the parent's SIGINT":
             signal.raise_signal(signal.SIGINT)
         real_show(self, force)
 
-    monkeypatch.setattr(agent.Progress, "show", last_look)
+    monkeypatch.setattr(display.Progress, "show", last_look)
     AgentProcess.started.clear()
     capsys.readouterr()
     code = cli.main(["agent", sid, "--agents", "2", "--quiet", "--ledger", location])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from asl_sweep.ledger import Ledger, RunState
+from asl_sweep.ledger import Ledger
+from asl_sweep.state import RunState
 from tests.pg import bindir, free_port
 from tests.test_multi_machine import SEEDS, Agents, a_running_run, check_invariants, create, grid_sweep, runs
 

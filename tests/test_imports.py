@@ -48,5 +48,11 @@ def test_no_import_cycle_even_through_lazy_imports():
 
 def test_the_leaves_import_nothing_of_the_package():
     graph = imports()
-    for leaf in ("preprocessing", "masks", "errors"):
+    for leaf in ("preprocessing", "masks", "errors", "state"):
         assert graph[leaf] == set(), leaf
+
+
+def test_training_reads_its_types_from_the_leaves_not_the_ledger():
+    graph = imports()
+    assert graph["records"] == {"state"}
+    assert "ledger" not in graph["train"] | graph["ranking"] | graph["console"]

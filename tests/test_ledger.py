@@ -11,8 +11,9 @@ import pytest
 from asl_sweep import controller
 from asl_sweep.agent import progress_line
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import Ledger, RunState, copy_sweep
+from asl_sweep.ledger import Ledger, copy_sweep
 from asl_sweep.results import load_sweep
+from asl_sweep.state import RunState, SweepState
 from asl_sweep.status import status_table, sweeps_table
 from asl_sweep.sync import sync_sweep
 
@@ -230,3 +231,25 @@ def test_a_silent_run_is_shown_crashed_by_every_reader_and_its_sweep_ends_withou
     assert controller.claim_next(ledger, sid, "new") is None  # a claim records what the readers showed
     raw = ledger.execute("SELECT state FROM runs WHERE id = ?", (roles["dead"],)).fetchone()["state"]
     assert raw == "crashed" and ledger.sweep(sid)["state"] == ("running" if live_run else "finished")
+
+
+def test_a_claim_is_one_unit_of_work_around_any_search(ledger_location):
+    """`Ledger.claim` takes the search as a function of (config, runs): the ledger owns the transaction,
+    the lock and the sweep's state; the search only proposes values."""
+    ledger = Ledger()
+    sid = ledger.create_sweep(RANDOM, "unit")
+    seen = []
+
+    def two_runs(config, runs):
+        seen.append((config["method"], len(runs)))
+        return {"dropout": 0.1 * len(runs)} if len(runs) < 2 else None
+
+    first = ledger.claim(sid, "a", two_runs)
+    assert (first["number"], first["config"], first["state"]) == (1, {"dropout": 0.0}, RunState.RUNNING)
+    assert ledger.claim(sid, "a", two_runs)["number"] == 2
+    assert ledger.claim(sid, "a", two_runs) is None and ledger.sweep(sid)["state"] == SweepState.RUNNING  # runs live
+    for run in ledger.runs(sid):
+        ledger.finish_run(run["id"], RunState.FINISHED, attempt=1)
+    assert ledger.claim(sid, "a", two_runs) is None and ledger.sweep(sid)["state"] == SweepState.FINISHED
+    assert seen == [("random", 0), ("random", 1), ("random", 2), ("random", 2)]
+    assert ledger.claim(sid, "a", lambda config, runs: pytest.fail("a finished sweep asks no search")) is None

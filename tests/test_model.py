@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from asl_sweep import model, preprocessing
+from asl_sweep import model, preprocessing, runtime
 from asl_sweep.config import Config
 from asl_sweep.errors import UserError
 
@@ -105,25 +105,25 @@ def test_memory_message_shows_mib_below_one_gib(limit_mb, shown, monkeypatch):
 
 
 def test_memory_sizes_read_in_mib_then_gib():
-    assert [model._size(n) for n in (2**20, 512 * 2**20, 2**30, 3.5 * 2**30)] == [
+    assert [runtime.size_text(n) for n in (2**20, 512 * 2**20, 2**30, 3.5 * 2**30)] == [
         "1.0 MiB", "512.0 MiB", "1.0 GiB", "3.5 GiB"]
 
 
 def test_memory_limit_comes_from_the_environment_then_the_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("ASL_SWEEP_MEMORY_LIMIT_MB", "1")
-    assert model.available_memory() == 2**20
+    assert runtime.available_memory() == 2**20
     with pytest.raises(UserError, match="ASL_SWEEP_MEMORY_LIMIT_MB"):
         model.classifier(Config())  # the seed CNN needs ~26 MiB
     monkeypatch.setenv("ASL_SWEEP_MEMORY_LIMIT_MB", "lots")
     with pytest.raises(UserError, match="environment variable ASL_SWEEP_MEMORY_LIMIT_MB must be a number, got 'lots'"):
         model.classifier(Config())
     monkeypatch.delenv("ASL_SWEEP_MEMORY_LIMIT_MB")
-    monkeypatch.setattr(model, "CGROUP", tmp_path)  # a container allowed 512 MiB, 100 MiB of it in use
+    monkeypatch.setattr(runtime, "CGROUP", tmp_path)  # a container allowed 512 MiB, 100 MiB of it in use
     (tmp_path / "memory.max").write_text(f"{512 * 2**20}\n")
     (tmp_path / "memory.current").write_text(f"{100 * 2**20}\n")
-    assert model.available_memory() == 412 * 2**20
+    assert runtime.available_memory() == 412 * 2**20
     (tmp_path / "memory.max").write_text("max\n")
-    assert model.available_memory() > 412 * 2**20
+    assert runtime.available_memory() > 412 * 2**20
 
 
 def test_per_photo_standardization_makes_exposure_and_contrast_irrelevant():

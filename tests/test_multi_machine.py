@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asl_sweep.ledger import Ledger, RunState
+from asl_sweep.ledger import Ledger
+from asl_sweep.state import RunState
 from tests.conftest import TINY
 
 HERE = Path(__file__).resolve().parent

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from asl_sweep.ledger import RunState
 from asl_sweep.ranking import best_epoch, best_run, best_value
 from asl_sweep.results import swept_params
+from asl_sweep.state import RunState
 
 
 def run(rid, state, values, name="val_accuracy"):

@@ -10,9 +10,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from asl_sweep import controller, storage
+from asl_sweep import controller, schema, storage
 from asl_sweep.errors import UserError
-from asl_sweep.ledger import Ledger, RunState
+from asl_sweep.ledger import Ledger
+from asl_sweep.state import RunState
 
 REPO = Path(__file__).resolve().parents[1]
 RANDOM = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": 4,
@@ -184,3 +185,92 @@ def test_a_postgresql_error_that_is_not_a_lost_connection_is_one_line(postgres_u
     ledger = Ledger(postgres_url)
     with pytest.raises(UserError, match=r"^ledger postgresql://.*relation \"nope\" does not exist"):
         ledger.execute("SELECT * FROM nope")
+
+
+# The tables as the last release before schema versions made them (storage.SCHEMA at f9e236e), with its
+# dialect filled in: every ledger in use today looks like this, on either backend.
+PREVIOUS_RELEASE = """
+CREATE TABLE sweeps (id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'running', created_at {float} NOT NULL);
+CREATE TABLE runs (id TEXT PRIMARY KEY, sweep_id TEXT NOT NULL REFERENCES sweeps(id), number INTEGER NOT NULL,
+    config TEXT NOT NULL, state TEXT NOT NULL, should_stop INTEGER NOT NULL DEFAULT 0, created_at {float} NOT NULL,
+    heartbeat_at {float} NOT NULL, ended_at {float}, summary TEXT NOT NULL DEFAULT '{{}}', record_path TEXT,
+    wandb_dir TEXT, agent TEXT, error TEXT, attempt INTEGER NOT NULL DEFAULT 1, claim TEXT,
+    preemptions INTEGER NOT NULL DEFAULT 0, record TEXT, UNIQUE (sweep_id, number));
+CREATE INDEX runs_by_sweep ON runs (sweep_id, state);
+CREATE INDEX runs_by_claim ON runs (claim);
+CREATE TABLE epochs (run_id TEXT NOT NULL REFERENCES runs(id), step INTEGER NOT NULL, row TEXT NOT NULL,
+    PRIMARY KEY (run_id, step));
+CREATE TABLE models (run_id TEXT PRIMARY KEY REFERENCES runs(id), data {blob} NOT NULL);
+INSERT INTO sweeps VALUES ('s1', 'old', '{config}', 'finished', 1.0);
+INSERT INTO runs (id, sweep_id, number, config, state, created_at, heartbeat_at, ended_at, summary, attempt)
+    VALUES ('r1', 's1', 1, '{{"dropout": 0.5}}', 'finished', 1.0, 2.0, 3.0, '{{"val_accuracy": 0.6}}', 2);
+INSERT INTO epochs VALUES ('r1', 1, '{{"epoch": 1, "val_accuracy": 0.6}}')
+"""
+
+
+def old_ledger(kind: str, location: str) -> str:
+    """A ledger at `location` as the previous release left it, with one finished run."""
+    script = PREVIOUS_RELEASE.format(config=json.dumps(RANDOM), **(
+        storage.SQLiteBackend if kind == "sqlite" else storage.PostgresBackend).dialect)
+    if kind == "sqlite":
+        with sqlite3.connect(location) as db:
+            db.executescript(script)
+    else:
+        with psycopg.connect(location, autocommit=True) as db:
+            for statement in script.split(";"):
+                db.execute(statement)
+    return location
+
+
+def kind_of(location: str) -> str:
+    return "postgresql" if location.startswith("postgresql") else "sqlite"
+
+
+def test_a_ledger_of_the_previous_release_is_versioned_on_open_keeping_its_runs(ledger_location):
+    old_ledger(kind_of(ledger_location), ledger_location)
+    with Ledger(ledger_location) as ledger:
+        assert schema.version_of(ledger.backend) == schema.VERSION
+        [run] = ledger.runs("s1")
+        assert (run["id"], run["state"], run["attempt"], run["config"]) == ("r1", RunState.FINISHED, 2, {"dropout": 0.5})
+        assert run["history"] == [{"epoch": 1, "val_accuracy": 0.6}] and run["summary"] == {"val_accuracy": 0.6}
+        assert ledger.sweep("s1")["state"] == "finished"
+        sid = ledger.create_sweep(RANDOM, "new")
+        assert controller.claim_next(ledger, sid, "a")["number"] == 1
+    with Ledger(ledger_location) as again:  # opened again: nothing left to do
+        assert [r["version"] for r in again.execute("SELECT version FROM schema_version")] == [schema.VERSION]
+
+
+def test_a_ledger_made_by_a_newer_asl_sweep_is_refused_in_one_line(ledger_location):
+    Ledger(ledger_location).close()
+    with Ledger(ledger_location) as ledger:
+        ledger.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, 0)", (schema.VERSION + 1,))
+    with pytest.raises(UserError) as err:
+        Ledger(ledger_location)
+    message = str(err.value)
+    assert f"has schema version {schema.VERSION + 1}, newer than this asl-sweep knows ({schema.VERSION})" in message
+    assert "pip install -U asl-sweep" in message and "\n" not in message
+
+
+def test_a_migration_that_fails_changes_nothing(ledger_location, monkeypatch):
+    """The steps run in one transaction (DDL included, on both backends): a failure leaves the old ledger."""
+    old_ledger(kind_of(ledger_location), ledger_location)
+
+    def half_done(backend) -> None:
+        backend.execute("ALTER TABLE runs ADD COLUMN half TEXT")
+        raise UserError("migration failed")
+
+    monkeypatch.setattr(schema, "STEPS", (half_done,))
+    with pytest.raises(UserError, match="migration failed"):
+        Ledger(ledger_location)
+    if kind_of(ledger_location) == "sqlite":
+        with sqlite3.connect(ledger_location) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+    else:
+        with psycopg.connect(ledger_location) as db:
+            tables = {r[0] for r in db.execute("SELECT table_name FROM information_schema.tables "
+                                               "WHERE table_schema = current_schema()")}
+            columns = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns "
+                                                "WHERE table_name = 'runs'")}
+    assert "schema_version" not in tables and "half" not in columns
