@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
+	$(BIN)/ruff check asl_sweep bench tests examples
 	$(BIN)/pytest -q
 
 train: install

@@ -47,11 +47,10 @@ from typing import Any, Callable
 from asl_sweep import controller, heartbeat
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger
+from asl_sweep.ranking import best_run, best_value
 from asl_sweep.records import ERROR_LOG, INTERRUPTED, RunRow
 from asl_sweep.state import Outcome, RunState, SweepState
-from asl_sweep.ranking import best_run, best_value
 from asl_sweep.sweepfile import command_of, metric, wandb_target
-
 
 log = logging.getLogger(__name__)
 LOG_LINES = 40  # of a failed run's output or traceback, kept in its summary (`ledger.ERROR_LOG`)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from asl_sweep.config import Config, from_mapping, write_yaml
-from asl_sweep.data import check_folder
+from asl_sweep.data import check_folder, fsync
 from asl_sweep.errors import UserError
 
 FILES = ("model.keras", "config.yaml", "metrics.json", "README.md")
@@ -42,14 +41,6 @@ def check_out_dir(out: Path, force: bool) -> None:
                         "subfolders); refusing to replace it, even with --force")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_folder(out: Path, fill: Callable[[Path], None]) -> None:
     """Build the export in a new sibling folder (`fill` writes into it), flushed to disk, then swap it in
     whole: a failure midway leaves the previous export as it was, and a forced export leaves none of the
@@ -62,8 +53,8 @@ def write_folder(out: Path, fill: Callable[[Path], None]) -> None:
         new.mkdir()
         fill(new)
         for p in new.iterdir():
-            _fsync(p)
-        _fsync(new)
+            fsync(p)
+        fsync(new)
         if out.exists():
             out.rename(old)
         new.rename(out)
@@ -75,7 +66,7 @@ def write_folder(out: Path, fill: Callable[[Path], None]) -> None:
             raise UserError(f"cannot write the export to {out}: {exc.strerror or exc}; "
                             "any previous export there is unchanged") from None
         raise
-    _fsync(out.parent)
+    fsync(out.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -86,7 +77,8 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     """
     import keras
 
-    from asl_sweep import feed, model as model_lib
+    from asl_sweep import feed
+    from asl_sweep import model as model_lib
     from asl_sweep.data import DataCache
 
     cache = DataCache(data_dir)
@@ -207,7 +199,8 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
                 data_dir: str | None = None, link: str | None = None) -> dict[str, Any]:
     """`asl-sweep export`: write the sweep's best run to `out`; returns what `metrics.json` holds, and with
     `link` (a W&B sweep) where in W&B's model registry the winner's model artifact was linked."""
-    from asl_sweep import artifacts, model as model_lib
+    from asl_sweep import artifacts
+    from asl_sweep import model as model_lib
     from asl_sweep.ledger import RunState, is_local_sweep
     from asl_sweep.ranking import best_epoch, best_value
     from asl_sweep.results import load_sweep, read_record, swept_params

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from asl_sweep.ledger import ACTIVE, RunRecord, RunState
 from asl_sweep.config import inactive_keys
+from asl_sweep.ledger import ACTIVE, RunRecord, RunState
 from asl_sweep.ranking import metric_value
 from asl_sweep.results import SweepData, load_sweep, read_record, swept_params
 
@@ -668,7 +668,7 @@ def write_report(data: SweepData, out: Path) -> Path:
         return page
     figures = figure_data(data)
     for section in SECTIONS:
-        save_png(lambda target: section.matplotlib(figures, target), out / section.png, section.size(figures),
+        save_png(lambda target, section=section: section.matplotlib(figures, target), out / section.png, section.size(figures),
                  whole_figure=section.whole_figure)
     page.write_text(html_page(data, [(s.title, s.note, s.plotly(figures)) for s in SECTIONS]), encoding="utf-8")
     return page

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from asl_sweep import backgrounds, masks as masks_lib
+from asl_sweep import backgrounds
+from asl_sweep import masks as masks_lib
 from asl_sweep.preprocessing import batches_by_shape, preprocess
 
 if TYPE_CHECKING:

@@ -171,7 +171,6 @@ def validation_probabilities(net, x_va, state: RunState):
 def log_robustness(run, per_change: dict[str, float]) -> None:
     """The suite's table as W&B media (its mean and worst case go in the summary)."""
     import wandb
-
     from asl_sweep.robustness import SUITE
 
     table = wandb.Table(columns=["change", "what a user meets", "accuracy"])
@@ -229,7 +228,8 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     when already at hand), log to `run`, score the robustness suite, save the servable model; return the record."""
     from sklearn.metrics import confusion_matrix
 
-    from asl_sweep import data, feed, model as model_lib, robustness
+    from asl_sweep import data, feed, robustness
+    from asl_sweep import model as model_lib
 
     t_start = time.perf_counter()
     tr, va = split if split is not None else data.split(dataset, cfg.split, cfg.val_fraction, cfg.seed, cfg.fold)
@@ -317,7 +317,6 @@ def execute(
     """One run's whole life: `wandb.init(config=values)` -> Config from `wandb.config` -> train -> finish.
     `project`/`entity` default to W&B's environment variables, as a run launched by `wandb agent` reads them."""
     import wandb
-
     from asl_sweep.sweepfile import wandb_target
 
     initial = from_mapping(values, source="config")

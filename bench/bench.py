@@ -175,7 +175,8 @@ def bench_background(epochs: int = 4) -> dict[str, Any]:
     """Fit seconds per epoch without and with compositing, the default sweep's fixed values, one process."""
     import keras
 
-    from asl_sweep import feed, model as model_lib
+    from asl_sweep import feed
+    from asl_sweep import model as model_lib
     from asl_sweep.config import from_mapping
     from asl_sweep.data import DataCache
 
@@ -201,7 +202,7 @@ def bench_background(epochs: int = 4) -> dict[str, Any]:
                 self.t0 = time.perf_counter()
 
             def on_epoch_end(self, epoch, logs=None):
-                times.append(time.perf_counter() - self.t0)
+                times.append(time.perf_counter() - self.t0)  # noqa: B023 (fit runs within this iteration)
 
         net.fit(**train_data, epochs=epochs, verbose=0, callbacks=[Timer()])
         out[f"epoch_s_{label}"] = statistics.median(times[1:])  # the first epoch traces the graph
@@ -275,7 +276,6 @@ def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue, pa
     of "training" before each), finish, until the sweep is done; times each claim, how long it held the
     sweep's lock, and each epoch write."""
     import sweeps
-
     from asl_sweep import controller
     from asl_sweep.ledger import Ledger
 
@@ -348,7 +348,6 @@ def bayes_lock_ms(location: str, runs: int, claims: int = 5) -> float:
     import random
 
     import sweeps
-
     from asl_sweep import controller, sweepfile
     from asl_sweep.ledger import Ledger
 
@@ -407,7 +406,7 @@ def bench_ledger(run_length_s: float) -> dict[str, Any]:
     try:
         for backend in ("sqlite", "postgresql"):
             def location(name: str) -> str:
-                return backend_location(server, backend, name)
+                return backend_location(server, backend, name)  # noqa: B023 (used within this iteration)
 
             cells = out[backend] = {}
             for runs in (50, 200, 400):

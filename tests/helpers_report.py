@@ -106,8 +106,8 @@ def tiny_trained_sweep() -> dict[str, Any]:
     if _TRAINED:
         return _TRAINED
     from asl_sweep import controller
-    from asl_sweep.ledger import Ledger
     from asl_sweep.data import DataCache
+    from asl_sweep.ledger import Ledger
     from asl_sweep.train import execute
 
     base = Path(tempfile.mkdtemp(prefix="asl-sweep-tiny-"))

@@ -1,8 +1,8 @@
 import time
 
 import pytest
-import sweeps
 
+import sweeps
 from asl_sweep import controller
 from asl_sweep.ledger import Ledger
 

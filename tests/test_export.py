@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers_report import TINY, isolate, synthetic_sweep, tiny_trained_sweep
-
 from asl_sweep import cli, export
 from asl_sweep import model as model_lib
 from asl_sweep.config import Config, from_mapping, read_yaml
 from asl_sweep.errors import UserError
 from asl_sweep.results import load_sweep
+from tests.helpers_report import TINY, isolate, synthetic_sweep, tiny_trained_sweep
 
 
 @pytest.mark.parametrize("goal", ["maximize", "minimize"])

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers_report import isolate, tiny_trained_sweep, write_images
-
 from asl_sweep import cli, predict
 from asl_sweep.errors import UserError
+from tests.helpers_report import isolate, tiny_trained_sweep, write_images
 
 
 @pytest.fixture

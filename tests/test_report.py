@@ -11,13 +11,12 @@ import subprocess
 import pytest
 from PIL import Image
 
-from tests.conftest import skip_unless_ci
-from tests.helpers_report import isolate, synthetic_sweep, tiny_trained_sweep
-
 from asl_sweep import cli, report
-from asl_sweep.results import SweepData, load_sweep, read_record
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger
+from asl_sweep.results import SweepData, load_sweep, read_record
+from tests.conftest import skip_unless_ci
+from tests.helpers_report import isolate, synthetic_sweep, tiny_trained_sweep
 
 PNGS = ("parallel_coordinates.png", "importance.png", "curves.png", "leaderboard.png", "best_run_images.png",
         "confusion_matrix.png")

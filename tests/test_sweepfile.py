@@ -119,8 +119,9 @@ def test_shipped_sweeps_need_no_reordering():
 
 def _encoded(config, values):
     """What W&B's engine feeds its GP for runs with these `batch_norm` values."""
-    from sweeps import SweepRun
     from sweeps.params import HyperParameterSet
+
+    from sweeps import SweepRun
 
     runs = [SweepRun(name=str(i), state="finished", config={"batch_norm": {"value": v}}) for i, v in enumerate(values)]
     return HyperParameterSet.from_config(config["parameters"]).normalize_runs_as_array(runs)[:, 0].tolist()
@@ -137,6 +138,7 @@ def test_the_engine_tells_false_from_true_once_false_is_first():
 def _share_with_batch_norm(config, seed, suggestions=12):
     """Of the engine's next suggestions, after runs where batch norm decided the metric, the share with it on."""
     import numpy as np
+
     import sweeps
     from sweeps import SweepRun
 
