@@ -171,6 +171,7 @@ def validation_probabilities(net, x_va, state: RunState):
 def log_robustness(run, per_change: dict[str, float]) -> None:
     """The suite's table as W&B media (its mean and worst case go in the summary)."""
     import wandb
+
     from asl_sweep.robustness import SUITE
 
     table = wandb.Table(columns=["change", "what a user meets", "accuracy"])
@@ -317,6 +318,7 @@ def execute(
     """One run's whole life: `wandb.init(config=values)` -> Config from `wandb.config` -> train -> finish.
     `project`/`entity` default to W&B's environment variables, as a run launched by `wandb agent` reads them."""
     import wandb
+
     from asl_sweep.sweepfile import wandb_target
 
     initial = from_mapping(values, source="config")

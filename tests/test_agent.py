@@ -242,6 +242,7 @@ def test_status_and_sweeps_list_show_runs_and_best(capsys):
 def test_online_sweep_and_agent_hand_over_to_wandb(tmp_path, monkeypatch, capsys):
     """The online path is W&B's own calls; here they are intercepted (W&B is unreachable offline)."""
     import wandb
+
     from asl_sweep import cli
 
     monkeypatch.setenv("WANDB_MODE", "online")
@@ -267,6 +268,7 @@ def test_online_sweep_and_agent_hand_over_to_wandb(tmp_path, monkeypatch, capsys
 def test_both_worlds_get_the_falsy_value_first_with_a_note(tmp_path, monkeypatch, capsys):
     """W&B's servers run the same engine: the YAML they get has `false` first too, and so has the ledger's."""
     import wandb
+
     from asl_sweep import cli
 
     path = tmp_path / "s.yaml"
@@ -362,6 +364,7 @@ def test_control_of_a_wandb_sweep_is_handed_to_wandb_sweep(monkeypatch):
 
 def test_controller_local_in_the_yaml_selects_the_embedded_controller_online(tmp_path, monkeypatch, capsys):
     import wandb
+
     from asl_sweep import cli
 
     monkeypatch.setenv("WANDB_MODE", "online")

@@ -122,6 +122,7 @@ class FakeRun:
 def wandb_sweep(monkeypatch, tmp_path):
     """The tiny trained sweep served by a stand-in `wandb.Api` as W&B sweep ent/proj/sw1, online."""
     import wandb
+
     from asl_sweep.ledger import Ledger
 
     tiny = tiny_trained_sweep()

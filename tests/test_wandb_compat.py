@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from wandb import wandb_agent
 
 from asl_sweep import agent
 from asl_sweep.ledger import Ledger
 from tests.conftest import TINY
-from wandb import wandb_agent
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
