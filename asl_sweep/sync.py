@@ -19,7 +19,7 @@ from asl_sweep import runtime
 from asl_sweep.errors import UserError, one_line
 from asl_sweep.ledger import Ledger
 from asl_sweep.state import ACTIVE
-from asl_sweep.sweepfile import wandb_target
+from asl_sweep.sweepfile import falsy_first, wandb_target
 
 
 def check_reachable() -> str:
@@ -56,8 +56,9 @@ def upload(folders: list[Path], project: str, entity: str | None) -> None:
 
 
 def wandb_sweep_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The YAML as W&B's controller should run it: without `controller: {type: local}`."""
-    return {k: v for k, v in config.items() if k != "controller"}
+    """The YAML as W&B's controller should run it: without `controller: {type: local}`, and falsy
+    categorical values first (a sweep made before `asl-sweep sweep` moved them, see `falsy_first`)."""
+    return {k: v for k, v in falsy_first(config)[0].items() if k != "controller"}
 
 
 def create_wandb_sweep(config: dict[str, Any], project: str, entity: str | None, *,

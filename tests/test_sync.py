@@ -135,3 +135,13 @@ def test_sync_refuses_a_sweep_with_running_runs(tmp_path):
     with pytest.raises(UserError, match="1 run\\(s\\) still running"):
         sync.sync_sweep(sid)
 
+
+
+def test_the_wandb_sweep_gets_falsy_values_first_and_no_local_controller():
+    """A sweep made before `asl-sweep sweep` moved falsy values first still reaches W&B's engine right."""
+    from asl_sweep.sync import wandb_sweep_config
+
+    old = {**CONFIG, "method": "bayes", "parameters": {**CONFIG["parameters"], "batch_norm": {"values": [True, False]}}}
+    sent = wandb_sweep_config(old)
+    assert sent["parameters"]["batch_norm"] == {"values": [False, True]} and "controller" not in sent
+    assert old["parameters"]["batch_norm"] == {"values": [True, False]}
