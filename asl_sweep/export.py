@@ -2,12 +2,14 @@
 
 The folder holds the model (which embeds its preprocessing), the config that re-trains it with
 `asl-sweep train --config`, its metrics, and a model card. `--retrain` fits the winning config on
-train+validation together: the final model then has seen every image, and the card says so.
+train+validation together: the final model then has seen every image, and the card says so. A winner
+that the sweep stopped early was not scored on the robustness suite in training; export scores it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import shutil
@@ -18,6 +20,7 @@ from asl_sweep.config import Config, from_mapping, write_yaml
 from asl_sweep.data import check_folder, fsync
 from asl_sweep.errors import UserError
 
+log = logging.getLogger(__name__)
 FILES = ("model.keras", "config.yaml", "metrics.json", "README.md")
 
 
@@ -91,6 +94,21 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     if not history or not math.isfinite(history[-1]["loss"]):
         raise UserError("re-training on train+validation diverged (loss is not finite); export without --retrain")
     return model_lib.build(cfg, net), history, int(len(dataset.y))
+
+
+def suite_scores(cfg: Config, model_path: str, data_dir: str | None) -> dict[str, float]:
+    """The robustness suite on the run's own validation photos, for a winner that the sweep stopped:
+    training skips the suite for stopped runs (it is for candidates), so export scores the one that wins."""
+    from asl_sweep import model as model_lib
+    from asl_sweep import robustness
+    from asl_sweep.data import DataCache, decode
+
+    cache = DataCache(data_dir)
+    dataset = cache.get(cfg)
+    _, va = cache.split(cfg, dataset)
+    log.info("scoring the robustness suite for the winner, which the sweep stopped before scoring it")
+    return robustness.served_accuracy(model_lib.load(model_path), [decode(Path(dataset.paths[i])) for i in va],
+                                      dataset.y[va])
 
 
 def robustness_section(per_change: dict[str, float]) -> list[str]:
@@ -244,7 +262,8 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
                    "final": last.get(data.metric_name)},
         "best": best_row, "final": last, "summary": record.get("summary") or {},
         "wall_time": (record.get("summary") or {}).get("wall_time"), "history": history, "retrain": None,
-        "robustness": record.get("robustness") or {},
+        "robustness": record.get("robustness") or (suite_scores(cfg, model_path, data_dir)
+                                                    if record.get("state", best["state"]) == RunState.STOPPED else {}),
         "passed_over": [{"run_id": r["id"], "number": r["number"], "state": str(r["state"]), "reason": r.get("error"),
                          "value": best_value(r, data.metric_name, data.goal)} for r in data.passed_over],
     }

@@ -255,13 +255,14 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     model_path = files / MODEL_FILE
     per_change: dict[str, float] = {}
     if state != RunState.FAILED:
-        t0 = time.perf_counter()
-        per_change = robustness.accuracy_per_change(lambda batch: probabilities(net, batch), suite, y_va)
-        summary.update(robustness.summarize(per_change))
-        robust_time += time.perf_counter() - t0
+        if not stopped or interrupted:  # the suite is for candidates: a run the sweep stopped is scored by export if it wins
+            t0 = time.perf_counter()
+            per_change = robustness.accuracy_per_change(lambda batch: probabilities(net, batch), suite, y_va)
+            summary.update(robustness.summarize(per_change))
+            robust_time += time.perf_counter() - t0
+            log_robustness(run, per_change)
         model_lib.build(cfg, net).save(model_path)
         log_examples(run, dataset, va, y_va, preds, conf, cfg.seed)
-        log_robustness(run, per_change)
     summary["robust_time"] = robust_time + epoch_robust_time
     summary["wall_time"] = time.perf_counter() - t_start
     if interrupted:

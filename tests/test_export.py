@@ -156,3 +156,38 @@ def test_retraining_with_backgrounds_composites_every_photo_and_ships_a_safe_mod
     net.save(tmp_path / "m.keras")
     x = np.random.default_rng(0).uniform(0, 255, (2, 30, 30, 3)).astype("float32")
     assert np.allclose(model.load(str(tmp_path / "m.keras")).predict_on_batch(x), net.predict_on_batch(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_stopped_winner_is_scored_on_the_same_suite_that_training_scores(monkeypatch, tmp_path):
+    tiny = tiny_trained_sweep()
+    isolate(monkeypatch, tmp_path)
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", str(tiny["ledger"]))
+    record = json.loads(Path(load_sweep(tiny["sweep_id"]).best["record_path"]).read_text())
+    cfg = from_mapping(record["config"], source="test")
+    lazily = export.suite_scores(cfg, record["paths"]["model"], str(tiny["images"]))
+    assert list(lazily) == list(record["robustness"])
+    assert lazily == pytest.approx(record["robustness"], abs=1 / record["summary"]["val_images"] + 1e-9)
+
+
+@pytest.mark.slow
+def test_export_of_a_winner_the_sweep_stopped_scores_its_suite(monkeypatch, tmp_path):
+    import shutil
+    import sqlite3
+
+    tiny = tiny_trained_sweep()
+    isolate(monkeypatch, tmp_path)
+    ledger = tmp_path / "ledger.db"
+    shutil.copyfile(tiny["ledger"], ledger)
+    monkeypatch.setenv("ASL_SWEEP_LEDGER", str(ledger))
+    best = load_sweep(tiny["sweep_id"]).best
+    scored = json.loads(Path(best["record_path"]).read_text())
+    stopped = {**scored, "state": "stopped", "robustness": {}}  # as training now leaves a run hyperband stopped
+    with sqlite3.connect(ledger) as db:
+        db.execute("UPDATE runs SET record = ?, state = 'stopped' WHERE id = ?", (json.dumps(stopped), best["id"]))
+    out = tmp_path / "export"
+    assert cli.main(["export", tiny["sweep_id"], "--out", str(out), "--data-dir", str(tiny["images"])]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run_id"] == best["id"] and metrics["state"] == "stopped"
+    assert metrics["robustness"] == pytest.approx(scored["robustness"], abs=1 / scored["summary"]["val_images"] + 1e-9)
+    assert "## Robustness" in (out / "README.md").read_text()

@@ -89,6 +89,9 @@ def test_reporter_stop_request_ends_at_epoch_boundary(dataset_dir):
     record = execute({**TINY, "epochs": 4, "split": "random"}, DataCache(str(dataset_dir)), reporter=rep)
     assert record["state"] == "stopped" and len(record["history"]) == 1
     assert rep.finished is record and rep.rows == record["history"]
+    # the suite is for candidates: a stopped run keeps its model and per-epoch estimate, not the end-of-run suite
+    assert record["robustness"] == {} and "val_robust_worst" not in record["summary"]
+    assert Path(record["paths"]["model"]).is_file() and "val_robust_accuracy" in record["history"][0]
 
 
 def _env(**extra):
