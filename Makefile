@@ -68,15 +68,16 @@ docs: install
 
 # the replay benchmark (docs/replay.md): the table from the stored replays, re-running 2 per method as a check
 bench-replay: $(VENV)/.bench
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --results bench/replay/results.json --check 2
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --check 2 $(if $(METHODS),--methods $(METHODS))
 
 # training the table: ~2 h on 2 cores (two one-thread processes); resumable
 bench-replay-table: $(VENV)/.bench
 	for i in 0 1; do ASL_SWEEP_THREADS=1 $(BIN)/python bench/replay_table.py --shard $$i/2 & done; wait
 
-# every replay (200 per method, 40 simulated minutes each), stored for bench-replay
+# every replay (200 per method, 40 simulated minutes each; two processes), appended to bench/replay/results.jsonl; resumable
 bench-replay-all: $(VENV)/.bench
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --replays $(or $(REPLAYS),200) --out bench/replay/results.json
+	for i in 0 1; do OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --run --shard $$i/2 \
+	  --replays $(or $(REPLAYS),200) $(if $(METHODS),--methods $(METHODS)) & done; wait
 
 # ~8 min on 2 cores: agents on SQLite and PostgreSQL with and without a dashboard polling (docs/dashboard.md)
 bench-dashboard: install

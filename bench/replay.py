@@ -14,7 +14,7 @@ invent curves between them, and with ~200 points in 13 dimensions it would mostl
 The clock charges what each method's runs cost, as measured in the table (`setup_s`, `epoch_s`, `end_s`:
 our runs' start-up, per-epoch work with the robustness estimate, end-of-run suite) or, for Keras Tuner,
 Keras's own epochs (`fit_s`) plus its measured model build, checkpoint save on each improving epoch and
-restore when a trial resumes (`--measure-kt`); the engines' own suggestions and stop decisions cost
+restore when a trial resumes (`--measure-costs`); the engines' own suggestions and stop decisions cost
 their real CPU time (`make` runs this with one BLAS thread: one core per worker). Times are CPU seconds
 of one-thread processes, i.e. seconds on a core of one's own. A run that ends after the budget does not count.
 
@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml
@@ -50,7 +50,8 @@ WIDE = REPO / "sweeps" / "wide.yaml"
 METHODS = ("bayes", "random", "optuna", "kt")
 BUDGETS_MIN = (5, 10, 20, 40)
 THRESHOLDS = (0.95, 0.99)
-KT_COSTS_FILE = REPO / "bench" / "replay" / "kt_costs.json"  # Keras Tuner's own costs, from `--measure-kt`
+COSTS_FILE = REPO / "bench" / "replay" / "costs.json"  # costs the table does not hold, from `--measure-costs`
+RESULTS_FILE = REPO / "bench" / "replay" / "results.jsonl"
 
 
 @dataclass
@@ -130,11 +131,16 @@ class Run:
 
 
 class Method:
-    """A search method on the simulated clock: it proposes a run, hears each epoch, may stop runs."""
+    """A search method on the simulated clock: it proposes a run, hears each epoch, may stop runs.
+    Our runs (bayes, random, Optuna's, all through `train.execute`) skip the end-of-run robustness suite
+    when stopped early, so a stopped run pays `stopped_end_share` of the table's `end_s`; option
+    `suite=all` charges the whole `end_s`, as every run paid before that lever."""
 
-    def __init__(self, table: Table, seed: int) -> None:
+    def __init__(self, table: Table, seed: int, costs: dict[str, float], options: dict[str, str]) -> None:
         self.table, self.seed, self.rng = table, seed, random.Random(seed)
         self.epochs = table.sweep["parameters"]["epochs"]["value"]
+        self.costs = costs
+        self.stopped_end_share = 1.0 if options.pop("suite", "candidates") == "all" else costs["stopped_end_share"]
 
     def propose(self, runs: list[Run], now: float, worker: int) -> Run | None:
         raise NotImplementedError
@@ -150,18 +156,20 @@ class Method:
         return run.curve.epoch_s[run.done]
 
     def end_cost(self, run: Run) -> float:
-        return run.curve.end_s
+        return run.curve.end_s * (self.stopped_end_share if run.stopped else 1.0)
 
 
 class WandbEngine(Method):
     """Our sweep: W&B's engine (`next_run`, and `stop_runs` when a run reaches a hyperband band), given the
-    runs as `controller.engine_runs` gives them (a stopped run is finished with `stopped`)."""
+    runs as `controller.engine_runs` gives them (a stopped run is finished with `stopped`). Options
+    `min_iter` and `eta` replace the YAML's hyperband settings (the levers tried on the replay)."""
 
-    def __init__(self, table: Table, seed: int, method: str) -> None:
+    def __init__(self, table: Table, seed: int, method: str, costs: dict[str, float], options: dict[str, str]) -> None:
         from asl_sweep.controller import hyperband_bands
 
-        super().__init__(table, seed)
-        self.config = {**table.sweep, "method": method}
+        super().__init__(table, seed, costs, options)
+        hyperband = {**table.sweep["early_terminate"], **{k: int(options.pop(k)) for k in ("min_iter", "eta") if k in options}}
+        self.config = {**table.sweep, "method": method, "early_terminate": hyperband}
         self.bands = hyperband_bands(self.config) or set()
 
     def engine_runs(self, runs: list[Run]):
@@ -204,10 +212,10 @@ class WandbEngine(Method):
 class OptunaTPE(Method):
     """Optuna's TPE sampler and HyperbandPruner with the YAML's min_iter, eta and epochs, as bench-search runs it."""
 
-    def __init__(self, table: Table, seed: int) -> None:
+    def __init__(self, table: Table, seed: int, costs: dict[str, float], options: dict[str, str]) -> None:
         import optuna
 
-        super().__init__(table, seed)
+        super().__init__(table, seed, costs, options)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         et = table.sweep["early_terminate"]
         self.study = optuna.create_study(
@@ -247,12 +255,11 @@ class KerasTunerHyperband(Method):
     """Keras Tuner's HyperbandOracle: its brackets and rounds, and trials resumed from a checkpoint of the
     trial they continue. Costs Keras's own epochs, model build, checkpoint saves and restores."""
 
-    def __init__(self, table: Table, seed: int, costs: dict[str, float]) -> None:
+    def __init__(self, table: Table, seed: int, costs: dict[str, float], options: dict[str, str]) -> None:
         import keras_tuner as kt
         import search
 
-        super().__init__(table, seed)
-        self.costs = costs
+        super().__init__(table, seed, costs, options)
         hp = kt.HyperParameters()
         for k, spec in table.sweep["parameters"].items():
             search.kt_suggest(hp, k, spec)
@@ -349,17 +356,26 @@ def replay(method: Method, budget_s: float, workers: int = 2) -> list[Run]:
     return [r for r in runs if r.end is not None and r.end <= budget_s]
 
 
-def measure_kt_costs(table: Table, samples: int = 8) -> dict[str, float]:
-    """Median CPU seconds (as the table's times) Keras Tuner spends on building and compiling a model of
-    the table's configurations, saving its weights (each improving epoch) and loading them (each resumed
-    trial). Run it with ASL_SWEEP_THREADS=1, as the table was trained."""
-    from asl_sweep import model as model_lib
-    from asl_sweep import runtime
-    from asl_sweep.config import from_mapping
+def measure_costs(table: Table, samples: int = 8) -> dict[str, float]:
+    """What the table does not hold, in CPU seconds as its times (run with ASL_SWEEP_THREADS=1, as the
+    table was trained), medians over `samples` of its configurations: Keras Tuner's model build and
+    compile, weight save (each improving epoch) and load (each resumed trial); and `stopped_end_share`,
+    a run's end-of-run time when the sweep stops it (no robustness suite) over its end-of-run time when it
+    finishes, both after 2 epochs of `train.execute`."""
+    import os
 
+    from asl_sweep import model as model_lib
+    from asl_sweep import runtime, train
+    from asl_sweep.config import from_mapping
+    from asl_sweep.data import DataCache
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="replay-costs-wandb-"))
     runtime.setup(tensorflow=True)
-    build, save, restore = [], [], []
-    folder = Path(tempfile.mkdtemp(prefix="replay-kt-costs-"))
+    build, save, restore, share = [], [], [], []
+    folder = Path(tempfile.mkdtemp(prefix="replay-costs-"))
+    cache = DataCache(None)
     for values in random.Random(0).sample(table.values, min(samples, len(table.values))):
         cfg = from_mapping(values, source="table")
         t = time.process_time()
@@ -372,21 +388,61 @@ def measure_kt_costs(table: Table, samples: int = 8) -> dict[str, float]:
         t = time.process_time()
         net.load_weights(path)
         restore.append(time.process_time() - t)
+        ends = {}
+        for epochs, stop_after, name in ((2, None, "finished"), (3, 2, "stopped")):
+            clock = StopAfter(stop_after)
+            train.execute({**values, "epochs": epochs, "warmup_epochs": 0}, cache, reporter=clock, verbose=0)
+            ends[name] = time.process_time() - clock.marks[-1]
+        share.append(ends["stopped"] / ends["finished"])
     return {k: round(statistics.median(v), 4) for k, v in
-            (("build_s", build), ("save_s", save), ("restore_s", restore))}
+            (("build_s", build), ("save_s", save), ("restore_s", restore), ("stopped_end_share", share))}
 
 
-def make_method(name: str, table: Table, seed: int, kt_costs: dict[str, float]) -> Method:
+class StopAfter:
+    """A reporter that reads the CPU clock at each epoch boundary and stops the run after `epochs` (None:
+    never)."""
+
+    sweep_id = None
+
+    def __init__(self, epochs: int | None) -> None:
+        self.epochs, self.marks = epochs, []
+
+    def epoch(self, row: dict[str, float]) -> bool:
+        self.marks.append(time.process_time())
+        return self.epochs is not None and len(self.marks) >= self.epochs
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Nothing to record."""
+
+
+def make_method(spec: str, table: Table, seed: int, costs: dict[str, float]) -> Method:
+    """A method from its spec, `name[:key=value,...]`: bayes, random, optuna or kt, with options (see
+    `Method` and `WandbEngine`); an option the method does not know is an error."""
+    name, _, rest = spec.partition(":")
+    options = dict(part.split("=", 1) for part in rest.split(",") if part)
     if name in ("bayes", "random"):
-        return WandbEngine(table, seed, name)
-    if name == "optuna":
-        return OptunaTPE(table, seed)
-    return KerasTunerHyperband(table, seed, kt_costs)
+        method: Method = WandbEngine(table, seed, name, costs, options)
+    elif name == "optuna":
+        method = OptunaTPE(table, seed, costs, options)
+    elif name == "kt":
+        method = KerasTunerHyperband(table, seed, costs, options)
+    else:
+        raise ValueError(f"unknown method {name!r} (one of {', '.join(METHODS)})")
+    if options:
+        raise ValueError(f"method {spec!r}: unknown options {', '.join(options)}")
+    return method
 
 
 def events(runs: list[Run]) -> list[list[float]]:
-    """[end time, val_accuracy of the run's best-metric epoch, its best metric] per run, by end time."""
-    return sorted([round(r.end, 2), round(r.best()[1], 5), round(r.best()[0], 5)] for r in runs)
+    """[end time, val_accuracy of the run's best-metric epoch, its best metric] per run, by end time, only
+    for runs that raise the best metric or the best val_accuracy so far: all `best_by` and
+    `first_reaching` read, at a few hundred bytes per replay."""
+    out, metric, accuracy = [], -math.inf, -math.inf
+    for e in sorted([round(r.end, 2), round(r.best()[1], 5), round(r.best()[0], 5)] for r in runs):
+        if e[2] > metric or e[1] > accuracy:
+            out.append(e)
+            metric, accuracy = max(metric, e[2]), max(accuracy, e[1])
+    return out
 
 
 def best_by(ev: list[list[float]], t: float) -> float:
@@ -410,8 +466,9 @@ def p_beats(ours: list[float], theirs: list[float]) -> float:
     return float(((a > b) + 0.5 * (a == b)).mean())
 
 
-def summary(results: dict[str, list[list[list[float]]]], budgets_min=BUDGETS_MIN) -> list[dict[str, Any]]:
-    """One row per (budget, method) from stored replays: what the table prints."""
+def summary(results: dict[str, list[list[list[float]]]], budgets_min=BUDGETS_MIN, ours: str = "bayes") -> list[dict[str, Any]]:
+    """One row per (budget, method) from stored replays: what the table prints; `p_ours_beats` compares
+    the method `ours` with each other one."""
     rng = random.Random(0)
     rows = []
     for minutes in budgets_min:
@@ -420,7 +477,7 @@ def summary(results: dict[str, list[list[list[float]]]], budgets_min=BUDGETS_MIN
         for m, values in best.items():
             lo, hi = bootstrap_median(values, rng)
             row = {"budget_min": minutes, "method": m, "replays": len(values), "median": statistics.median(values),
-                   "ci": [lo, hi], "p_bayes_beats": None if m == "bayes" or "bayes" not in best else p_beats(best["bayes"], values)}
+                   "ci": [lo, hi], "p_ours_beats": None if m == ours or ours not in best else p_beats(best[ours], values)}
             for th in THRESHOLDS:
                 times = [first_reaching(ev, th, t) for ev in results[m]]
                 reached = [x for x in times if x is not None]
@@ -435,10 +492,10 @@ def times_or_inf(times: list[float | None]) -> list[float]:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = ["| budget | method | replays | median best | 95% CI | P(bayes beats) | min to 0.95 (reached) | min to 0.99 (reached) |",
+    lines = ["| budget | method | replays | median best | 95% CI | P(ours beats) | min to 0.95 (reached) | min to 0.99 (reached) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        p = "" if r["p_bayes_beats"] is None else f"{r['p_bayes_beats']:.2f}"
+        p = "" if r["p_ours_beats"] is None else f"{r['p_ours_beats']:.2f}"
         cells = [f"{r['median_min_to_' + str(th)]:.1f} ({r['reached_' + str(th)]:.0%})" for th in THRESHOLDS]
         lines.append(f"| {r['budget_min']} min | {r['method']} | {r['replays']} | {r['median']:.4f} | "
                      f"{r['ci'][0]:.4f}–{r['ci'][1]:.4f} | {p} | {cells[0]} | {cells[1]} |")
@@ -449,14 +506,19 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_replays(table: Table, methods: list[str], replays: int, budget_s: float, kt_costs: dict[str, float],
-                first_seed: int = 0, progress: Callable[[str], None] = lambda s: None) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for m in methods:
-        out[m] = []
-        for seed in range(first_seed, first_seed + replays):
-            out[m].append(events(replay(make_method(m, table, seed, kt_costs), budget_s)))
-            progress(f"{m} replay {seed}: {len(out[m][-1])} runs")
+def one_replay(spec: str, table: Table, seed: int, budget_s: float, costs: dict[str, float]) -> dict[str, Any]:
+    """One replay as stored: its events, how many runs ended in the budget, the engine's own CPU time."""
+    t = time.process_time()
+    runs = replay(make_method(spec, table, seed, costs), budget_s)
+    return {"method": spec, "seed": seed, "minutes": budget_s / 60, "runs": len(runs),
+            "cpu_s": round(time.process_time() - t, 2), "events": events(runs)}
+
+
+def stored(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The stored replays, by method spec, in seed order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(read_table(path) if path.is_file() else [], key=lambda r: r["seed"]):
+        out.setdefault(row["method"], []).append(row)
     return out
 
 
@@ -464,43 +526,52 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, default=REPO / "bench" / "replay" / "table.jsonl")
     parser.add_argument("--sweep", type=Path, default=WIDE)
-    parser.add_argument("--results", type=Path, help="print the table from these stored replays (and check a few)")
-    parser.add_argument("--out", type=Path, help="write the replays here")
+    parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="stored replays (JSON lines)")
+    parser.add_argument("--run", action="store_true", help="replay and append to --results (resumes: done seeds are skipped)")
     parser.add_argument("--replays", type=int, default=200)
-    parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--check", type=int, default=2, help="with --results: replays re-run per method as a check")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--shard", default="0/1", help="i/n: with --run, replay seeds i, i+n, ...")
+    parser.add_argument("--check", type=int, default=2, help="replays re-run per method as a check")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help="specs: name[:key=value,...]")
+    parser.add_argument("--ours", default="bayes", help="the spec the others are compared with")
     parser.add_argument("--minutes", type=float, default=max(BUDGETS_MIN))
-    parser.add_argument("--measure-kt", action="store_true", help=f"measure Keras Tuner's costs into {KT_COSTS_FILE.name}")
+    parser.add_argument("--measure-costs", action="store_true", help=f"measure the costs into {COSTS_FILE.name}")
     args = parser.parse_args()
-    for path, how in ((args.table, "make bench-replay-table"), (args.results, "make bench-replay-all")):
-        if path is not None and not path.is_file():
-            sys.exit(f"bench/replay.py: {path} does not exist yet; make it with: {how}")
+    if not args.table.is_file():
+        sys.exit(f"bench/replay.py: {args.table} does not exist yet; make it with: make bench-replay-table")
     table = Table(read_table(args.table), yaml.safe_load(args.sweep.read_text()))
-    methods = args.methods.split(",")
-    if args.measure_kt:
-        costs = measure_kt_costs(table)
-        KT_COSTS_FILE.write_text(json.dumps(costs, indent=1) + "\n")
+    if args.measure_costs:
+        costs = measure_costs(table)
+        COSTS_FILE.write_text(json.dumps(costs, indent=1) + "\n")
         print(costs)
         return 0
-    kt_costs = json.loads(KT_COSTS_FILE.read_text())
-    if args.results:
-        stored = json.loads(args.results.read_text())
-        print(format_rows(summary(stored["replays"])))
-        if args.check:
-            fresh = run_replays(table, methods, args.check, args.minutes * 60, stored["kt_costs"])
-            for m, replays in fresh.items():
-                kept = [best_by(ev, args.minutes * 60) for ev in stored["replays"][m]]
-                print(f"check {m}: re-run {[round(best_by(ev, args.minutes * 60), 4) for ev in replays]}, "
-                      f"stored range {min(kept):.4f}–{max(kept):.4f}")
+    costs = json.loads(COSTS_FILE.read_text())
+    budget_s = args.minutes * 60
+    if args.run:
+        index, count = map(int, args.shard.split("/"))
+        done = {(r["method"], r["seed"]) for rows in stored(args.results).values() for r in rows}
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        for seed in range(index, args.replays, count):
+            for spec in args.methods:
+                if (spec, seed) not in done:
+                    row = one_replay(spec, table, seed, budget_s, costs)
+                    with args.results.open("a") as f:
+                        f.write(json.dumps(row, separators=(",", ":")) + "\n")
+                    print(f"{spec} replay {seed}: {row['runs']} runs, {row['cpu_s']} CPU-s", flush=True)
         return 0
-    replays = run_replays(table, methods, args.replays, args.minutes * 60, kt_costs, args.first_seed,
-                          progress=lambda s: print(s, flush=True))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"table_rows": sum(map(len, table.curves.values())), "minutes": args.minutes,
-                                        "kt_costs": kt_costs, "replays": replays}, separators=(",", ":")))
-    print(format_rows(summary(replays, [b for b in BUDGETS_MIN if b <= args.minutes])))
+    results = {spec: rows for spec, rows in stored(args.results).items() if spec in args.methods}
+    if not results:
+        sys.exit(f"bench/replay.py: no stored replays of {' '.join(args.methods)} in {args.results}; make them with: "
+                 "make bench-replay-all")
+    print(format_rows(summary({m: [r["events"] for r in rows] for m, rows in results.items()},
+                              [b for b in BUDGETS_MIN if b <= args.minutes] or [args.minutes], ours=args.ours)))
+    for spec, rows in results.items():
+        print(f"{spec}: {len(rows)} replays, median {statistics.median(r['runs'] for r in rows)} runs and "
+              f"{statistics.median(r['cpu_s'] for r in rows)} CPU-s per replay")
+        for row in rows[:args.check]:
+            fresh = one_replay(spec, table, row["seed"], row["minutes"] * 60, costs)
+            print(f"  check seed {row['seed']}: best {best_by(fresh['events'], budget_s):.4f} re-run, "
+                  f"{best_by(row['events'], budget_s):.4f} stored (the engines' own CPU time moves the clock, "
+                  "so a re-run can take another path)")
     return 0
 
 

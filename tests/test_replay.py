@@ -16,7 +16,7 @@ import replay_table  # noqa: E402
 
 WIDE = yaml.safe_load((BENCH.parent / "sweeps" / "wide.yaml").read_text())
 EPOCHS = WIDE["parameters"]["epochs"]["value"]
-KT_COSTS = {"build_s": 0.3, "save_s": 0.05, "restore_s": 0.1}
+COSTS = {"build_s": 0.3, "save_s": 0.05, "restore_s": 0.1, "stopped_end_share": 0.1}
 
 
 def tiny_rows(configs: int = 12) -> list[dict]:
@@ -53,7 +53,7 @@ def test_jobs_interleave_repeats_with_seed_one():
 @pytest.mark.parametrize("name", replay.METHODS)
 def test_each_method_replays_within_its_budget(table, name):
     budget = 240.0
-    runs = replay.replay(replay.make_method(name, table, 0, KT_COSTS), budget)
+    runs = replay.replay(replay.make_method(name, table, 0, COSTS), budget)
     assert len(runs) >= 4
     assert all(0 < r.end <= budget and r.curve in table.curves[table.nearest(r.values)] for r in runs)
     assert all(r.first_epoch <= r.done <= r.last_epoch <= EPOCHS for r in runs)
@@ -63,26 +63,77 @@ def test_each_method_replays_within_its_budget(table, name):
     if name in ("bayes", "random"):
         assert any(r.stopped for r in runs), "hyperband stops some runs at its bands"
         # a run reaching a band may stop others past it: they stop at their next epoch boundary
-        assert min(r.done for r in runs if r.stopped) >= min(replay.WandbEngine(table, 0, name).bands)
+        assert min(r.done for r in runs if r.stopped) >= min(replay.make_method(name, table, 0, COSTS).bands)
     if name == "kt":
         assert any(r.extra["resumed"] and r.first_epoch > 0 for r in runs), "Keras Tuner resumes trials"
 
 
 def test_a_run_costs_what_the_table_measured(table):
-    method = replay.make_method("random", table, 1, KT_COSTS)
+    method = replay.make_method("random", table, 1, COSTS)
     method.bands = set()  # no stopping: every run is a full training
     runs = replay.replay(method, 200.0, workers=1)
     first = runs[0]
     assert first.end - first.start == pytest.approx(4.0 + 1.5 * EPOCHS + 3.0, abs=1.0)  # plus the engine's own time
 
 
+def test_a_stopped_run_skips_the_suite_unless_the_spec_says_all(table):
+    lean = replay.make_method("random", table, 1, COSTS)
+    full = replay.make_method("random:suite=all", table, 1, COSTS)
+    run = replay.Run("0", table.values[0], table.curves[0][0], 0.0, stopped=True)
+    assert lean.end_cost(run) == pytest.approx(0.3) and full.end_cost(run) == pytest.approx(3.0)
+    run.stopped = False
+    assert lean.end_cost(run) == full.end_cost(run) == 3.0
+
+
+def test_a_spec_sets_hyperband_and_refuses_what_it_does_not_know(table):
+    def bands(spec):
+        return {b for b in replay.make_method(spec, table, 0, COSTS).bands if b < EPOCHS}
+
+    assert bands("bayes:min_iter=3,eta=2") == {3, 6, 12} and bands("bayes") == {2, 6, 18}  # the YAML's: 2, 3
+    with pytest.raises(ValueError, match="unknown options eta"):
+        replay.make_method("optuna:eta=2", table, 0, COSTS)
+    with pytest.raises(ValueError, match="unknown method"):
+        replay.make_method("grid", table, 0, COSTS)
+
+
+def test_stored_events_keep_what_the_summary_reads(table):
+    runs = replay.replay(replay.make_method("random", table, 2, COSTS), 300.0)
+    full = sorted([round(r.end, 2), round(r.best()[1], 5), round(r.best()[0], 5)] for r in runs)
+    kept = replay.events(runs)
+    assert len(kept) < len(full)
+    for t in (30.0, 100.0, 200.0, 300.0):
+        assert replay.best_by(kept, t) == replay.best_by(full, t)
+        for threshold in (0.5, 0.9, 0.95):
+            assert replay.first_reaching(kept, threshold, t) == replay.first_reaching(full, threshold, t)
+
+
+def test_replays_are_stored_resumed_and_summarized(table, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "table.jsonl"
+    path.write_text("".join(replay.json.dumps(r) + "\n" for r in tiny_rows()))
+    monkeypatch.setattr(replay, "COSTS_FILE", tmp_path / "costs.json")
+    replay.COSTS_FILE.write_text(replay.json.dumps(COSTS))
+    results = tmp_path / "results.jsonl"
+    args = ["replay.py", "--table", str(path), "--results", str(results), "--minutes", "3", "--methods", "random", "kt"]
+    monkeypatch.setattr(sys, "argv", [*args, "--run", "--replays", "2"])
+    assert replay.main() == 0
+    monkeypatch.setattr(sys, "argv", [*args, "--run", "--replays", "3"])
+    assert replay.main() == 0  # resumes: only seed 2 is new
+    rows = replay.read_table(results)
+    assert sorted((r["method"], r["seed"]) for r in rows) == [(m, s) for m in ("kt", "random") for s in range(3)]
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [*args, "--ours", "random", "--check", "1"])
+    assert replay.main() == 0
+    out = capsys.readouterr().out
+    assert "| 3.0 min | kt | 3 |" in out and "check seed 0" in out
+
+
 def test_summary_reports_every_method_and_budget(table):
-    results = {m: [replay.events(replay.replay(replay.make_method(m, table, s, KT_COSTS), 180.0))
+    results = {m: [replay.events(replay.replay(replay.make_method(m, table, s, COSTS), 180.0))
                    for s in range(3)] for m in ("random", "bayes")}
-    rows = replay.summary(results, budgets_min=(1, 3))
+    rows = replay.summary(results, budgets_min=(1, 3))  # ours: bayes
     assert [(r["budget_min"], r["method"]) for r in rows] == [(1, "random"), (1, "bayes"), (3, "random"), (3, "bayes")]
     random_row = rows[2]
-    assert 0.0 <= random_row["p_bayes_beats"] <= 1.0 and random_row["ci"][0] <= random_row["median"] <= random_row["ci"][1]
+    assert 0.0 <= random_row["p_ours_beats"] <= 1.0 and random_row["ci"][0] <= random_row["median"] <= random_row["ci"][1]
     text = replay.format_rows(rows)
     assert text.count("\n") == 5 and "| 3 min | random | 3 |" in text
 
