@@ -48,7 +48,7 @@ from asl_sweep import controller, heartbeat
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger
 from asl_sweep.ranking import best_run, best_value
-from asl_sweep.records import ERROR_LOG, INTERRUPTED, RunRow
+from asl_sweep.records import ERROR_LOG, INTERRUPTED, Run
 from asl_sweep.state import Outcome, RunState, SweepState
 from asl_sweep.sweepfile import command_of, metric, wandb_target
 
@@ -174,13 +174,13 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
     sweep = ledger.sweep(sweep_id)
     runs = ledger.runs(sweep_id)
     name, goal = metric(sweep["config"])
-    done = sum(r["state"].is_final for r in runs)
-    failed = sum(r["state"].is_broken for r in runs)
-    running = sum(r["state"] == RunState.RUNNING for r in runs)
+    done = sum(r.state.is_final for r in runs)
+    failed = sum(r.state.is_broken for r in runs)
+    running = sum(r.state == RunState.RUNNING for r in runs)
     cap = sweep["config"].get("run_cap", "∞")
     best = best_run(runs, name, goal)
     if best is not None:
-        best_txt = f"best {name} {best_value(best, name, goal):.4f} (run {best['id']} #{best['number']})"
+        best_txt = f"best {name} {best_value(best, name, goal):.4f} (run {best.id} #{best.number})"
     else:
         best_txt = f"best {name} -"
     elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))
@@ -216,26 +216,26 @@ class AgentEvents:
         """The agent is done with the sweep."""
 
 
-def _run_in_process(ledger: Ledger, sweep_id: str, run: RunRow, cache, events: AgentEvents,
+def _run_in_process(ledger: Ledger, sweep_id: str, run: Run, cache, events: AgentEvents,
                     target: tuple[str, str | None]) -> Outcome:
     """The run's outcome: its final state, `requeued` (SIGTERM) or `fenced` (reaped meanwhile)."""
     from asl_sweep.train import execute
 
     with controller.LedgerReporter(ledger, sweep_id, run, on_epoch=events.show) as reporter:
-        execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0,
+        execute(run.config, cache, reporter=reporter, run_id=run.id, verbose=0,
                 project=target[0], entity=target[1])
     return reporter.outcome
 
 
-def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: AgentOptions,
+def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: Run, opts: AgentOptions,
                     target: tuple[str, str | None]) -> Outcome:
     """One run as W&B's agent starts it: the YAML's command in W&B's agent environment, except that the
     local sweep id goes in ASL_SWEEP_SWEEP_ID (a WANDB_SWEEP_ID unknown to W&B would block `wandb sync`).
     SIGTERM to the agent is passed on to the run. Returns the run's outcome, as `_run_in_process`."""
-    param_path = write_param_files(sweep["config"], run["config"], sweep["id"], run["id"])
-    cmd = expand_command(sweep["config"], run["config"], sweep_id=sweep["id"], run_id=run["id"])
-    extra = {controller.LOCAL_SWEEP_ENV: sweep["id"], "WANDB_RUN_ID": run["id"], "WANDB_SWEEP_PARAM_PATH": str(param_path),
-             "ASL_SWEEP_LEDGER": ledger.location, controller.RUN_ATTEMPT_ENV: str(run["attempt"]),
+    param_path = write_param_files(sweep["config"], run.config, sweep["id"], run.id)
+    cmd = expand_command(sweep["config"], run.config, sweep_id=sweep["id"], run_id=run.id)
+    extra = {controller.LOCAL_SWEEP_ENV: sweep["id"], "WANDB_RUN_ID": run.id, "WANDB_SWEEP_PARAM_PATH": str(param_path),
+             "ASL_SWEEP_LEDGER": ledger.location, controller.RUN_ATTEMPT_ENV: str(run.attempt),
              "WANDB_PROJECT": target[0]}
     if target[1]:
         extra["WANDB_ENTITY"] = target[1]
@@ -246,26 +246,26 @@ def _run_subprocess(ledger: Ledger, sweep: dict[str, Any], run: RunRow, opts: Ag
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
-        ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"],
+        ledger.finish_run(run.id, RunState.FAILED, attempt=run.attempt,
                           error=f"cannot start {cmd[0]!r}: {exc.strerror}", summary={ERROR_LOG: " ".join(cmd)})
         return Outcome.FAILED
     err = _wait_for(proc, ledger, run)
-    after = ledger.run(run["id"])
-    if after is None or after["attempt"] != run["attempt"]:
+    after = ledger.run(run.id)
+    if after is None or after.attempt != run.attempt:
         return Outcome.REQUEUED if controller.PREEMPTED.is_set() else Outcome.FENCED
-    if after["state"] == RunState.RUNNING:  # the child died without ending its run
+    if after.state == RunState.RUNNING:  # the child died without ending its run
         if controller.PREEMPTED.is_set():
-            landed = ledger.requeue(run["id"], run["attempt"], "preempted (SIGTERM); requeued")
+            landed = ledger.requeue(run.id, run.attempt, "preempted (SIGTERM); requeued")
             return Outcome.REQUEUED if landed else Outcome.FENCED
         last = (err.strip().splitlines() or ["no output"])[-1]
-        if not ledger.finish_run(run["id"], RunState.FAILED, attempt=run["attempt"], error=f"exit code {proc.returncode}: {last}",
+        if not ledger.finish_run(run.id, RunState.FAILED, attempt=run.attempt, error=f"exit code {proc.returncode}: {last}",
                                  summary={ERROR_LOG: tail(f"$ {' '.join(cmd)}\n{err}")}):
             return Outcome.FENCED
         return Outcome.FAILED
-    return Outcome.REQUEUED if after["state"] == RunState.PENDING else Outcome(after["state"])
+    return Outcome.REQUEUED if after.state == RunState.PENDING else Outcome(after.state)
 
 
-def _wait_for(proc: subprocess.Popen, ledger: Ledger, run: RunRow) -> str:
+def _wait_for(proc: subprocess.Popen, ledger: Ledger, run: Run) -> str:
     """Wait for a run's process, reading its stderr (returned): SIGTERM to the agent is passed on to it,
     and it is killed once its run was reaped (its result could not be recorded anyway). The agent beats
     for its run too, on its own connection: the child's heartbeat starts only after its imports and data
@@ -278,13 +278,13 @@ def _wait_for(proc: subprocess.Popen, ledger: Ledger, run: RunRow) -> str:
             if controller.PREEMPTED.is_set() and not passed_on:
                 proc.send_signal(signal.SIGTERM)
                 passed_on = True
-            if beat_due() and not ledger.heartbeat(run["id"], run["attempt"]) and not passed_on:
-                now = ledger.run(run["id"])  # not running: ended by the child itself, or reaped meanwhile
-                if now is None or now["attempt"] != run["attempt"] or now["state"] == RunState.CRASHED:
+            if beat_due() and not ledger.heartbeat(run.id, run.attempt) and not passed_on:
+                now = ledger.run(run.id)  # not running: ended by the child itself, or reaped meanwhile
+                if now is None or now.attempt != run.attempt or now.state == RunState.CRASHED:
                     proc.kill()
         except KeyboardInterrupt:  # the run got Ctrl-C too (same process group): it saves what it has, then exits
             log.warning("run %s interrupted: waiting for it to save its best-so-far model and record "
-                        "(Ctrl-C again aborts the save)", run["id"])
+                        "(Ctrl-C again aborts the save)", run.id)
             proc.communicate()  # reading its output as it ends: a full pipe would block it
             raise
 
@@ -371,38 +371,39 @@ def local_agent(sweep_id: str, opts: AgentOptions = AgentOptions(), events: Agen
                 waiting = False
                 executed += 1
                 events.show(force=True)
-                ours = {"attempt": run["attempt"]}
+                ours = {"attempt": run.attempt}
                 try:
                     if opts.subprocess_mode:
                         outcome = Outcome(_run_subprocess(ledger, sweep, run, opts, target))
                     else:
                         outcome = Outcome(_run_in_process(ledger, sweep_id, run, cache, events, target))
                 except KeyboardInterrupt:
-                    ledger.finish_run(run["id"], RunState.STOPPED, **ours, error=INTERRUPTED)
+                    ledger.finish_run(run.id, RunState.STOPPED, **ours, error=INTERRUPTED)
                     raise
                 except Exception as exc:  # one bad run (even out of memory) must not end the sweep; its error is recorded
                     if ctrl_c.is_set():  # Ctrl-C that surfaced as another error (e.g. from inside TensorFlow)
-                        ledger.finish_run(run["id"], RunState.STOPPED, **ours, error=INTERRUPTED)
+                        ledger.finish_run(run.id, RunState.STOPPED, **ours, error=INTERRUPTED)
                         raise KeyboardInterrupt from exc
-                    ledger.finish_run(run["id"], RunState.FAILED, **ours, error=error_line(exc),
+                    ledger.finish_run(run.id, RunState.FAILED, **ours, error=error_line(exc),
                                       summary={ERROR_LOG: tail(traceback.format_exc())})
                     outcome = Outcome.FAILED
                     if not isinstance(exc, UserError) and os.environ.get("ASL_SWEEP_DEBUG"):
                         raise
                 events.show(force=True)
                 if not outcome.recorded:
-                    events.warn(f"run {run['id']} " + ("requeued: this agent got SIGTERM; the next free agent reruns it"
+                    events.warn(f"run {run.id} " + ("requeued: this agent got SIGTERM; the next free agent reruns it"
                                 if outcome == Outcome.REQUEUED else "was ended by another agent (no heartbeat seen; "
                                 "reaped as crashed) while it ran here: its result is not recorded"))
                     continue
-                ended = ledger.run(run["id"]) or {}
+                ended = ledger.run(run.id)
+                error = ended.error if ended is not None else None
                 if outcome == RunState.FAILED:
-                    events.note(f"run #{run['number']} ({run['id']}) failed: {ended.get('error') or 'no error recorded'}"
-                                  f"  (details: asl-sweep status {sweep_id} --run {run['number']})")
+                    events.note(f"run #{run.number} ({run.id}) failed: {error or 'no error recorded'}"
+                                  f"  (details: asl-sweep status {sweep_id} --run {run.number})")
                 reason = policy.record(outcome == RunState.FAILED)
                 if reason:
-                    raise UserError(f"agent shut down after {reason}; last error (run #{run['number']}): "
-                                    f"{ended.get('error') or 'see its record'}")
+                    raise UserError(f"agent shut down after {reason}; last error (run #{run.number}): "
+                                    f"{error or 'see its record'}")
             state = ledger.sweep(sweep_id)["state"]
             if executed == 0 and state in (SweepState.FINISHED, SweepState.CANCELED):
                 events.note(f"sweep {sweep_id} is {state}: no run left to start (asl-sweep status {sweep_id} shows "

@@ -23,7 +23,7 @@ import numpy as np
 from asl_sweep.heartbeat import Heartbeat
 from asl_sweep.ledger import Ledger, default_path, ledger_exists
 from asl_sweep.ranking import best_value
-from asl_sweep.records import HYPERBAND, STOP_REASON, RunRecord, RunRow, SweepRow
+from asl_sweep.records import HYPERBAND, STOP_REASON, Run, RunRecord, SweepRow
 from asl_sweep.state import Outcome, RunState, SweepState
 from asl_sweep.sweepfile import engine_config, metric, target
 
@@ -43,19 +43,19 @@ def watch_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: PREEMPTED.set())
 
 
-def engine_runs(runs: list[dict[str, Any]]):
+def engine_runs(runs: list[Run]):
     """Ledger runs in the shapes `sweeps` expects: config as {k: {value}}, history and summary included."""
     from sweeps import SweepRun
 
     return [
         SweepRun(
-            name=r["id"],
-            state=ENGINE_STATE[r["state"]],
-            config={k: {"value": v} for k, v in r["config"].items()},
-            history=r["history"],
-            summary_metrics={k: v for k, v in r["summary"].items() if isinstance(v, (int, float))},
-            stopped=r["state"] == RunState.STOPPED,
-            should_stop=bool(r["should_stop"]),
+            name=r.id,
+            state=ENGINE_STATE[r.state],
+            config={k: {"value": v} for k, v in r.config.items()},
+            history=r.history,
+            summary_metrics={k: v for k, v in r.summary.items() if isinstance(v, (int, float))},
+            stopped=r.state == RunState.STOPPED,
+            should_stop=bool(r.should_stop),
         )
         for r in runs
     ]
@@ -68,7 +68,7 @@ def fresh_entropy() -> None:
     np.random.seed(int.from_bytes(os.urandom(4), "little"))
 
 
-def target_reached(config: dict[str, Any], runs: list[dict[str, Any]]) -> bool:
+def target_reached(config: dict[str, Any], runs: list[Run]) -> bool:
     """True once any run has reached `metric.target` (W&B: the sweep then finishes)."""
     goal_value = target(config)
     if goal_value is None:
@@ -78,7 +78,7 @@ def target_reached(config: dict[str, Any], runs: list[dict[str, Any]]) -> bool:
     return any(v >= goal_value if goal == "maximize" else v <= goal_value for v in values)
 
 
-def next_values(config: dict[str, Any], runs: list[RunRow]) -> dict[str, Any] | None:
+def next_values(config: dict[str, Any], runs: list[Run]) -> dict[str, Any] | None:
     """The engine's next configuration, or None once the sweep gives no more runs (run_cap reached,
     metric.target reached, or the search has no point left)."""
     import sweeps
@@ -91,16 +91,16 @@ def next_values(config: dict[str, Any], runs: list[RunRow]) -> dict[str, Any] | 
     return None if suggestion is None else {k: v["value"] for k, v in suggestion.config.items()}
 
 
-def shown_state(sweep: SweepRow, runs: list[RunRow]) -> SweepState:
+def shown_state(sweep: SweepRow, runs: list[Run]) -> SweepState:
     """The sweep's state as every reader shows it: a running sweep with no live run left (a silent run
     counts as crashed) and nothing more to give is finished, which the next claim would record; so a
     sweep whose last run died ends then, without waiting for an agent to come and look."""
-    if sweep["state"] != SweepState.RUNNING or any(r["state"].is_active for r in runs):
+    if sweep["state"] != SweepState.RUNNING or any(r.state.is_active for r in runs):
         return sweep["state"]
     return SweepState.FINISHED if next_values(sweep["config"], runs) is None else SweepState.RUNNING
 
 
-def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> RunRow | None:
+def claim_next(ledger: Ledger, sweep_id: str, agent: str) -> Run | None:
     """The sweep's next run for this agent, the engine's search choosing a new one (`Ledger.claim`); None
     when the sweep gives no run now (its state says why)."""
     return ledger.claim(sweep_id, agent, next_values)
@@ -136,7 +136,7 @@ def apply_early_termination(ledger: Ledger, sweep_id: str) -> list[str]:
         return []
     runs = ledger.runs(sweep_id)
     to_stop = [r.name for r in sweeps.stop_runs(engine_config(config), engine_runs(runs))]
-    running = {r["id"] for r in runs if r["state"] == RunState.RUNNING and not r["should_stop"]}
+    running = {r.id for r in runs if r.state == RunState.RUNNING and not r.should_stop}
     flagged = [r for r in to_stop if r in running]
     ledger.request_stop(flagged, HYPERBAND)
     return flagged
@@ -148,8 +148,8 @@ class LedgerReporter(contextlib.AbstractContextManager):
     meanwhile) fences this attempt: it stops at its next epoch and its result is not recorded.
     A context manager: leaving it stops the heartbeat, so a run that raised stops looking alive."""
 
-    def __init__(self, ledger: Ledger, sweep_id: str, run: RunRow, on_epoch=None, *, owns_ledger: bool = False) -> None:
-        self.ledger, self.sweep_id, self.run_id, self.attempt = ledger, sweep_id, run["id"], run["attempt"]
+    def __init__(self, ledger: Ledger, sweep_id: str, run: Run, on_epoch=None, *, owns_ledger: bool = False) -> None:
+        self.ledger, self.sweep_id, self.run_id, self.attempt = ledger, sweep_id, run.id, run.attempt
         self.on_epoch, self.owns_ledger = on_epoch, owns_ledger
         self.step, self.refused, self.outcome = 0, False, Outcome.FENCED
         self.bands = hyperband_bands(ledger.sweep(sweep_id)["config"])
@@ -210,6 +210,6 @@ def reporter_from_env() -> LedgerReporter | None:
     if run is None:
         ledger.close()
         return None
-    run["attempt"] = int(os.environ.get(RUN_ATTEMPT_ENV) or run["attempt"])
+    run.attempt = int(os.environ.get(RUN_ATTEMPT_ENV) or run.attempt)
     watch_sigterm()
     return LedgerReporter(ledger, sweep_id, run, owns_ledger=True)

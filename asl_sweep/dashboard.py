@@ -32,7 +32,8 @@ from asl_sweep.controller import shown_state
 from asl_sweep.errors import UserError, one_line
 from asl_sweep.ledger import CONTROL, Ledger, RunState, where
 from asl_sweep.ranking import best_run, metric_value
-from asl_sweep.results import SweepData, swept_params, wall_time
+from asl_sweep.records import Run, RunRecord
+from asl_sweep.results import SweepData, swept_params
 from asl_sweep.sweepfile import metric
 
 POLL_S = 2.0  # how often a page asks for news; one ledger read serves every viewer within READ_REUSE_S
@@ -68,8 +69,6 @@ def sweep_view(ledger: Ledger, sweep_id: str, only_run: str | None = None) -> Sw
         state = shown_state(sweep, runs)
     else:
         runs, state = [r for r in [ledger.run(only_run)] if r is not None], sweep["state"]
-    for r in runs:
-        r["wall_time"] = wall_time(r)
     return SweepData(sweep_id, sweep["name"], state, sweep["config"], runs,
                      best_run(runs, *metric(sweep["config"])), ledger.display)
 
@@ -133,14 +132,14 @@ class Reader:
         self.ledger = None
         self.recent.clear()
 
-    def observe(self, runs: list[dict[str, Any]]) -> None:
+    def observe(self, runs: list[Run]) -> None:
         """Note each run's state and attempt when it differs from the last seen: the ledger keeps a run's
         counts of attempts and preemptions, not when each happened."""
         now = time.time()
         for r in runs:
-            seen = self.seen.setdefault(r["id"], [])
-            if not seen or (seen[-1]["state"], seen[-1]["attempt"]) != (str(r["state"]), r["attempt"]):
-                seen.append({"at": now, "state": str(r["state"]), "attempt": r["attempt"]})
+            seen = self.seen.setdefault(r.id, [])
+            if not seen or (seen[-1]["state"], seen[-1]["attempt"]) != (str(r.state), r.attempt):
+                seen.append({"at": now, "state": str(r.state), "attempt": r.attempt})
 
     def sweep(self, sweep_id: str) -> SweepData:
         def work(ledger: Ledger) -> SweepData:
@@ -159,13 +158,13 @@ class Reader:
 
         return self.read(("sweeps",), work)
 
-    def run(self, run_id: str) -> tuple[SweepData, dict[str, Any], dict[str, Any] | None]:
+    def run(self, run_id: str) -> tuple[SweepData, Run, RunRecord | None]:
         """A run alone in its sweep's shape, and its record (None until it ends)."""
         def work(ledger: Ledger):
             row = ledger.run(run_id)
             if row is None:
                 raise NotFound(f"unknown run id '{run_id}': not in {self.display}")
-            return sweep_view(ledger, row["sweep_id"], only_run=run_id), ledger.record(run_id)
+            return sweep_view(ledger, row.sweep_id, only_run=run_id), ledger.record(run_id)
 
         data, record = self.read(("run", run_id), work)
         self.observe(data.runs)
@@ -191,7 +190,7 @@ class Reader:
 def counts(data: SweepData) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in data.runs:
-        out[str(r["state"])] = out.get(str(r["state"]), 0) + 1
+        out[str(r.state)] = out.get(str(r.state), 0) + 1
     return out
 
 
@@ -203,49 +202,49 @@ def summary(data: SweepData) -> dict[str, Any]:
             "metric": data.metric_name, "goal": data.goal, "counts": n, "runs": len(data.runs),
             "done": sum(v for k, v in n.items() if not RunState(k).is_active),
             "running": n.get("running", 0), "run_cap": data.config.get("run_cap"),
-            "best": {"run": f"#{best['number']} {best['id']}", "run_id": best["id"],
+            "best": {"run": f"#{best.number} {best.id}", "run_id": best.id,
                      "value": metric_value(best, data.metric_name, data.goal)} if best else None,
             "swept": swept_params(data.config)}
 
 
 def version(data: SweepData) -> str:
     """Changes whenever a figure would: a run's state, attempt or epochs."""
-    key = json.dumps([data.state, [(r["id"], str(r["state"]), r["attempt"], len(r["history"]))
+    key = json.dumps([data.state, [(r.id, str(r.state), r.attempt, len(r.history))
                                    for r in data.runs]])
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-def state_history(run: dict[str, Any], seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def state_history(run: Run, seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What the ledger says happened to a run, then what this dashboard saw change while it watched."""
-    rows = [{"at": run["created_at"], "what": f"created, attempt 1 claimed by {run['agent'] or 'an agent'}"
-             if run["attempt"] == 1 else "created (attempt 1)"}]
-    if run["preemptions"]:
-        rows.append({"at": None, "what": f"preempted {run['preemptions']}x (SIGTERM) and requeued: its epochs "
+    rows = [{"at": run.created_at, "what": f"created, attempt 1 claimed by {run.agent or 'an agent'}"
+             if run.attempt == 1 else "created (attempt 1)"}]
+    if run.preemptions:
+        rows.append({"at": None, "what": f"preempted {run.preemptions}x (SIGTERM) and requeued: its epochs "
                                          "were dropped and the same configuration ran again as the same run"})
-    if run["attempt"] > 1:
-        rows.append({"at": None, "what": f"attempt {run['attempt']} claimed by {run['agent'] or 'an agent'}"})
-    if run["state"] == RunState.PENDING:
+    if run.attempt > 1:
+        rows.append({"at": None, "what": f"attempt {run.attempt} claimed by {run.agent or 'an agent'}"})
+    if run.state == RunState.PENDING:
         rows.append({"at": None, "what": "waiting for the next free agent (requeued)"})
-    elif run["state"] == RunState.RUNNING:
-        rows.append({"at": run["heartbeat_at"], "what": f"running on {run['agent'] or 'an agent'}: last heartbeat"})
+    elif run.state == RunState.RUNNING:
+        rows.append({"at": run.heartbeat_at, "what": f"running on {run.agent or 'an agent'}: last heartbeat"})
     else:
-        rows.append({"at": run["ended_at"], "what": f"{run['state']}" + (f": {run['error']}" if run["error"] else "")})
+        rows.append({"at": run.ended_at, "what": f"{run.state}" + (f": {run.error}" if run.error else "")})
     rows += [{"at": s["at"], "what": f"seen {s['state']} (attempt {s['attempt']}) by this dashboard"} for s in seen]
     return rows
 
 
-def run_payload(data: SweepData, run: dict[str, Any], record: dict[str, Any] | None,
+def run_payload(data: SweepData, run: Run, record: RunRecord | None,
                 seen: list[dict[str, Any]]) -> dict[str, Any]:
     from asl_sweep.robustness import SUITE
 
     robust = (record or {}).get("robustness") or {}
-    s = run.get("summary") or {}
-    return {"run": {"id": run["id"], "number": run["number"], "sweep_id": data.sweep_id, "sweep_name": data.name,
-                    "state": str(run["state"]), "attempt": run["attempt"], "preemptions": run["preemptions"],
-                    "agent": run["agent"], "error": run["error"], "epochs": len(run["history"]),
+    s = run.summary
+    return {"run": {"id": run.id, "number": run.number, "sweep_id": data.sweep_id, "sweep_name": data.name,
+                    "state": str(run.state), "attempt": run.attempt, "preemptions": run.preemptions,
+                    "agent": run.agent, "error": run.error, "epochs": len(run.history),
                     "metric": data.metric_name, "value": metric_value(run, data.metric_name, data.goal),
-                    "wall_time": run.get("wall_time"), "files": run["wandb_dir"]},
-            "config": run["config"],
+                    "wall_time": run.wall_time, "files": run.wandb_dir},
+            "config": run.config,
             "robustness": [{"change": k, "what": SUITE[k][0] if k in SUITE else "", "accuracy": v}
                            for k, v in robust.items()],
             "robust_summary": {k: s[k] for k in ("val_robust_accuracy", "val_robust_worst", "val_robust_worst_change",
@@ -497,9 +496,9 @@ def make_app(reader: Reader, token: str, host: str = "127.0.0.1"):
     def api_run(request: Request) -> Response:
         def work() -> dict[str, Any]:
             data, run, record = reader.run(request.path_params["run_id"])
-            ver, drawn = drawings.get(("run", run["id"]), version(data) + str(record is not None),
+            ver, drawn = drawings.get(("run", run.id), version(data) + str(record is not None),
                                       lambda: figures.run_figures(data, run, record))
-            out = {**run_payload(data, run, record, reader.seen.get(run["id"], [])), "version": ver}
+            out = {**run_payload(data, run, record, reader.seen.get(run.id, [])), "version": ver}
             if drawn and request.query_params.get("since") != ver:
                 out["figures"] = drawn
             return out

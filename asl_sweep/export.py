@@ -233,38 +233,38 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
     if data.best is None:
         if data.passed_over:
             first = data.passed_over[0]
-            raise UserError(f"no run of sweep {sweep_id} saved a model: its best, run #{first['number']} {first['id']}, "
-                            f"{first['state']} before saving one ({first.get('error') or 'no reason recorded'})")
+            raise UserError(f"no run of sweep {sweep_id} saved a model: its best, run #{first.number} {first.id}, "
+                            f"{first.state} before saving one ({first.error or 'no reason recorded'})")
         raise UserError(f"sweep {sweep_id} has no run with {data.metric_name} yet; nothing to export")
     best = data.best
     record = read_record(best)
-    if record is None and best["state"] == RunState.RUNNING:
-        raise UserError(f"best run {best['id']} (#{best['number']}) is still running on {best.get('agent') or 'an agent'}; "
+    if record is None and best.state == RunState.RUNNING:
+        raise UserError(f"best run {best.id} (#{best.number}) is still running on {best.agent or 'an agent'}; "
                         f"export it when it ends (asl-sweep status {sweep_id})")
     if record is None:
-        raise UserError(f"best run {best['id']} (#{best['number']}, {best['state']}) has no result record yet: not in "
+        raise UserError(f"best run {best.id} (#{best.number}, {best.state}) has no result record yet: not in "
                         f"{data.source}, nor a result.json on this machine")
     if on_wandb:
-        record["paths"]["model"] = artifacts.winner_model(best["remote"], Path(best["record_path"]).parent)
+        record["paths"]["model"] = artifacts.winner_model(best.remote, Path(best.record_path).parent)
     model_path = (record.get("paths") or {}).get("model")
     if not model_path or not Path(model_path).is_file():
-        raise UserError(f"best run {best['id']} has no saved model (expected at {model_path})")
-    cfg = from_mapping(record["config"], source=f"run {best['id']}'s record")
+        raise UserError(f"best run {best.id} has no saved model (expected at {model_path})")
+    cfg = from_mapping(record["config"], source=f"run {best.id}'s record")
     model_lib.load(model_path)  # refuse to export a file that would not load in safe mode
 
-    history = record.get("history") or best["history"]
+    history = record.get("history") or best.history
     best_row = best_epoch(history, data.metric_name, data.goal) or {}
     last = history[-1] if history else {}
     meta: dict[str, Any] = {
-        "sweep_id": data.sweep_id, "run_id": best["id"], "state": record.get("state", best["state"]),
+        "sweep_id": data.sweep_id, "run_id": best.id, "state": record.get("state", best.state),
         "source": data.source,
         "metric": {"name": data.metric_name, "goal": data.goal, "best": best_row.get(data.metric_name),
                    "final": last.get(data.metric_name)},
         "best": best_row, "final": last, "summary": record.get("summary") or {},
         "wall_time": (record.get("summary") or {}).get("wall_time"), "history": history, "retrain": None,
         "robustness": record.get("robustness") or (suite_scores(cfg, model_path, data_dir)
-                                                    if record.get("state", best["state"]) == RunState.STOPPED else {}),
-        "passed_over": [{"run_id": r["id"], "number": r["number"], "state": str(r["state"]), "reason": r.get("error"),
+                                                    if record.get("state", best.state) == RunState.STOPPED else {}),
+        "passed_over": [{"run_id": r.id, "number": r.number, "state": str(r.state), "reason": r.error,
                          "value": best_value(r, data.metric_name, data.goal)} for r in data.passed_over],
     }
     retrained = None
@@ -284,5 +284,5 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
 
     write_folder(out, fill)
     if link:
-        meta["linked"] = artifacts.link_model(best["remote"], link)
+        meta["linked"] = artifacts.link_model(best.remote, link)
     return meta

@@ -17,8 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from asl_sweep import report
-from asl_sweep.ledger import RunRecord
 from asl_sweep.ranking import metric_value
+from asl_sweep.records import Run, RunRecord
 from asl_sweep.results import SweepData
 
 IMPORTANCE_S = 30.0
@@ -32,8 +32,8 @@ def plotly_json(fig) -> dict[str, Any]:
 
 def ended_fingerprint(data: SweepData) -> tuple:
     """What importance depends on once runs end: which runs ended, and with which value."""
-    return (data.sweep_id, tuple((r["id"], metric_value(r, data.metric_name, data.goal))
-                                 for r in data.runs if not r["state"].is_active))
+    return (data.sweep_id, tuple((r.id, metric_value(r, data.metric_name, data.goal))
+                                 for r in data.runs if not r.state.is_active))
 
 
 def importance(data: SweepData) -> list[dict[str, Any]]:
@@ -54,20 +54,20 @@ def sweep_figures(data: SweepData) -> report.Figures:
 def best_so_far(data: SweepData) -> list[dict[str, Any]]:
     """The best metric value the sweep had reached at each moment a run improved on it, in seconds since
     the sweep's first run started: a finished run counts when it ended, a running one at its last beat."""
-    starts = [r["created_at"] for r in data.runs if r.get("created_at")]
+    starts = [r.created_at for r in data.runs if r.created_at]
     if not starts:
         return []
     points = []
     for r in data.runs:
         value = metric_value(r, data.metric_name, data.goal)
-        at = r.get("ended_at") or r.get("heartbeat_at")
+        at = r.ended_at or r.heartbeat_at
         if value is not None and at:
             points.append((at - min(starts), value, r))
     best, out = None, []
     for t, value, r in sorted(points, key=lambda p: p[0]):
         if best is None or (value > best if data.goal == "maximize" else value < best):
             best = value
-            out.append({"t": t, "value": value, "run": f"#{r['number']} {r['id']}"})
+            out.append({"t": t, "value": value, "run": f"#{r.number} {r.id}"})
     return out
 
 
@@ -80,7 +80,7 @@ def fig_best_so_far(data: SweepData):
         return report._empty(title, f"no run has reported {data.metric_name} yet")
     xs = [s["t"] / 60 for s in steps]
     ys = [s["value"] for s in steps]
-    end = max(xs[-1], (time.time() - min(r["created_at"] for r in data.runs)) / 60)
+    end = max(xs[-1], (time.time() - min(r.created_at for r in data.runs)) / 60)
     fig = go.Figure(go.Scatter(x=xs + [end], y=ys + [ys[-1]], mode="lines+markers", line={"shape": "hv"},
                                text=[s["run"] for s in steps] + ["now"],
                                hovertemplate="%{text}<br>%{x:.1f} min<br>%{y:.4f}<extra></extra>"))
@@ -113,13 +113,13 @@ def png_uri(canvas) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def run_figures(data: SweepData, run: dict[str, Any], record: RunRecord | None) -> dict[str, Any]:
+def run_figures(data: SweepData, run: Run, record: RunRecord | None) -> dict[str, Any]:
     """One run's curves (the report's figure over this run alone), its example predictions and confusion
     matrix (the report's best-run figures, for this run)."""
     alone = replace(data, runs=[run], best=run)
     f = report.Figures(alone, ([], []), [], [], record, report.image_grid(record) if record else None)
     curves = report.fig_curves(f)
-    curves.update_layout(title=f"Training curves of run #{run['number']} {run['id']}", height=560)
+    curves.update_layout(title=f"Training curves of run #{run.number} {run.id}", height=560)
     images = report.fig_best_images(f)
     if f.grid is not None:
         images.data[0].update(z=None, source=png_uri(f.grid[0]))

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from asl_sweep import heartbeat, retry, storage
 from asl_sweep.errors import UserError
-from asl_sweep.records import CANCELED, NO_HEARTBEAT, RunRecord, RunRow, SweepRow
+from asl_sweep.records import CANCELED, NO_HEARTBEAT, Run, RunRecord, SweepRow
 from asl_sweep.state import ACTIVE as ACTIVE  # re-exported: report.py reads it here
 from asl_sweep.state import RunState, SweepState
 
@@ -35,7 +35,7 @@ CONTROL = {
     "cancel": ((SweepState.RUNNING, SweepState.PAUSED), SweepState.CANCELED),
 }
 # what a claim asks the search for: the sweep's config and runs -> the next run's values, or None for no more
-Suggest = Callable[[dict[str, Any], list[RunRow]], dict[str, Any] | None]
+Suggest = Callable[[dict[str, Any], list[Run]], dict[str, Any] | None]
 
 
 # a running run without a heartbeat for `?` seconds of the database's clock; a heartbeat counts from the
@@ -92,16 +92,16 @@ def new_id(length: int = 8) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def run_from_row(row: Any, history: list[dict[str, float]] | None = None) -> RunRow:
-    """A run as readers see it: a silent running run is shown crashed, ended at its last heartbeat."""
+def run_from_row(row: Any, history: list[dict[str, float]] | None = None) -> Run:
+    """A run as readers see it, the one place a ledger row becomes a `Run`: a silent running run is shown
+    crashed, ended at its last heartbeat."""
     out = dict(row)
     for key in ("config", "summary"):
         out[key] = json.loads(out[key])
     out["state"] = RunState(out["state"])
     if out.pop("stale"):
         out.update(state=RunState.CRASHED, ended_at=out["heartbeat_at"], error=NO_HEARTBEAT)
-    out["history"] = history or []
-    return out  # type: ignore[return-value]
+    return Run(**out, history=history or [])
 
 
 def sweep_from_row(row: Any) -> SweepRow:
@@ -230,7 +230,7 @@ class Ledger(contextlib.AbstractContextManager):
 
     # runs
     @retried
-    def runs(self, sweep_id: str) -> list[RunRow]:
+    def runs(self, sweep_id: str) -> list[Run]:
         rows = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE sweep_id = ? ORDER BY number",
                             (heartbeat.timeout(), sweep_id)).fetchall()
         histories: dict[str, list[dict[str, float]]] = {}
@@ -240,14 +240,14 @@ class Ledger(contextlib.AbstractContextManager):
         return [run_from_row(r, histories.get(r["id"])) for r in rows]
 
     @retried
-    def run(self, run_id: str) -> RunRow | None:
+    def run(self, run_id: str) -> Run | None:
         row = self.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (heartbeat.timeout(), run_id)).fetchone()
         if row is None:
             return None
         epochs = self.execute("SELECT row FROM epochs WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
         return run_from_row(row, [json.loads(e["row"]) for e in epochs])
 
-    def claim(self, sweep_id: str, agent: str, suggest: Suggest) -> RunRow | None:
+    def claim(self, sweep_id: str, agent: str, suggest: Suggest) -> Run | None:
         """One unit of work under the sweep's lock: record silent runs as crashed, then give this agent the
         oldest requeued run, else a new run of `suggest(config, runs)`'s values; None when the sweep gives no
         run now (paused, stopped, canceled; or done, which is recorded as finished once no run is active).
@@ -255,7 +255,7 @@ class Ledger(contextlib.AbstractContextManager):
         that COMMIT made instead of claiming a second one."""
         claim = new_id(16)
 
-        def attempt() -> RunRow | None:
+        def attempt() -> Run | None:
             with self.transaction():
                 self.backend.lock_sweep(sweep_id)
                 landed = self.claimed(claim)  # a repeat after a lost COMMIT: that COMMIT has ended by now
@@ -269,7 +269,7 @@ class Ledger(contextlib.AbstractContextManager):
                     runs = self.runs(sweep_id)
                     values = suggest(sweep["config"], runs)
                     if values is None:
-                        if not any(r["state"].is_active for r in runs):
+                        if not any(r.state.is_active for r in runs):
                             self.set_sweep_state(sweep_id, SweepState.FINISHED)
                         return None
                     self.insert_run(sweep_id, len(runs) + 1, values, agent, claim)
@@ -277,7 +277,7 @@ class Ledger(contextlib.AbstractContextManager):
 
         return self.retrying(attempt)
 
-    def claimed(self, claim: str) -> RunRow | None:
+    def claimed(self, claim: str) -> Run | None:
         """The run a claim produced, if its transaction committed (asked again after a lost COMMIT)."""
         row = self.execute("SELECT id FROM runs WHERE claim = ?", (claim,)).fetchone()
         return self.run(row["id"]) if row else None

@@ -20,6 +20,7 @@ import numpy as np
 from asl_sweep.config import inactive_keys
 from asl_sweep.ledger import ACTIVE, RunRecord, RunState
 from asl_sweep.ranking import metric_value
+from asl_sweep.records import Run
 from asl_sweep.results import SweepData, load_sweep, read_record, swept_params
 
 LOG_DISTRIBUTIONS = {"log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
@@ -112,16 +113,16 @@ def encode_param(name: str, spec: dict[str, Any], raw: list[Any], inactive: list
                 categories, categories, inactive=inactive if any(inactive) else None)
 
 
-def scored_runs(data: SweepData) -> list[tuple[dict[str, Any], float]]:
+def scored_runs(data: SweepData) -> list[tuple[Run, float]]:
     """Runs that have reported the metric, with their value, in run order."""
     scored = [(r, metric_value(r, data.metric_name, data.goal)) for r in data.runs]
     return [(r, v) for r, v in scored if v is not None]
 
 
-def param_axes(data: SweepData, runs: list[dict[str, Any]]) -> list[Axis]:
+def param_axes(data: SweepData, runs: list[Run]) -> list[Axis]:
     params = data.config.get("parameters") or {}
-    off = [set(inactive_keys(r["config"])) for r in runs]
-    return [encode_param(p, params[p], [r["config"].get(p) for r in runs], [p in o for o in off])
+    off = [set(inactive_keys(r.config)) for r in runs]
+    return [encode_param(p, params[p], [r.config.get(p) for r in runs], [p in o for o in off])
             for p in swept_params(data.config)]
 
 
@@ -198,15 +199,15 @@ ROBUST_KEYS = ("val_robust_accuracy", "val_robust_worst", "val_background_accura
 def robust_keys(data: SweepData) -> list[str]:
     """The suite's summary numbers that some run has (older runs have none), except the sweep's metric."""
     return [k for k in ROBUST_KEYS if k != data.metric_name
-            and any(isinstance((r.get("summary") or {}).get(k), (int, float)) for r in data.runs)]
+            and any(isinstance(r.summary.get(k), (int, float)) for r in data.runs)]
 
 
-def parallel_axes(data: SweepData) -> tuple[list[Axis], list[dict[str, Any]]]:
+def parallel_axes(data: SweepData) -> tuple[list[Axis], list[Run]]:
     """Parameter axes, the robustness suite's mean and worst case (when runs have them), and the metric as
     the last axis; one entry per run that has the metric."""
     scored = scored_runs(data)
     runs = [r for r, _ in scored]
-    robust = [Axis(k, k, [float((r.get("summary") or {}).get(k, math.nan)) for r in runs]) for k in robust_keys(data)]
+    robust = [Axis(k, k, [float(r.summary.get(k, math.nan)) for r in runs]) for k in robust_keys(data)]
     metric_axis = Axis(data.metric_name, f"{data.metric_name} ({data.goal})", [v for _, v in scored])
     return param_axes(data, runs) + robust + [metric_axis], runs
 
@@ -216,13 +217,13 @@ def leaderboard(data: SweepData) -> list[dict[str, Any]]:
     rows = []
     robust = robust_keys(data)
     for r in data.runs:
-        rows.append({"run": f"#{r['number']} {r['id']}", "state": r["state"],
+        rows.append({"run": f"#{r.number} {r.id}", "state": r.state,
                      data.metric_name: metric_value(r, data.metric_name, data.goal),
-                     **{k: (r.get("summary") or {}).get(k) for k in robust},
-                     **{p: None if p in inactive_keys(r["config"]) else r["config"].get(p)
+                     **{k: r.summary.get(k) for k in robust},
+                     **{p: None if p in inactive_keys(r.config) else r.config.get(p)
                         for p in swept_params(data.config)},
-                     "epochs": len(r["history"]), "wall time (s)": r.get("wall_time"),
-                     "reason": None if r["state"] in (RunState.FINISHED, RunState.RUNNING) else r.get("error")})
+                     "epochs": len(r.history), "wall time (s)": r.wall_time,
+                     "reason": None if r.state in (RunState.FINISHED, RunState.RUNNING) else r.error})
     sign = -1 if data.goal == "maximize" else 1
     return sorted(rows, key=lambda row: (row[data.metric_name] is None, sign * (row[data.metric_name] or 0)))
 
@@ -263,7 +264,7 @@ class Figures:
     for the page and with matplotlib for its PNG (as Optuna's plots share one `_get_..._info`)."""
 
     sweep: SweepData
-    parallel: tuple[list[Axis], list[dict[str, Any]]]
+    parallel: tuple[list[Axis], list[Run]]
     importance: list[dict[str, Any]]
     leaderboard: list[dict[str, Any]]
     record: RunRecord | None
@@ -343,8 +344,8 @@ def fig_importance(f: Figures):
     return fig
 
 
-def _run_name(r: dict[str, Any]) -> str:
-    return f"#{r['number']} {r['id']} ({r['state']})"
+def _run_name(r: Run) -> str:
+    return f"#{r.number} {r.id} ({r.state})"
 
 
 def fig_curves(f: Figures):
@@ -357,23 +358,23 @@ def fig_curves(f: Figures):
     fig = make_subplots(rows=2, cols=2, shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.1,
                         subplot_titles=("train loss", "validation loss", "train accuracy", "validation accuracy"))
     colors = px.colors.qualitative.Dark24
-    best_id = (data.best or {}).get("id")
+    best_id = data.best.id if data.best else None
     for i, r in enumerate(data.runs):
         for key, row, col in panels:
-            pts = [(h.get("epoch", n + 1), h[key]) for n, h in enumerate(r["history"]) if isinstance(h.get(key), (int, float))]
+            pts = [(h.get("epoch", n + 1), h[key]) for n, h in enumerate(r.history) if isinstance(h.get(key), (int, float))]
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            broken = r["state"] in BROKEN
+            broken = r.state in BROKEN
             fig.add_trace(go.Scatter(
-                x=xs, y=ys, name=_run_name(r), legendgroup=r["id"], showlegend=(key == "loss"),
+                x=xs, y=ys, name=_run_name(r), legendgroup=r.id, showlegend=(key == "loss"),
                 mode="lines+markers" if broken else "lines",
-                line={"color": colors[i % len(colors)], "dash": STATE_DASH.get(r["state"], "solid"),
-                      "width": 3.5 if r["id"] == best_id else 1.6},
+                line={"color": colors[i % len(colors)], "dash": STATE_DASH.get(r.state, "solid"),
+                      "width": 3.5 if r.id == best_id else 1.6},
                 marker={"symbol": "x", "size": [0] * (len(xs) - 1) + [12]} if broken else None,
                 hovertemplate=f"{_run_name(r)}<br>epoch %{{x}}<br>{key} %{{y:.4f}}<extra></extra>"), row, col)
     fig.update_xaxes(title_text="epoch", row=2)
-    if max((len(r["history"]) for r in data.runs), default=0) <= 10:  # plotly would tick 1.2, 1.4, ...; beyond, its steps are whole
+    if max((len(r.history) for r in data.runs), default=0) <= 10:  # plotly would tick 1.2, 1.4, ...; beyond, its steps are whole
         fig.update_xaxes(dtick=1)
     fig.update_layout(height=680, legend={"title": {"text": "run (state)"}}, title=(
         "Training curves, all runs — solid: finished, dash-dot: running, dashed: stopped early, "
@@ -398,7 +399,7 @@ def fig_leaderboard(f: Figures):
         return _empty("Leaderboard", "no runs yet")
     cols = ["rank"] + list(rows[0])
     cells = [[str(i + 1) for i in range(len(rows))]] + [[_fmt(row[c]) for row in rows] for c in cols[1:]]
-    best_run = f"#{data.best['number']} {data.best['id']}" if data.best else None
+    best_run = f"#{data.best.number} {data.best.id}" if data.best else None
     fill = ["#d9f2d9" if row["run"] == best_run else "#fadbd8" if row["state"] in BROKEN else "white" for row in rows]
     # relative widths from each column's longest text, so no header is cut (`val_robust_worst`, not `val_robust_wo`)
     widths = [max(len(c), *(min(len(v), 60) for v in column)) for c, column in zip(cols, cells)]
@@ -501,23 +502,23 @@ def png_curves(f: Figures, fig) -> None:
     data = f.sweep
     grid = fig.subplots(2, 2, sharex=True, sharey="row")
     fig.suptitle("Training curves — solid finished, -. running, -- stopped, : failed/crashed (x)")
-    best_id = (data.best or {}).get("id")
+    best_id = data.best.id if data.best else None
     cmap = colormaps["tab20"]
     for ax, key in zip(grid.flat, ("loss", "val_loss", "accuracy", "val_accuracy")):
         ax.set_title(key, fontsize=10)
         for i, r in enumerate(data.runs):
-            pts = [(h.get("epoch", n + 1), h[key]) for n, h in enumerate(r["history"]) if isinstance(h.get(key), (int, float))]
+            pts = [(h.get("epoch", n + 1), h[key]) for n, h in enumerate(r.history) if isinstance(h.get(key), (int, float))]
             if not pts:
                 continue
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, MPL_DASH[STATE_DASH.get(r["state"], "solid")], color=cmap(i % 20),
-                    lw=3 if r["id"] == best_id else 1.2, label=_run_name(r) if key == "loss" else None)
-            if r["state"] in BROKEN:
+            ax.plot(xs, ys, MPL_DASH[STATE_DASH.get(r.state, "solid")], color=cmap(i % 20),
+                    lw=3 if r.id == best_id else 1.2, label=_run_name(r) if key == "loss" else None)
+            if r.state in BROKEN:
                 ax.plot(xs[-1], ys[-1], "x", color=cmap(i % 20), ms=10, mew=2)
     for ax in grid[1]:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if any(r["history"] for r in data.runs):
+    if any(r.history for r in data.runs):
         fig.legend(loc="center right", fontsize=7)
         fig.subplots_adjust(right=0.78)
 
@@ -579,18 +580,18 @@ def html_page(data: SweepData, sections: list[tuple[str, str, Any]]) -> str:
     when there is a figure (a sweep without runs gets a page of a few KB that says what to do next)."""
     counts: dict[str, int] = {}
     for r in data.runs:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
+        counts[r.state] = counts.get(r.state, 0) + 1
     best = data.best
-    best_txt = (f"best run <b>{html.escape(best['id'])}</b> (#{best['number']}): {data.metric_name} = "
+    best_txt = (f"best run <b>{html.escape(best.id)}</b> (#{best.number}): {data.metric_name} = "
                 f"{_fmt(metric_value(best, data.metric_name, data.goal))}") if best else "no best run yet"
-    broken = [r for r in data.runs if r["state"] in BROKEN]
+    broken = [r for r in data.runs if r.state in BROKEN]
     if not data.runs:
         runs_txt = f"no runs yet: start one with <code>asl-sweep agent {html.escape(data.sweep_id)}</code>"
     elif len(broken) == len(data.runs):
         first = broken[0]
-        runs_txt = (f"<b>all {len(broken)} runs failed</b>; run #{first['number']}: "
-                    f"{html.escape(first.get('error') or 'no reason recorded')} (the leaderboard has every run's "
-                    f"reason; <code>asl-sweep status {html.escape(data.sweep_id)} --run {first['number']}</code> "
+        runs_txt = (f"<b>all {len(broken)} runs failed</b>; run #{first.number}: "
+                    f"{html.escape(first.error or 'no reason recorded')} (the leaderboard has every run's "
+                    f"reason; <code>asl-sweep status {html.escape(data.sweep_id)} --run {first.number}</code> "
                     f"its output)")
     else:
         runs_txt = "runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; {best_txt}"

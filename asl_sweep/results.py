@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from asl_sweep.errors import UserError, one_line
 from asl_sweep.ranking import ranked
-from asl_sweep.records import RunRecord
+from asl_sweep.records import Run, RunRecord
 from asl_sweep.state import RunState
 from asl_sweep.sweepfile import LOGGED_METRICS, metric, wandb_target
 
@@ -40,11 +39,11 @@ class SweepData:
     name: str
     state: str
     config: dict[str, Any]
-    runs: list[dict[str, Any]]
-    best: dict[str, Any] | None
+    runs: list[Run]
+    best: Run | None
     source: str
     # better-ranked runs that ended early without saving a model (Ctrl-C, cancel): an export cannot use them
-    passed_over: list[dict[str, Any]] = field(default_factory=list)
+    passed_over: list[Run] = field(default_factory=list)
     metric_name: str = field(init=False)
     goal: str = field(init=False)
 
@@ -52,22 +51,14 @@ class SweepData:
         self.metric_name, self.goal = metric(self.config)
 
 
-def wall_time(run: dict[str, Any]) -> float | None:
-    """The run's own measure when it finished, else time since it started (running) or until it ended."""
-    summary = run.get("summary") or {}
-    if isinstance(summary.get("wall_time"), (int, float)):
-        return float(summary["wall_time"])
-    if run.get("created_at"):
-        return (run.get("ended_at") or time.time()) - run["created_at"]
-    return None
-
-
-def read_record(run: dict[str, Any] | None) -> RunRecord | None:
+def read_record(run: Run | None) -> RunRecord | None:
     """The run's record as the ledger keeps it (`load_local` attaches it), else its result.json on this
     machine; None while it runs or when gone."""
-    if (run or {}).get("record"):
-        return run["record"]
-    path = (run or {}).get("record_path")
+    if run is None:
+        return None
+    if run.record:
+        return run.record
+    path = run.record_path
     if not path or not Path(path).is_file():
         return None
     try:
@@ -90,18 +81,16 @@ def load_local(sweep_id: str, *, with_model: bool = False) -> SweepData | None:
         runs = ledger.runs(sweep_id)
         best, passed_over = None, []
         for candidate in ranked(runs, *metric(sweep["config"])):
-            candidate["record"] = ledger.record(candidate["id"])
+            candidate.record = ledger.record(candidate.id)
             record = read_record(candidate)
             saved = record is not None and (record.get("paths") or {}).get("model")
-            if with_model and not saved and candidate["state"] == RunState.STOPPED:
+            if with_model and not saved and candidate.state == RunState.STOPPED:
                 passed_over.append(candidate)  # ended early without a model: nothing to export, and nothing to wait for
                 continue
             best = candidate
             if with_model and record is not None:
-                record["paths"]["model"] = local_model(ledger, best["id"], record["paths"].get("model"))
+                record["paths"]["model"] = local_model(ledger, best.id, record["paths"].get("model"))
             break
-    for r in runs:
-        r["wall_time"] = wall_time(r)
     return SweepData(sweep_id, sweep["name"], shown_state(sweep, runs), sweep["config"], runs, best, ledger.display,
                      passed_over)
 
@@ -122,18 +111,16 @@ def local_model(ledger, run_id: str, path: str | None) -> str:
 WANDB_STATES = {"killed": RunState.STOPPED, "preempted": RunState.STOPPED}  # W&B's states that are not ours
 
 
-def run_from_wandb(remote: Any, number: int) -> dict[str, Any]:
-    """A W&B run (public API) in the ledger's shape, the one place such a run is made: its epochs, numeric
-    and text summary, config without W&B's own keys; `remote` keeps the API object for its files."""
+def run_from_wandb(remote: Any, number: int) -> Run:
+    """A W&B run (public API) as a `Run`, the one place such a run is made: its epochs, numeric and text
+    summary, config without W&B's own keys; `remote` keeps the API object for its files."""
     history = [{k: row[k] for k in HISTORY_KEYS if isinstance(row.get(k), (int, float))}
                for row in remote.scan_history() if "epoch" in row]
     summary = {k: v for k, v in remote.summary.items() if not k.startswith("_") and isinstance(v, (int, float, str))}
     summary.setdefault("wall_time", remote.summary.get("_runtime"))
-    run = {"id": remote.id, "number": number, "state": WANDB_STATES.get(remote.state, remote.state),
-           "config": {k: v for k, v in remote.config.items() if not k.startswith("_")},
-           "history": history, "summary": summary, "record_path": None, "remote": remote}
-    run["wall_time"] = wall_time(run)
-    return run
+    return Run(id=remote.id, number=number, state=WANDB_STATES.get(remote.state, remote.state),
+               config={k: v for k, v in remote.config.items() if not k.startswith("_")},
+               history=history, summary=summary, remote=remote)
 
 
 def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
@@ -148,16 +135,16 @@ def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
     except Exception as exc:  # the API raises CommError, ValueError, HTTP errors: all mean "cannot read it"
         raise UserError(f"cannot read W&B sweep {path}: {one_line(exc, 200)}") from None
     runs = [run_from_wandb(r, number) for number, r in enumerate(sorted(sweep.runs, key=lambda r: r.created_at), 1)]
-    best = next((r for r in runs if best_remote is not None and r["id"] == best_remote.id), None)
+    best = next((r for r in runs if best_remote is not None and r.id == best_remote.id), None)
     if best is not None:
-        folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{best['id']}-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{best.id}-"))
         try:
-            best["record_path"] = best["remote"].file("result.json").download(root=str(folder), replace=True).name
+            best.record_path = best.remote.file("result.json").download(root=str(folder), replace=True).name
             if with_model:
-                model = best["remote"].file("model.keras").download(root=str(folder), replace=True).name
-                record = json.loads(Path(best["record_path"]).read_text())
+                model = best.remote.file("model.keras").download(root=str(folder), replace=True).name
+                record = json.loads(Path(best.record_path).read_text())
                 record["paths"]["model"] = model
-                Path(best["record_path"]).write_text(json.dumps(record))
+                Path(best.record_path).write_text(json.dumps(record))
         except Exception as exc:  # missing file or network: the report still works without the record
             if with_model:
                 raise UserError(f"cannot download the best run's files from W&B: {exc}") from None

@@ -18,6 +18,7 @@ from typing import Any
 from asl_sweep import runtime
 from asl_sweep.errors import UserError, one_line
 from asl_sweep.ledger import Ledger
+from asl_sweep.records import Run
 from asl_sweep.state import ACTIVE
 from asl_sweep.sweepfile import falsy_first, wandb_target
 
@@ -32,15 +33,15 @@ def check_reachable() -> str:
     return runtime.base_url()
 
 
-def run_folders(runs: list[dict[str, Any]]) -> tuple[list[tuple[str, Path]], list[str]]:
+def run_folders(runs: list[Run]) -> tuple[list[tuple[str, Path]], list[str]]:
     """(run id, offline run folder) of every run that has one, and a note per run that has none."""
     found, missing = [], []
     for r in runs:
-        folder = Path(r["wandb_dir"]) if r.get("wandb_dir") else None
+        folder = Path(r.wandb_dir) if r.wandb_dir else None
         if folder is not None and any(folder.glob("*.wandb")):
-            found.append((r["id"], folder))
+            found.append((r.id, folder))
         else:
-            missing.append(f"run {r['id']} ({r['state']}) has no offline run folder")
+            missing.append(f"run {r.id} ({r.state}) has no offline run folder")
     return found, missing
 
 
@@ -79,7 +80,7 @@ def sync_sweep(sweep_id: str, *, project: str | None = None, entity: str | None 
     with Ledger(create=False) as ledger:
         sweep = ledger.sweep(sweep_id)
         runs = ledger.runs(sweep_id)
-    active = [r["id"] for r in runs if r["state"] in ACTIVE]
+    active = [r.id for r in runs if r.state in ACTIVE]
     if active:
         raise UserError(f"sweep {sweep_id} has {len(active)} run(s) still running; sync once they end "
                         f"(or: asl-sweep sweep --cancel {sweep_id})")

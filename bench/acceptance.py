@@ -46,8 +46,8 @@ def main() -> int:
 
     from asl_sweep.ledger import Ledger
 
-    run = next(r for r in Ledger().runs(args.sweep_id) if r["id"] == metrics["run_id"])
-    record = json.loads(Path(run["record_path"]).read_text())
+    run = next(r for r in Ledger().runs(args.sweep_id) if r.id == metrics["run_id"])
+    record = json.loads(Path(run.record_path).read_text())
     val = record["val_predictions"]
     sample = val[:: max(1, len(val) // 5)][:5]
     out, t_predict = cli("predict", str(work / "export"), *[v["path"] for v in sample])

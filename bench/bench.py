@@ -38,9 +38,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
+
+if TYPE_CHECKING:
+    from asl_sweep.records import Run
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = {"epochs": 15}
@@ -63,8 +66,8 @@ def grid_sweep(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def run_overheads(ledger, sweep_id: str) -> list[float]:
     """Per finished run: (ended - claimed) - fit_time, from the ledger."""
-    return [r["ended_at"] - r["created_at"] - r["summary"]["fit_time"]
-            for r in ledger.runs(sweep_id) if r["state"] == "finished"]
+    return [r.ended_at - r.created_at - r.summary["fit_time"]
+            for r in ledger.runs(sweep_id) if r.state == "finished"]
 
 
 def bench_overhead(runs: int) -> dict[str, Any]:
@@ -299,10 +302,10 @@ def claim_worker(location: str, sweep_id: str, epochs: int, ready, go, queue, pa
         for step in range(1, epochs + 1):
             time.sleep(pause)
             t0 = time.perf_counter()
-            ledger.append_epoch(run["id"], {"epoch": step, "val_accuracy": 0.5 + step / 100}, attempt=run["attempt"],
+            ledger.append_epoch(run.id, {"epoch": step, "val_accuracy": 0.5 + step / 100}, attempt=run.attempt,
                                 step=step)
             writes.append(time.perf_counter() - t0)
-        ledger.finish_run(run["id"], "finished", attempt=run["attempt"], summary={"val_accuracy": 0.5})
+        ledger.finish_run(run.id, "finished", attempt=run.attempt, summary={"val_accuracy": 0.5})
     queue.put({"holds": holds, "latencies": latencies, "writes": writes, "done": time.time()})
 
 
@@ -361,14 +364,14 @@ def bayes_lock_ms(location: str, runs: int, claims: int = 5) -> float:
             with ledger.transaction():
                 ledger.insert_run(sid, number, values, "prefill", f"prefill-{sid}-{number}")
             run = ledger.claimed(f"prefill-{sid}-{number}")
-            ledger.append_epoch(run["id"], {"epoch": 1, "val_score": random.random()}, attempt=1, step=1)
-            ledger.finish_run(run["id"], "finished", attempt=1)
+            ledger.append_epoch(run.id, {"epoch": 1, "val_score": random.random()}, attempt=1, step=1)
+            ledger.finish_run(run.id, "finished", attempt=1)
         marks = lock_timer(ledger)
         holds = []
         for _ in range(claims):
             run = controller.claim_next(ledger, sid, "bench")
             holds.append(marks["committed"] - marks["locked"])
-            ledger.finish_run(run["id"], "finished", attempt=run["attempt"])
+            ledger.finish_run(run.id, "finished", attempt=run.attempt)
     return 1000 * statistics.median(holds)
 
 
@@ -504,17 +507,17 @@ def best_by(events: list[tuple[float, float]], checkpoints: list[float]) -> dict
     return {f"{m:g}min": max((v for t, v in events if t <= m * 60), default=None) for m in checkpoints}
 
 
-def sweep_summary(runs: list[dict[str, Any]], start: float, checkpoints: list[float]) -> dict[str, Any]:
+def sweep_summary(runs: list[Run], start: float, checkpoints: list[float]) -> dict[str, Any]:
     """Time to the first finished run at >= 95%, best value, winning config and best-by-checkpoint of `runs`."""
-    scored = [(r, r["ended_at"] - start, max(h["val_accuracy"] for h in r["history"]))
-              for r in runs if r["ended_at"] and r["history"]]
+    scored = [(r, r.ended_at - start, max(h["val_accuracy"] for h in r.history))
+              for r in runs if r.ended_at and r.history]
     best = max(scored, key=lambda e: e[2], default=(None, None, None))
     return {"runs": len(runs),
-            "states": {s: sum(r["state"] == s for r in runs) for s in ("finished", "stopped", "failed", "crashed")},
+            "states": {s: sum(r.state == s for r in runs) for s in ("finished", "stopped", "failed", "crashed")},
             "wall_s": max((t for _, t, _ in scored), default=None),
-            "time_to_95_s": min((t for r, t, v in scored if r["state"] == "finished" and v >= 0.95), default=None),
-            "best_val_accuracy": best[2], "best_run": best[0]["id"] if best[0] else None,
-            "best_config": best[0]["config"] if best[0] else None,
+            "time_to_95_s": min((t for r, t, v in scored if r.state == "finished" and v >= 0.95), default=None),
+            "best_val_accuracy": best[2], "best_run": best[0].id if best[0] else None,
+            "best_config": best[0].config if best[0] else None,
             "best_at": best_by([(t, v) for _, t, v in scored], checkpoints)}
 
 
@@ -572,7 +575,7 @@ def bench_robustness(sweep_id: str | None, folds: int, run_cap: int | None = Non
         return {"skipped": "needs the sweep section or --sweep-id"}
     with Ledger(create=False) as ledger:
         sweep, runs = ledger.sweep(sweep_id), ledger.runs(sweep_id)
-    timed = [r["summary"] for r in runs if r["summary"].get("robust_time") is not None]
+    timed = [r.summary for r in runs if r.summary.get("robust_time") is not None]
     shares = [s["robust_time"] / s["wall_time"] for s in timed]
     cap = run_cap or sweep["config"].get("run_cap") or len(runs)
     best = best_run(runs[:cap], *metric(sweep["config"]))  # runs come in run-number order
@@ -581,7 +584,7 @@ def bench_robustness(sweep_id: str | None, folds: int, run_cap: int | None = Non
            "robust_time_median_s": statistics.median(s["robust_time"] for s in timed) if timed else None,
            "robust_share_median": statistics.median(shares) if shares else None,
            "robust_share_max": max(shares) if shares else None,
-           "winner": {"run": (best or {}).get("id"), **robustness_scores(record)},
+           "winner": {"run": best.id if best else None, **robustness_scores(record)},
            "winner_table": record.get("robustness") or {}}
     if record.get("config"):
         config, cache = record["config"], DataCache()

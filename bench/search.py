@@ -58,7 +58,7 @@ def local_sweep_events(config: dict[str, Any], method: str, minutes: float, ledg
 
     def stop_running() -> None:  # the budget is over: what runs now cannot count, so it stops
         with Ledger(ledger) as db:
-            db.request_stop([r["id"] for r in db.runs(sid) if r["state"] == "running"])
+            db.request_stop([r.id for r in db.runs(sid) if r.state == "running"])
 
     timer = threading.Timer(minutes * 60, stop_running)
     timer.start()
@@ -66,8 +66,8 @@ def local_sweep_events(config: dict[str, Any], method: str, minutes: float, ledg
     timer.cancel()
     with Ledger(ledger) as db:
         runs = db.runs(sid)
-    return [(r["ended_at"] - start, max(h["val_accuracy"] for h in r["history"]), r["state"] == "finished", r["config"],
-             bench.best_of(r["history"], config["metric"])) for r in runs if r["ended_at"] and r["history"]]
+    return [(r.ended_at - start, max(h["val_accuracy"] for h in r.history), r.state == "finished", r.config,
+             bench.best_of(r.history, config["metric"])) for r in runs if r.ended_at and r.history]
 
 
 def kt_suggest(hp, name: str, spec: dict[str, Any]) -> Any:

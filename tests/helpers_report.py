@@ -55,22 +55,22 @@ def synthetic_sweep(ledger_path: Path, *, metric_name: str = "val_accuracy", goa
     sweep_id = ledger.create_sweep(config, "synthetic")
     for i in range(runs):
         run = controller.claim_next(ledger, sweep_id, "test")
-        value = score(run["config"])
+        value = score(run.config)
         history = []
         for epoch in (1, 2, 3):
             # the metric's best epoch is the last one for either goal: maximize grows, minimize shrinks
             m = value * epoch / 3 if goal == "maximize" else value + (3 - epoch)
             row = {"epoch": epoch, "loss": 2.0 / epoch, "accuracy": 0.3 * epoch, "val_loss": 2.5 / epoch,
                    "val_accuracy": 0.25 * epoch, "learning_rate": 0.001, "epoch_time": 0.5, metric_name: m}
-            ledger.append_epoch(run["id"], row)
+            ledger.append_epoch(run.id, row)
             history.append(row)
         state = "stopped" if i == 1 else "finished"
         record_path = record_for(run, value) if record_for else None
-        ledger.finish_run(run["id"], state, summary={"wall_time": 2.0 + i, metric_name: history[-1][metric_name]},
+        ledger.finish_run(run.id, state, summary={"wall_time": 2.0 + i, metric_name: history[-1][metric_name]},
                           record_path=record_path)
     if extra_running:
         partial = controller.claim_next(ledger, sweep_id, "test")
-        ledger.append_epoch(partial["id"], {"epoch": 1, "loss": 2.0, "accuracy": 0.3, "val_loss": 2.6,
+        ledger.append_epoch(partial.id, {"epoch": 1, "loss": 2.0, "accuracy": 0.3, "val_loss": 2.6,
                                             "val_accuracy": 0.2, "learning_rate": 0.001, "epoch_time": 0.5})
         controller.claim_next(ledger, sweep_id, "test")
     ledger.close()
@@ -126,7 +126,7 @@ def tiny_trained_sweep() -> dict[str, Any]:
         while (run := controller.claim_next(ledger, sweep_id, "test")) is not None:
             reporter = controller.LedgerReporter(ledger, sweep_id, run)
             try:
-                execute(run["config"], cache, reporter=reporter, run_id=run["id"], verbose=0)
+                execute(run.config, cache, reporter=reporter, run_id=run.id, verbose=0)
             finally:
                 reporter.close()
         ledger.close()

@@ -29,8 +29,8 @@ from asl_sweep.ledger import Ledger
 ledger = Ledger()
 while (run := controller.claim_next(ledger, sys.argv[1], "w")) is not None:
     time.sleep(0.02)
-    ledger.append_epoch(run["id"], {"val_accuracy": 0.5})
-    ledger.finish_run(run["id"], "finished")
+    ledger.append_epoch(run.id, {"val_accuracy": 0.5})
+    ledger.finish_run(run.id, "finished")
 """
 
 
@@ -49,11 +49,11 @@ def test_concurrent_agents_no_duplicates_and_exact_cap(agents):
              for sid in (grid_id, capped_id) for _ in range(agents)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     grid_runs = ledger.runs(grid_id)
-    points = Counter((r["config"]["filters_1"], r["config"]["dropout"]) for r in grid_runs)
+    points = Counter((r.config["filters_1"], r.config["dropout"]) for r in grid_runs)
     assert len(grid_runs) == 12 and set(points.values()) == {1}
     assert len(ledger.runs(capped_id)) == 7
-    assert {r["state"] for r in grid_runs + ledger.runs(capped_id)} == {"finished"}
-    assert len({r["agent"] for r in grid_runs}) >= 1
+    assert {r.state for r in grid_runs + ledger.runs(capped_id)} == {"finished"}
+    assert len({r.agent for r in grid_runs}) >= 1
 
 
 def test_subprocess_mode_runs_the_yaml_command_with_agent_env(dataset_dir, monkeypatch):
@@ -63,12 +63,12 @@ def test_subprocess_mode_runs_the_yaml_command_with_agent_env(dataset_dir, monke
     sid = ledger.create_sweep(SMOKE, "s")
     assert agent.local_agent(sid, agent.AgentOptions(subprocess_mode=True, show_progress=False)) == 2
     runs = ledger.runs(sid)
-    assert [r["state"] for r in runs] == ["finished", "finished"]
+    assert [r.state for r in runs] == ["finished", "finished"]
     for r in runs:
-        record = json.loads(Path(r["record_path"]).read_text())
-        assert record["run_id"] == r["id"] and record["sweep_id"] == sid
-        assert record["config"]["learning_rate"] == r["config"]["learning_rate"]
-        assert len(r["history"]) == 1 and r["history"][0]["val_accuracy"] == record["history"][0]["val_accuracy"]
+        record = json.loads(Path(r.record_path).read_text())
+        assert record["run_id"] == r.id and record["sweep_id"] == sid
+        assert record["config"]["learning_rate"] == r.config["learning_rate"]
+        assert len(r.history) == 1 and r.history[0]["val_accuracy"] == record["history"][0]["val_accuracy"]
     assert ledger.sweep(sid)["state"] == "finished"
 
 
@@ -82,13 +82,13 @@ def test_in_process_agent_with_hyperband_stops_a_run(dataset_dir):
     for _ in range(3):  # perfect finished runs make the next real run the worst at epoch 1
         strong = controller.claim_next(ledger, sid, "a")
         for v in (1.0, 1.0, 1.0):
-            ledger.append_epoch(strong["id"], {"val_accuracy": v})
-        ledger.finish_run(strong["id"], "finished")
+            ledger.append_epoch(strong.id, {"val_accuracy": v})
+        ledger.finish_run(strong.id, "finished")
     agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False))
     weak = ledger.runs(sid)[3]
-    assert weak["state"] == "stopped" and len(weak["history"]) == 1 and weak["should_stop"]
-    record = json.loads(Path(weak["record_path"]).read_text())
-    assert record["state"] == "stopped" and record["sweep_id"] == sid and record["run_id"] == weak["id"]
+    assert weak.state == "stopped" and len(weak.history) == 1 and weak.should_stop
+    record = json.loads(Path(weak.record_path).read_text())
+    assert record["state"] == "stopped" and record["sweep_id"] == sid and record["run_id"] == weak.id
 
 
 def wait_for(predicate, timeout=120.0):
@@ -108,16 +108,16 @@ def test_sigkill_then_restart_resumes_and_keeps_finished_runs(dataset_dir):
     run_env = env(ASL_SWEEP_DATA_DIR=str(dataset_dir), ASL_SWEEP_HEARTBEAT_S="0.2")
     cmd = [sys.executable, "-m", "asl_sweep", "agent", sid, "--quiet"]
     first = subprocess.Popen(cmd, env=run_env)
-    wait_for(lambda: len(ledger.runs(sid)) == 2 and len(ledger.runs(sid)[1]["history"]) >= 1)
+    wait_for(lambda: len(ledger.runs(sid)) == 2 and len(ledger.runs(sid)[1].history) >= 1)
     first.send_signal(signal.SIGKILL)
     first.wait()
     finished = ledger.runs(sid)[0]
-    assert finished["state"] == "finished"
+    assert finished.state == "finished"
     time.sleep(1.5)
     restart = subprocess.run(cmd, env={**run_env, "ASL_SWEEP_HEARTBEAT_TIMEOUT_S": "1"}, timeout=300)
     assert restart.returncode == 0
     runs = ledger.runs(sid)
-    assert [r["state"] for r in runs] == ["finished", "crashed", "finished"]
+    assert [r.state for r in runs] == ["finished", "crashed", "finished"]
     assert runs[0] == finished
     assert ledger.sweep(sid)["state"] == "finished"
 
@@ -127,15 +127,15 @@ def assert_saved_as_interrupted(ledger: Ledger, sid: str, tmp_path: Path) -> dic
     from asl_sweep import export, status
 
     [run] = ledger.runs(sid)
-    assert run["state"] == "stopped" and run["error"] == INTERRUPTED and run["history"]
-    record = ledger.record(run["id"])
+    assert run.state == "stopped" and run.error == INTERRUPTED and run.history
+    record = ledger.record(run.id)
     assert record["state"] == "stopped" and record["summary"][STOP_REASON] == INTERRUPTED
-    assert Path(record["paths"]["model"]).is_file() and Path(run["record_path"]).is_file()
-    assert ledger.model(run["id"]) is not None
+    assert Path(record["paths"]["model"]).is_file() and Path(run.record_path).is_file()
+    assert ledger.model(run.id) is not None
     table = status.status_table(sid)
-    assert INTERRUPTED in table and f"files: {run['wandb_dir']}" in table
+    assert INTERRUPTED in table and f"files: {run.wandb_dir}" in table
     meta = export.export_best(sid, tmp_path / "export")
-    assert meta["run_id"] == run["id"] and meta["state"] == "stopped" and not meta["passed_over"]
+    assert meta["run_id"] == run.id and meta["state"] == "stopped" and not meta["passed_over"]
     assert (tmp_path / "export" / "model.keras").is_file()
     return run
 
@@ -163,8 +163,8 @@ def test_ctrl_c_in_process_saves_the_best_so_far_model_and_record(dataset_dir, m
         agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     run = assert_saved_as_interrupted(ledger, sid, tmp_path)
-    assert len(run["history"]) == 1 and run["summary"]["best_epoch"] == 1
-    assert f"{INTERRUPTED} after epoch 1: saving run {run['id']}'s best-so-far model and record " \
+    assert len(run.history) == 1 and run.summary["best_epoch"] == 1
+    assert f"{INTERRUPTED} after epoch 1: saving run {run.id}'s best-so-far model and record " \
            "(Ctrl-C again aborts the save)" in caplog.text
 
 
@@ -178,7 +178,7 @@ def test_a_second_ctrl_c_aborts_the_save(dataset_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False))
     [run] = ledger.runs(sid)
-    assert run["state"] == "stopped" and run["error"] == INTERRUPTED and ledger.record(run["id"]) is None
+    assert run.state == "stopped" and run.error == INTERRUPTED and ledger.record(run.id) is None
 
 
 @pytest.mark.slow
@@ -190,7 +190,7 @@ def test_ctrl_c_saves_the_run_and_exits_130(mode, dataset_dir, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "asl_sweep", "agent", sid, "--quiet", *mode],
                             env=env(ASL_SWEEP_DATA_DIR=str(dataset_dir)), stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    wait_for(lambda: ledger.runs(sid) and len(ledger.runs(sid)[0]["history"]) >= 1)
+    wait_for(lambda: ledger.runs(sid) and len(ledger.runs(sid)[0].history) >= 1)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "asl-sweep: interrupted" in err, err
@@ -230,13 +230,13 @@ def test_status_and_sweeps_list_show_runs_and_best(capsys):
     sid = ledger.create_sweep(SMOKE, "listed")
     for v in (0.4, 0.7):
         run = controller.claim_next(ledger, sid, "a")
-        ledger.append_epoch(run["id"], {"epoch": 1, "val_accuracy": v})
-        ledger.finish_run(run["id"], "finished", wandb_dir=f"wandb/run-{v}")
+        ledger.append_epoch(run.id, {"epoch": 1, "val_accuracy": v})
+        ledger.finish_run(run.id, "finished", wandb_dir=f"wandb/run-{v}")
     assert cli.main(["sweeps"]) == 0
     assert sid in capsys.readouterr().out
     assert cli.main(["status", sid]) == 0
     out = capsys.readouterr().out
-    assert "best run: " + ledger.runs(sid)[1]["id"] in out and "val_accuracy=0.7000" in out and "wandb/run-0.7" in out
+    assert "best run: " + ledger.runs(sid)[1].id in out and "val_accuracy=0.7000" in out and "wandb/run-0.7" in out
 
 
 def test_online_sweep_and_agent_hand_over_to_wandb(tmp_path, monkeypatch, capsys):
@@ -303,9 +303,9 @@ def test_ctrl_c_is_remembered_even_when_it_surfaces_as_another_error():
 def _fake_runs(monkeypatch, ran):
     """Runs that finish at once (no TensorFlow): what is under test is the agent loop."""
     def fake(ledger, sweep_id, run, cache, progress, target):
-        ran.append(run["id"])
-        ledger.append_epoch(run["id"], {"val_accuracy": 0.5})
-        ledger.finish_run(run["id"], "finished")
+        ran.append(run.id)
+        ledger.append_epoch(run.id, {"val_accuracy": 0.5})
+        ledger.finish_run(run.id, "finished")
         return "finished"
 
     monkeypatch.setattr(agent, "_run_in_process", fake)
@@ -401,7 +401,7 @@ def test_failing_runs_stop_the_agent_by_wandbs_rules(dataset_dir, flags, extra_e
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "agent shut down after" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and "too small" in proc.stderr
-    assert [r["state"] for r in ledger.runs(sid)] == ["failed"] * runs
+    assert [r.state for r in ledger.runs(sid)] == ["failed"] * runs
 
 
 def test_a_bad_data_folder_is_found_before_any_run_is_claimed(tmp_path):
@@ -417,10 +417,10 @@ def test_a_run_out_of_memory_is_recorded_as_failed_and_the_agent_goes_on(dataset
     ran = []
 
     def fake(ledger, sweep_id, run, cache, progress, target):
-        ran.append(run["id"])
+        ran.append(run.id)
         if len(ran) == 1:
             raise MemoryError("Unable to allocate 34.2 GiB for an array with shape (128, 128, 512, 4096)\nmore")
-        ledger.finish_run(run["id"], "finished")
+        ledger.finish_run(run.id, "finished")
         return "finished"
 
     monkeypatch.setattr(agent, "_run_in_process", fake)
@@ -429,8 +429,8 @@ def test_a_run_out_of_memory_is_recorded_as_failed_and_the_agent_goes_on(dataset
     sid = ledger.create_sweep({**SMOKE, "run_cap": 3}, "m")
     assert agent.local_agent(sid, agent.AgentOptions(data_dir=str(dataset_dir), show_progress=False)) == 3
     runs = ledger.runs(sid)
-    assert [r["state"] for r in runs] == ["failed", "finished", "finished"]
-    assert runs[0]["error"] == "MemoryError: Unable to allocate 34.2 GiB for an array with shape (128, 128, 512, 4096)"
+    assert [r.state for r in runs] == ["failed", "finished", "finished"]
+    assert runs[0].error == "MemoryError: Unable to allocate 34.2 GiB for an array with shape (128, 128, 512, 4096)"
 
 
 def test_one_agent_per_listed_gpu_each_with_its_own_cuda_visible_devices(monkeypatch):

@@ -51,19 +51,19 @@ def test_an_offline_run_records_its_model_as_an_artifact_for_sync_to_upload():
         runs = ledger.runs(tiny["sweep_id"])
         assert runs
         for run in runs:
-            record = ledger.record(run["id"])
+            record = ledger.record(run.id)
             [wandb_file] = Path(record["paths"]["run_dir"]).glob("run-*.wandb")
             found = [r.artifact for r in records(wandb_file)
                      if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
             assert len(found) == 1
             art = found[0]
-            assert (art.name, art.type, art.run_id) == (f"run_{run['id']}_model", "model", run["id"])
+            assert (art.name, art.type, art.run_id) == (f"run_{run.id}_model", "model", run.id)
             [entry] = art.manifest.contents
             model = Path(record["paths"]["model"])
             assert entry.path == "model.keras" and entry.local_path == str(model)  # uploaded from where it lies
             assert entry.digest == base64.b64encode(hashlib.md5(model.read_bytes()).digest()).decode()
             meta = json.loads(art.metadata)
-            assert meta["sweep_id"] == tiny["sweep_id"] and meta["config"]["learning_rate"] == run["config"]["learning_rate"]
+            assert meta["sweep_id"] == tiny["sweep_id"] and meta["config"]["learning_rate"] == run.config["learning_rate"]
             assert meta["best_epoch"] == record["summary"]["best_epoch"]
 
 
@@ -96,10 +96,10 @@ class FakeRun:
     """A W&B run of the tiny sweep as the public API shows it, its files and artifacts from disk."""
 
     def __init__(self, run: dict, record: dict, with_artifact: bool) -> None:
-        self.id, self.created_at, self.state = run["id"], str(run["number"]), "finished"
-        self.config, self.summary = run["config"], {"val_accuracy": record["summary"]["val_accuracy"], "_runtime": 3.0}
-        self.history, self.record, self.files_fetched = run["history"], record, []
-        self.artifact = FakeArtifact(run["id"], Path(record["paths"]["model"])) if with_artifact else None
+        self.id, self.created_at, self.state = run.id, str(run.number), "finished"
+        self.config, self.summary = run.config, {"val_accuracy": record["summary"]["val_accuracy"], "_runtime": 3.0}
+        self.history, self.record, self.files_fetched = run.history, record, []
+        self.artifact = FakeArtifact(run.id, Path(record["paths"]["model"])) if with_artifact else None
 
     def scan_history(self):
         return iter(self.history)
@@ -127,7 +127,7 @@ def wandb_sweep(monkeypatch, tmp_path):
 
     tiny = tiny_trained_sweep()
     with Ledger(tiny["ledger"]) as ledger:
-        local = [(r, ledger.record(r["id"])) for r in ledger.runs(tiny["sweep_id"])]
+        local = [(r, ledger.record(r.id)) for r in ledger.runs(tiny["sweep_id"])]
         config = ledger.sweep(tiny["sweep_id"])["config"]
     state = {"with_artifact": True}
 

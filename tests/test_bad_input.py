@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import yaml
 
+from asl_sweep.records import Run
 from tests.conftest import make_dataset
 from tests.helpers_report import synthetic_sweep
 from tests.test_data import bomb_png
@@ -468,9 +469,9 @@ def world(tmp_path: Path, isolated: Path, model_bytes: bytes) -> World:
     runs.mkdir()
     (runs / "model.keras").write_bytes(model_bytes)
 
-    def record(run: dict, value: float) -> str:
-        path = runs / f"{run['id']}.json"
-        path.write_text(json.dumps({"config": run["config"], "state": "finished", "summary": {},
+    def record(run: Run, value: float) -> str:
+        path = runs / f"{run.id}.json"
+        path.write_text(json.dumps({"config": run.config, "state": "finished", "summary": {},
                                     "history": [{"epoch": 1, "val_accuracy": value}],
                                     "paths": {"model": str(runs / "model.keras")}}))
         return str(path)

@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 from asl_sweep.config import Config
+from asl_sweep.records import Run
+from asl_sweep.state import RunState
 from tests.helpers_report import isolate, synthetic_sweep
 
 spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[1] / "bench/bench.py")
@@ -24,9 +26,9 @@ def test_flop_count_of_the_seed_model():
 def test_sweep_summary_counts_only_finished_runs_for_time_to_95():
     start = 1000.0
     runs = [
-        {"id": "a", "state": "stopped", "ended_at": start + 50, "history": [{"val_accuracy": 0.97}], "config": {"x": 1}},
-        {"id": "b", "state": "finished", "ended_at": start + 90, "history": [{"val_accuracy": 0.96}], "config": {"x": 2}},
-        {"id": "c", "state": "running", "ended_at": None, "history": [{"val_accuracy": 0.99}], "config": {"x": 3}},
+        Run(id="a", number=1, state=RunState.STOPPED, ended_at=start + 50, history=[{"val_accuracy": 0.97}], config={"x": 1}),
+        Run(id="b", number=2, state=RunState.FINISHED, ended_at=start + 90, history=[{"val_accuracy": 0.96}], config={"x": 2}),
+        Run(id="c", number=3, state=RunState.RUNNING, ended_at=None, history=[{"val_accuracy": 0.99}], config={"x": 3}),
     ]
     out = bench.sweep_summary(runs, start, [1])
     assert out["time_to_95_s"] == 90 and out["best_run"] == "a" and out["best_val_accuracy"] == 0.97
@@ -118,8 +120,8 @@ def test_robustness_section_takes_make_sweeps_winner_and_retrains_it_on_other_fo
     scores = iter([0.5, 0.6, 0.9, 0.99])
 
     def record_for(run, value):
-        path = tmp_path / f"{run['id']}.json"
-        path.write_text(json.dumps({"config": {"dropout": run["config"]["dropout"], "seed": 7, "fold": 1},
+        path = tmp_path / f"{run.id}.json"
+        path.write_text(json.dumps({"config": {"dropout": run.config["dropout"], "seed": 7, "fold": 1},
                                     "summary": {"val_accuracy": value, "val_robust_worst": value - 0.1},
                                     "robustness": {"darker": value}}))
         return str(path)

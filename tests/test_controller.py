@@ -20,8 +20,8 @@ def backend(ledger_location: str) -> str:
 
 def finish(ledger, run, values):
     for i, v in enumerate(values, 1):
-        ledger.append_epoch(run["id"], {"epoch": i, "val_accuracy": v})
-    ledger.finish_run(run["id"], "finished", summary={"val_accuracy": values[-1]})
+        ledger.append_epoch(run.id, {"epoch": i, "val_accuracy": v})
+    ledger.finish_run(run.id, "finished", summary={"val_accuracy": values[-1]})
 
 
 def test_grid_is_exhausted_exactly():
@@ -29,7 +29,7 @@ def test_grid_is_exhausted_exactly():
     sid = ledger.create_sweep(GRID, "g")
     seen = []
     while (run := controller.claim_next(ledger, sid, "a")) is not None:
-        seen.append((run["config"]["filters_1"], run["config"]["dropout"]))
+        seen.append((run.config["filters_1"], run.config["dropout"]))
         finish(ledger, run, [0.5])
     assert sorted(seen) == sorted((f, d) for f in (4, 8) for d in (0.1, 0.2, 0.3))
     assert ledger.sweep(sid)["state"] == "finished"
@@ -75,8 +75,8 @@ def test_bayes_moves_towards_good_results():
     proposals = []
     for _ in range(12):
         run = controller.claim_next(ledger, sid, "a")
-        proposals.append(run["config"]["dropout"])
-        finish(ledger, run, [1.0 - abs(run["config"]["dropout"] - 0.8)])
+        proposals.append(run.config["dropout"])
+        finish(ledger, run, [1.0 - abs(run.config["dropout"] - 0.8)])
     assert sum(p > 0.5 for p in proposals[-6:]) >= 3  # a uniform draw: 0.375 each
 
 
@@ -88,11 +88,11 @@ def test_hyperband_flags_a_bad_running_run():
         finish(ledger, controller.claim_next(ledger, sid, "a"), values)
     bad, good = controller.claim_next(ledger, sid, "a"), controller.claim_next(ledger, sid, "a")
     for v in (0.1, 0.1):
-        ledger.append_epoch(bad["id"], {"val_accuracy": v})
+        ledger.append_epoch(bad.id, {"val_accuracy": v})
     for v in (0.7, 0.9):
-        ledger.append_epoch(good["id"], {"val_accuracy": v})
-    assert controller.apply_early_termination(ledger, sid) == [bad["id"]]
-    assert ledger.should_stop(bad["id"]) and not ledger.should_stop(good["id"])
+        ledger.append_epoch(good.id, {"val_accuracy": v})
+    assert controller.apply_early_termination(ledger, sid) == [bad.id]
+    assert ledger.should_stop(bad.id) and not ledger.should_stop(good.id)
 
 
 def test_stale_runs_are_crashed_and_finished_runs_never_change(monkeypatch):
@@ -101,14 +101,14 @@ def test_stale_runs_are_crashed_and_finished_runs_never_change(monkeypatch):
     sid = ledger.create_sweep({**BAYES, "method": "random", "run_cap": 3}, "r")
     done = controller.claim_next(ledger, sid, "a")
     finish(ledger, done, [0.7])
-    before = ledger.run(done["id"])
+    before = ledger.run(done.id)
     orphan = controller.claim_next(ledger, sid, "a")
     time.sleep(0.3)
     controller.claim_next(ledger, sid, "a")
-    assert ledger.run(orphan["id"])["state"] == "crashed"
-    assert not ledger.finish_run(done["id"], "failed")
-    ledger.append_epoch(done["id"], {"val_accuracy": 0.0})
-    assert ledger.run(done["id"]) == before
+    assert ledger.run(orphan.id).state == "crashed"
+    assert not ledger.finish_run(done.id, "failed")
+    ledger.append_epoch(done.id, {"val_accuracy": 0.0})
+    assert ledger.run(done.id) == before
 
 
 def test_unknown_sweep_is_a_clear_error():
@@ -123,9 +123,9 @@ def test_metric_target_finishes_the_sweep_once_a_run_reaches_it():
     sid = ledger.create_sweep({**BAYES, "method": "random", "metric": {**BAYES["metric"], "target": 0.9}}, "t")
     finish(ledger, controller.claim_next(ledger, sid, "a"), [0.5, 0.8])
     running = controller.claim_next(ledger, sid, "a")
-    ledger.append_epoch(running["id"], {"val_accuracy": 0.95})
+    ledger.append_epoch(running.id, {"val_accuracy": 0.95})
     assert controller.claim_next(ledger, sid, "a") is None and ledger.sweep(sid)["state"] == "running"
-    ledger.finish_run(running["id"], "finished")
+    ledger.finish_run(running.id, "finished")
     assert controller.claim_next(ledger, sid, "a") is None and ledger.sweep(sid)["state"] == "finished"
 
 
@@ -133,9 +133,9 @@ def test_minimized_target_and_default_goal_is_minimize():
     ledger = Ledger()
     sid = ledger.create_sweep({**BAYES, "metric": {"name": "val_loss", "target": 0.2}}, "t")
     finish_loss = controller.claim_next(ledger, sid, "a")
-    ledger.append_epoch(finish_loss["id"], {"val_loss": 0.5})
-    ledger.append_epoch(finish_loss["id"], {"val_loss": 0.1})
-    ledger.finish_run(finish_loss["id"], "finished")
+    ledger.append_epoch(finish_loss.id, {"val_loss": 0.5})
+    ledger.append_epoch(finish_loss.id, {"val_loss": 0.1})
+    ledger.finish_run(finish_loss.id, "finished")
     assert controller.claim_next(ledger, sid, "a") is None
 
 
@@ -170,7 +170,7 @@ def test_paused_stopped_and_canceled_sweeps_give_no_run_and_cancel_stops_running
     ledger.control(sid, "resume")
     assert controller.claim_next(ledger, sid, "a") is not None
     ledger.control(sid, "cancel")
-    assert controller.claim_next(ledger, sid, "a") is None and ledger.should_stop(running["id"])
+    assert controller.claim_next(ledger, sid, "a") is None and ledger.should_stop(running.id)
     reporter = controller.LedgerReporter(ledger, sid, running)
     try:
         assert reporter.epoch({"val_accuracy": 0.5}) is True  # the run ends at this epoch boundary

@@ -231,14 +231,14 @@ def test_unknown_ids_get_a_clear_page_and_the_api_sends_figures_only_when_they_c
     again = json.loads(server.get(f"/api/sweep/{sweep_id}?since={first['version']}")[1])
     assert "figures" not in again and again["version"] == first["version"]
     with Ledger(location) as ledger:
-        running = next(r for r in ledger.runs(sweep_id) if r["state"] == "running" and r["history"])
-        ledger.append_epoch(running["id"], {"epoch": 2, "val_accuracy": 0.3})
+        running = next(r for r in ledger.runs(sweep_id) if r.state == "running" and r.history)
+        ledger.append_epoch(running.id, {"epoch": 2, "val_accuracy": 0.3})
     news = wait_until(lambda: (j := json.loads(server.get(f"/api/sweep/{sweep_id}?since={first['version']}")[1]))
                       ["version"] != first["version"] and j, dashboard.REDRAW_S + 10, "figures drawn again")
     assert "figures" in news and news["leaderboard"] != first["leaderboard"]
-    code, text = server.get(f"/run/{running['id']}")
+    code, text = server.get(f"/run/{running.id}")
     assert code == 200
-    run = wait_until(lambda: (j := json.loads(server.get(f"/api/run/{running['id']}")[1])).get("figures") and j,
+    run = wait_until(lambda: (j := json.loads(server.get(f"/api/run/{running.id}")[1])).get("figures") and j,
                      60, "the run's figures")
     assert run["run"]["epochs"] == 2 and set(run["figures"]) == {"curves", "images", "confusion"}
     assert any("running on" in h["what"] for h in run["history"])
@@ -280,15 +280,15 @@ def test_importance_is_refitted_when_a_run_ends_not_on_every_epoch(isolated, mon
     monkeypatch.setattr(figures, "IMPORTANCE_S", 0.0)
     figures.importance(load_sweep(sweep_id))
     with Ledger(isolated / "asl-sweep.db") as ledger:
-        first, second = [r for r in ledger.runs(sweep_id) if r["state"] == "running"]
-        ledger.append_epoch(first["id"], {"epoch": 5, "val_accuracy": 0.9})
+        first, second = [r for r in ledger.runs(sweep_id) if r.state == "running"]
+        ledger.append_epoch(first.id, {"epoch": 5, "val_accuracy": 0.9})
         figures.importance(load_sweep(sweep_id))
         assert len(fits) == 1
-        ledger.finish_run(first["id"], "finished")
+        ledger.finish_run(first.id, "finished")
         figures.importance(load_sweep(sweep_id))
         assert len(fits) == 2
         monkeypatch.setattr(figures, "IMPORTANCE_S", 3600.0)  # a run ended, but the last fit is recent
-        ledger.finish_run(second["id"], "finished")
+        ledger.finish_run(second.id, "finished")
         figures.importance(load_sweep(sweep_id))
         assert len(fits) == 2
 
@@ -324,8 +324,8 @@ def test_the_sweep_page_draws_every_figure(browser, serve, isolated, tmp_path):
     sweep_id = synthetic_sweep(location, runs=12, extra_running=True)
     with Ledger(location) as ledger:  # the robustness suite's columns, as trained runs have them
         for r in ledger.runs(sweep_id)[:12]:
-            robust = {"val_robust_accuracy": 0.4 + r["config"]["dropout"], "val_robust_worst": 0.2 + r["config"]["dropout"]}
-            ledger.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps({**r["summary"], **robust}), r["id"]))
+            robust = {"val_robust_accuracy": 0.4 + r.config["dropout"], "val_robust_worst": 0.2 + r.config["dropout"]}
+            ledger.execute("UPDATE runs SET summary = ? WHERE id = ?", (json.dumps({**r.summary, **robust}), r.id))
     server = serve(str(location), sweep_id)
     browser.get(server.url)
     plots = "return document.querySelectorAll('.js-plotly-plot').length"

@@ -69,9 +69,9 @@ def test_the_slurm_job_script_is_an_agent_that_sigterm_preempts(tmp_path, postgr
     out, _ = task.communicate(timeout=60)
     assert task.returncode == 0 and "requeued" in out, out
     assert (tmp_path / "runs" / "77_0" / "wandb").is_dir()
-    assert next(r for r in runs(postgres_url, sid) if r["id"] == preempted["id"])["state"] == RunState.PENDING
+    assert next(r for r in runs(postgres_url, sid) if r.id == preempted.id).state == RunState.PENDING
     agents = Agents(tmp_path, postgres_url, sid, dataset_dir)
     agents.start("next-task")
     agents.wait()
     final = check_invariants(postgres_url, sid, cap=len(seeds))
-    assert {r["state"] for r in final} == {RunState.FINISHED} and len(final) == len(seeds)
+    assert {r.state for r in final} == {RunState.FINISHED} and len(final) == len(seeds)

@@ -21,9 +21,9 @@ def test_best_run_follows_the_sweeps_goal(monkeypatch, tmp_path, goal):
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, metric_name="val_loss", goal=goal, score=lambda c: c["dropout"], runs=6)
     data = load_sweep(sweep_id)
-    values = {r["id"]: r["config"]["dropout"] for r in data.runs}
+    values = {r.id: r.config["dropout"] for r in data.runs}
     pick = max if goal == "maximize" else min
-    assert data.best["id"] == pick(values, key=values.get)
+    assert data.best.id == pick(values, key=values.get)
 
 
 def test_refuses_a_non_empty_folder_without_force(monkeypatch, tmp_path):
@@ -54,19 +54,19 @@ def test_export_of_a_trained_sweep_writes_a_usable_folder(monkeypatch, tmp_path,
 
     data = load_sweep(tiny["sweep_id"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["run_id"] == data.best["id"] and metrics["sweep_id"] == tiny["sweep_id"]
-    assert metrics["metric"]["best"] == max(h["val_accuracy"] for h in data.best["history"])
+    assert metrics["run_id"] == data.best.id and metrics["sweep_id"] == tiny["sweep_id"]
+    assert metrics["metric"]["best"] == max(h["val_accuracy"] for h in data.best.history)
     assert len(metrics["history"]) == TINY["epochs"] and metrics["wall_time"] > 0 and metrics["retrain"] is None
 
     cfg = from_mapping(read_yaml(out / "config.yaml"), source="export")
-    assert cfg == Config(**data.best["config"] | {k: v for k, v in Config().to_dict().items()
-                                                   if k not in data.best["config"]})
-    assert cfg.learning_rate == data.best["config"]["learning_rate"] and cfg.image_size == TINY["image_size"]
+    assert cfg == Config(**data.best.config | {k: v for k, v in Config().to_dict().items()
+                                                   if k not in data.best.config})
+    assert cfg.learning_rate == data.best.config["learning_rate"] and cfg.image_size == TINY["image_size"]
     card = (out / "README.md").read_text()
-    assert data.best["id"] in card and "| learning_rate * |" in card and "asl-sweep predict" in card
+    assert data.best.id in card and "| learning_rate * |" in card and "asl-sweep predict" in card
     assert "## Robustness" in card and "| mirrored | a left-handed signer" in card
-    assert metrics["robustness"] == json.loads(Path(data.best["record_path"]).read_text())["robustness"]
-    assert (out / "model.keras").read_bytes() == Path(json.loads(Path(data.best["record_path"]).read_text())
+    assert metrics["robustness"] == json.loads(Path(data.best.record_path).read_text())["robustness"]
+    assert (out / "model.keras").read_bytes() == Path(json.loads(Path(data.best.record_path).read_text())
                                                       ["paths"]["model"]).read_bytes()
 
     with pytest.raises(UserError, match="not empty"):
@@ -163,7 +163,7 @@ def test_a_stopped_winner_is_scored_on_the_same_suite_that_training_scores(monke
     tiny = tiny_trained_sweep()
     isolate(monkeypatch, tmp_path)
     monkeypatch.setenv("ASL_SWEEP_LEDGER", str(tiny["ledger"]))
-    record = json.loads(Path(load_sweep(tiny["sweep_id"]).best["record_path"]).read_text())
+    record = json.loads(Path(load_sweep(tiny["sweep_id"]).best.record_path).read_text())
     cfg = from_mapping(record["config"], source="test")
     lazily = export.suite_scores(cfg, record["paths"]["model"], str(tiny["images"]))
     assert list(lazily) == list(record["robustness"])
@@ -181,13 +181,13 @@ def test_export_of_a_winner_the_sweep_stopped_scores_its_suite(monkeypatch, tmp_
     shutil.copyfile(tiny["ledger"], ledger)
     monkeypatch.setenv("ASL_SWEEP_LEDGER", str(ledger))
     best = load_sweep(tiny["sweep_id"]).best
-    scored = json.loads(Path(best["record_path"]).read_text())
+    scored = json.loads(Path(best.record_path).read_text())
     stopped = {**scored, "state": "stopped", "robustness": {}}  # as training now leaves a run hyperband stopped
     with sqlite3.connect(ledger) as db:
-        db.execute("UPDATE runs SET record = ?, state = 'stopped' WHERE id = ?", (json.dumps(stopped), best["id"]))
+        db.execute("UPDATE runs SET record = ?, state = 'stopped' WHERE id = ?", (json.dumps(stopped), best.id))
     out = tmp_path / "export"
     assert cli.main(["export", tiny["sweep_id"], "--out", str(out), "--data-dir", str(tiny["images"])]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["run_id"] == best["id"] and metrics["state"] == "stopped"
+    assert metrics["run_id"] == best.id and metrics["state"] == "stopped"
     assert metrics["robustness"] == pytest.approx(scored["robustness"], abs=1 / scored["summary"]["val_images"] + 1e-9)
     assert "## Robustness" in (out / "README.md").read_text()

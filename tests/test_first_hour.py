@@ -65,8 +65,8 @@ def ended_runs(tmp_path: Path) -> tuple[Ledger, str, dict[str, str]]:
     ids = {}
     for name, value in (("finished", 0.5), ("interrupted", 0.9), ("hyperband", 0.7)):
         run = controller.claim_next(ledger, sid, "host:1")
-        ledger.append_epoch(run["id"], {"epoch": 1, "val_accuracy": value})
-        ids[name] = run["id"]
+        ledger.append_epoch(run.id, {"epoch": 1, "val_accuracy": value})
+        ids[name] = run.id
     model = tmp_path / "model.keras"
     model.write_bytes(b"model")
     record = {"run_id": ids["finished"], "config": {}, "history": [{"epoch": 1, "val_accuracy": 0.5}],
@@ -96,7 +96,7 @@ def test_export_of_a_running_best_run_names_its_agent(tmp_path):
     ledger = Ledger()
     sid = ledger.create_sweep(SMOKE, "running")
     run = controller.claim_next(ledger, sid, "host:42")
-    ledger.append_epoch(run["id"], {"epoch": 1, "val_accuracy": 0.5})
+    ledger.append_epoch(run.id, {"epoch": 1, "val_accuracy": 0.5})
     with pytest.raises(UserError, match="is still running on host:42; export it when it ends"):
         export.export_best(sid, tmp_path / "out")
 
@@ -140,10 +140,10 @@ def test_status_shows_swept_parameters_rounded_and_a_fresh_sweep_says_what_next(
     sid = ledger.create_sweep(SMOKE, "fresh")
     assert f"no run yet: start one with asl-sweep agent {sid}" in status.status_table(sid)
     run = controller.claim_next(ledger, sid, "a")
-    ledger.append_epoch(run["id"], {"epoch": 1, "val_accuracy": 0.5})
-    ledger.finish_run(run["id"], "finished")
+    ledger.append_epoch(run.id, {"epoch": 1, "val_accuracy": 0.5})
+    ledger.finish_run(run.id, "finished")
     row = status.status_table(sid).splitlines()[2]
-    assert f"learning_rate={run['config']['learning_rate']:.4g}" in row and "image_size" not in row
+    assert f"learning_rate={run.config['learning_rate']:.4g}" in row and "image_size" not in row
 
 
 def test_the_ledger_keeps_the_reason_a_canceled_run_stopped():
@@ -151,8 +151,8 @@ def test_the_ledger_keeps_the_reason_a_canceled_run_stopped():
     sid = ledger.create_sweep(SMOKE, "cancel")
     run = controller.claim_next(ledger, sid, "a")
     ledger.control(sid, "cancel")
-    ledger.finish_run(run["id"], RunState.STOPPED)
-    assert "sweep canceled" in ledger.run(run["id"])["error"]
+    ledger.finish_run(run.id, RunState.STOPPED)
+    assert "sweep canceled" in ledger.run(run.id).error
 
 
 def test_a_failed_runs_output_tail_is_kept_for_status(dataset_dir):
@@ -161,5 +161,5 @@ def test_a_failed_runs_output_tail_is_kept_for_status(dataset_dir):
         "${env}", "${interpreter}", "-c", "import sys; [print(i, file=sys.stderr) for i in range(100)]; sys.exit(3)"]}, "t")
     agent.local_agent(sid, agent.AgentOptions(subprocess_mode=True, data_dir=str(dataset_dir), show_progress=False))
     [run] = ledger.runs(sid)
-    log = run["summary"][agent.ERROR_LOG].splitlines()
-    assert run["error"] == "exit code 3: 99" and len(log) == agent.LOG_LINES and log[-1] == "99"
+    log = run.summary[agent.ERROR_LOG].splitlines()
+    assert run.error == "exit code 3: 99" and len(log) == agent.LOG_LINES and log[-1] == "99"

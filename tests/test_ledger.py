@@ -30,17 +30,17 @@ def test_a_reaped_attempt_is_fenced_and_cannot_come_back(monkeypatch):
     ledger = Ledger()
     sid = ledger.create_sweep(RANDOM, "f")
     run = controller.claim_next(ledger, sid, "a")
-    assert ledger.append_epoch(run["id"], {"val_accuracy": 0.5}, attempt=run["attempt"], step=1)
-    ledger.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 1000 WHERE id = ?", (run["id"],))
+    assert ledger.append_epoch(run.id, {"val_accuracy": 0.5}, attempt=run.attempt, step=1)
+    ledger.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 1000 WHERE id = ?", (run.id,))
     monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", "0.5")
     time.sleep(0.5)  # a PostgreSQL server younger than the timeout grants every run that long (see below)
     controller.claim_next(ledger, sid, "b")  # reaps the silent run
-    assert ledger.run(run["id"])["state"] == RunState.CRASHED
-    assert not ledger.append_epoch(run["id"], {"val_accuracy": 0.9}, attempt=run["attempt"], step=2)
-    assert not ledger.heartbeat(run["id"], run["attempt"])
-    assert not ledger.finish_run(run["id"], RunState.FINISHED, attempt=run["attempt"], summary={"val_accuracy": 0.9})
-    after = ledger.run(run["id"])
-    assert after["state"] == RunState.CRASHED and after["history"] == [{"val_accuracy": 0.5}] and after["summary"] == {}
+    assert ledger.run(run.id).state == RunState.CRASHED
+    assert not ledger.append_epoch(run.id, {"val_accuracy": 0.9}, attempt=run.attempt, step=2)
+    assert not ledger.heartbeat(run.id, run.attempt)
+    assert not ledger.finish_run(run.id, RunState.FINISHED, attempt=run.attempt, summary={"val_accuracy": 0.9})
+    after = ledger.run(run.id)
+    assert after.state == RunState.CRASHED and after.history == [{"val_accuracy": 0.5}] and after.summary == {}
 
 
 def test_reaping_uses_the_database_clock_not_the_agents(monkeypatch):
@@ -50,29 +50,29 @@ def test_reaping_uses_the_database_clock_not_the_agents(monkeypatch):
     monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", "60")
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this agent's clock is an hour fast
-    assert ledger.heartbeat(run["id"], run["attempt"])
+    assert ledger.heartbeat(run.id, run.attempt)
     controller.claim_next(ledger, sid, "b")
-    assert ledger.run(run["id"])["state"] == RunState.RUNNING
-    assert abs(ledger.run(run["id"])["heartbeat_at"] - real()) < 30
+    assert ledger.run(run.id).state == RunState.RUNNING
+    assert abs(ledger.run(run.id).heartbeat_at - real()) < 30
 
 
 def test_a_preempted_run_is_requeued_once_and_rerun_as_the_same_run():
     ledger = Ledger()
     sid = ledger.create_sweep({**RANDOM, "run_cap": 2}, "p")
     first = controller.claim_next(ledger, sid, "a")
-    ledger.append_epoch(first["id"], {"val_accuracy": 0.4}, attempt=1, step=1)
-    assert ledger.requeue(first["id"], 1, "preempted (SIGTERM); requeued")
-    queued = ledger.run(first["id"])
-    assert queued["state"] == RunState.PENDING and queued["history"] == [] and queued["preemptions"] == 1
-    assert not ledger.append_epoch(first["id"], {"val_accuracy": 0.9}, attempt=1, step=2)  # the old attempt is fenced
+    ledger.append_epoch(first.id, {"val_accuracy": 0.4}, attempt=1, step=1)
+    assert ledger.requeue(first.id, 1, "preempted (SIGTERM); requeued")
+    queued = ledger.run(first.id)
+    assert queued.state == RunState.PENDING and queued.history == [] and queued.preemptions == 1
+    assert not ledger.append_epoch(first.id, {"val_accuracy": 0.9}, attempt=1, step=2)  # the old attempt is fenced
     again = controller.claim_next(ledger, sid, "b")
-    assert (again["id"], again["number"], again["attempt"], again["config"]) == (first["id"], 1, 2, first["config"])
+    assert (again.id, again.number, again.attempt, again.config) == (first.id, 1, 2, first.config)
     second = controller.claim_next(ledger, sid, "c")
-    assert second["number"] == 2 and controller.claim_next(ledger, sid, "d") is None  # run_cap counts it once
+    assert second.number == 2 and controller.claim_next(ledger, sid, "d") is None  # run_cap counts it once
     for r in (again, second):
-        assert ledger.finish_run(r["id"], RunState.FINISHED, attempt=r["attempt"])
+        assert ledger.finish_run(r.id, RunState.FINISHED, attempt=r.attempt)
     assert controller.claim_next(ledger, sid, "a") is None and ledger.sweep(sid)["state"] == "finished"
-    assert [r["number"] for r in ledger.runs(sid)] == [1, 2]
+    assert [r.number for r in ledger.runs(sid)] == [1, 2]
 
 
 def test_a_repeated_epoch_write_is_stored_once():
@@ -80,17 +80,17 @@ def test_a_repeated_epoch_write_is_stored_once():
     sid = ledger.create_sweep(RANDOM, "e")
     run = controller.claim_next(ledger, sid, "a")
     for _ in range(2):
-        assert ledger.append_epoch(run["id"], {"epoch": 1, "val_accuracy": 0.5}, attempt=1, step=1)
-    assert ledger.run(run["id"])["history"] == [{"epoch": 1, "val_accuracy": 0.5}]
+        assert ledger.append_epoch(run.id, {"epoch": 1, "val_accuracy": 0.5}, attempt=1, step=1)
+    assert ledger.run(run.id).history == [{"epoch": 1, "val_accuracy": 0.5}]
 
 
 def test_record_and_model_live_in_the_ledger():
     ledger = Ledger()
     sid = ledger.create_sweep(RANDOM, "m")
     run = controller.claim_next(ledger, sid, "a")
-    record = {"run_id": run["id"], "state": "finished", "confusion_matrix": [[1]], "paths": {"model": None}}
-    assert ledger.finish_run(run["id"], RunState.FINISHED, attempt=1, record=record, model=b"\x00keras\xff")
-    assert ledger.record(run["id"]) == record and ledger.model(run["id"]) == b"\x00keras\xff"
+    record = {"run_id": run.id, "state": "finished", "confusion_matrix": [[1]], "paths": {"model": None}}
+    assert ledger.finish_run(run.id, RunState.FINISHED, attempt=1, record=record, model=b"\x00keras\xff")
+    assert ledger.record(run.id) == record and ledger.model(run.id) == b"\x00keras\xff"
 
 
 def test_a_restarted_database_gives_running_runs_time_to_reconnect(monkeypatch, ledger_location):
@@ -99,24 +99,24 @@ def test_a_restarted_database_gives_running_runs_time_to_reconnect(monkeypatch, 
     ledger = Ledger()
     sid = ledger.create_sweep(RANDOM, "r")
     run = controller.claim_next(ledger, sid, "a")
-    ledger.execute("UPDATE runs SET heartbeat_at = 0 WHERE id = ?", (run["id"],))  # silent since 1970
+    ledger.execute("UPDATE runs SET heartbeat_at = 0 WHERE id = ?", (run.id,))  # silent since 1970
     monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", "3600")  # longer than this test server has been up
     controller.claim_next(ledger, sid, "b")
     expected = RunState.RUNNING if ledger_location.startswith("postgresql") else RunState.CRASHED
-    assert ledger.run(run["id"])["state"] == expected
+    assert ledger.run(run.id).state == expected
 
 
 def test_copy_moves_a_sweep_between_backends_and_back(tmp_path, postgres_url, ledger_location):
     ledger = Ledger()
     sid = ledger.create_sweep(RANDOM, "copy")
     done = controller.claim_next(ledger, sid, "a")
-    ledger.append_epoch(done["id"], {"epoch": 1, "val_accuracy": 0.7}, attempt=1, step=1)
-    ledger.finish_run(done["id"], RunState.FINISHED, attempt=1, summary={"val_accuracy": 0.7},
-                      record={"run_id": done["id"]}, model=b"weights")
+    ledger.append_epoch(done.id, {"epoch": 1, "val_accuracy": 0.7}, attempt=1, step=1)
+    ledger.finish_run(done.id, RunState.FINISHED, attempt=1, summary={"val_accuracy": 0.7},
+                      record={"run_id": done.id}, model=b"weights")
     running = controller.claim_next(ledger, sid, "a")
     with pytest.raises(UserError, match="1 running run"):
         copy_sweep(sid, ledger_location, str(tmp_path / "other.db"))
-    ledger.requeue(running["id"], 1, "preempted")
+    ledger.requeue(running.id, 1, "preempted")
     other = str(tmp_path / "other.db") if ledger_location.startswith("postgresql") else postgres_url
     assert copy_sweep(sid, ledger_location, other) == 2
     with pytest.raises(UserError, match=f"already has sweep {sid}"):
@@ -125,20 +125,20 @@ def test_copy_moves_a_sweep_between_backends_and_back(tmp_path, postgres_url, le
     copy_sweep(sid, other, back)
     with Ledger(back) as copied:
         assert copied.runs(sid) == ledger.runs(sid)
-        assert copied.model(done["id"]) == b"weights" and copied.record(done["id"]) == {"run_id": done["id"]}
+        assert copied.model(done.id) == b"weights" and copied.record(done.id) == {"run_id": done.id}
         again = controller.claim_next(copied, sid, "cluster")  # the requeued run goes on where it was copied to
-        assert again["id"] == running["id"] and again["attempt"] == 2
+        assert again.id == running.id and again.attempt == 2
 
 
 def test_a_requeued_run_cannot_be_ended_by_its_old_attempt_and_stop_ends_it():
     ledger = Ledger()
     sid = ledger.create_sweep(RANDOM, "s")
     run = controller.claim_next(ledger, sid, "a")
-    ledger.requeue(run["id"], 1, "preempted")
-    assert not ledger.finish_run(run["id"], RunState.FAILED, attempt=1, error="wandb.finish raised")
-    assert ledger.run(run["id"])["state"] == RunState.PENDING  # still waiting for its rerun
+    ledger.requeue(run.id, 1, "preempted")
+    assert not ledger.finish_run(run.id, RunState.FAILED, attempt=1, error="wandb.finish raised")
+    assert ledger.run(run.id).state == RunState.PENDING  # still waiting for its rerun
     ledger.control(sid, "stop")  # no claim will come: it must not wait forever
-    assert ledger.run(run["id"])["state"] == RunState.STOPPED
+    assert ledger.run(run.id).state == RunState.STOPPED
 
 
 def test_the_heartbeat_survives_any_error_from_the_ledger(monkeypatch):
@@ -155,12 +155,12 @@ def test_the_heartbeat_survives_any_error_from_the_ledger(monkeypatch):
         return real(self, run_id, attempt)
 
     monkeypatch.setattr(Ledger, "heartbeat", flaky)
-    first = ledger.run(run["id"])["heartbeat_at"]
+    first = ledger.run(run.id).heartbeat_at
     with controller.LedgerReporter(ledger, sid, run) as reporter:
         deadline = time.time() + 10
-        while ledger.run(run["id"])["heartbeat_at"] == first and time.time() < deadline:
+        while ledger.run(run.id).heartbeat_at == first and time.time() < deadline:
             time.sleep(0.05)
-        assert len(failures) == 2 and ledger.run(run["id"])["heartbeat_at"] > first and not reporter.fenced
+        assert len(failures) == 2 and ledger.run(run.id).heartbeat_at > first and not reporter.fenced
 
 
 def silent_timeout(ledger: Ledger) -> float:
@@ -177,13 +177,13 @@ def dead_run_sweep(ledger: Ledger, monkeypatch, *, live_run: bool) -> tuple[str,
     #3 running and beating. Returns the sweep id and the run ids by role."""
     sid = ledger.create_sweep({**RANDOM, "run_cap": 3 if live_run else 2}, "dead")
     done, dead = controller.claim_next(ledger, sid, "a"), controller.claim_next(ledger, sid, "b")
-    ledger.append_epoch(done["id"], {"epoch": 1, "val_accuracy": 0.6}, attempt=1, step=1)
-    ledger.finish_run(done["id"], RunState.FINISHED, attempt=1, summary={"val_accuracy": 0.6})
-    ledger.append_epoch(dead["id"], {"epoch": 1, "val_accuracy": 0.9}, attempt=1, step=1)
-    roles = {"done": done["id"], "dead": dead["id"]}
+    ledger.append_epoch(done.id, {"epoch": 1, "val_accuracy": 0.6}, attempt=1, step=1)
+    ledger.finish_run(done.id, RunState.FINISHED, attempt=1, summary={"val_accuracy": 0.6})
+    ledger.append_epoch(dead.id, {"epoch": 1, "val_accuracy": 0.9}, attempt=1, step=1)
+    roles = {"done": done.id, "dead": dead.id}
     if live_run:
-        roles["live"] = controller.claim_next(ledger, sid, "c")["id"]
-    ledger.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 1000 WHERE id = ?", (dead["id"],))
+        roles["live"] = controller.claim_next(ledger, sid, "c").id
+    ledger.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 1000 WHERE id = ?", (dead.id,))
     monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", str(silent_timeout(ledger)))
     return sid, roles
 
@@ -196,7 +196,7 @@ def sync_refusal(sid: str) -> str:
 
 def loaded(sid: str) -> str:
     data = load_sweep(sid)
-    return f"sweep {data.state}; best {data.best['id']}; " + " ".join(f"{r['id']} {r['state']}" for r in data.runs)
+    return f"sweep {data.state}; best {data.best.id}; " + " ".join(f"{r.id} {r.state}" for r in data.runs)
 
 
 # reader -> what it shows of the sweep: the sweep's and the runs' states, as text
@@ -245,11 +245,11 @@ def test_a_claim_is_one_unit_of_work_around_any_search(ledger_location):
         return {"dropout": 0.1 * len(runs)} if len(runs) < 2 else None
 
     first = ledger.claim(sid, "a", two_runs)
-    assert (first["number"], first["config"], first["state"]) == (1, {"dropout": 0.0}, RunState.RUNNING)
-    assert ledger.claim(sid, "a", two_runs)["number"] == 2
+    assert (first.number, first.config, first.state) == (1, {"dropout": 0.0}, RunState.RUNNING)
+    assert ledger.claim(sid, "a", two_runs).number == 2
     assert ledger.claim(sid, "a", two_runs) is None and ledger.sweep(sid)["state"] == SweepState.RUNNING  # runs live
     for run in ledger.runs(sid):
-        ledger.finish_run(run["id"], RunState.FINISHED, attempt=1)
+        ledger.finish_run(run.id, RunState.FINISHED, attempt=1)
     assert ledger.claim(sid, "a", two_runs) is None and ledger.sweep(sid)["state"] == SweepState.FINISHED
     assert seen == [("random", 0), ("random", 1), ("random", 2), ("random", 2)]
     assert ledger.claim(sid, "a", lambda config, runs: pytest.fail("a finished sweep asks no search")) is None

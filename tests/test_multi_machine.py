@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from asl_sweep.ledger import Ledger
+from asl_sweep.records import Run
 from asl_sweep.state import RunState
 from tests.conftest import TINY
 
@@ -72,7 +73,7 @@ class Agents:
         return out
 
 
-def runs(url: str, sweep_id: str) -> list[dict]:
+def runs(url: str, sweep_id: str) -> list[Run]:
     with Ledger(url) as ledger:
         return ledger.runs(sweep_id)
 
@@ -89,8 +90,8 @@ def wait_until(condition, timeout: float = 60, what: str = "condition"):
 
 def a_running_run(url: str, sweep_id: str, epochs: int = 1, agent_pid: int | None = None) -> dict:
     def found():
-        return next((r for r in runs(url, sweep_id) if r["state"] == RunState.RUNNING and len(r["history"]) >= epochs
-                     and (agent_pid is None or r["agent"].endswith(f":{agent_pid}"))), None)
+        return next((r for r in runs(url, sweep_id) if r.state == RunState.RUNNING and len(r.history) >= epochs
+                     and (agent_pid is None or r.agent.endswith(f":{agent_pid}"))), None)
     return wait_until(found, what="a running run with an epoch")
 
 
@@ -98,24 +99,24 @@ def check_invariants(url: str, sweep_id: str, *, cap: int = len(SEEDS), finished
     """≤ run_cap runs numbered 1..n, no grid point twice, every run final, epochs once each, finished runs unchanged."""
     final = runs(url, sweep_id)
     assert len(final) <= cap
-    assert [r["number"] for r in final] == list(range(1, len(final) + 1))
-    seeds = [r["config"]["seed"] for r in final]
+    assert [r.number for r in final] == list(range(1, len(final) + 1))
+    seeds = [r.config["seed"] for r in final]
     assert len(set(seeds)) == len(seeds), f"a grid point ran twice: {sorted(seeds)}"
-    assert all(r["state"].is_final for r in final), [(r["number"], r["state"]) for r in final]
+    assert all(r.state.is_final for r in final), [(r.number, r.state) for r in final]
     for r in final:
-        assert [e["epoch"] for e in r["history"]] == list(range(1, len(r["history"]) + 1)), r["history"]
-    by_id = {r["id"]: r for r in final}
+        assert [e["epoch"] for e in r.history] == list(range(1, len(r.history) + 1)), r.history
+    by_id = {r.id: r for r in final}
     for before in finished_before:
-        after = by_id[before["id"]]
-        assert (after["state"], after["history"], after["summary"], after["ended_at"]) == \
-            (before["state"], before["history"], before["summary"], before["ended_at"])
+        after = by_id[before.id]
+        assert (after.state, after.history, after.summary, after.ended_at) == \
+            (before.state, before.history, before.summary, before.ended_at)
     with Ledger(url) as ledger:
         assert ledger.sweep(sweep_id)["state"] == "finished"
     return final
 
 
 def finished(url: str, sweep_id: str) -> list[dict]:
-    return [r for r in runs(url, sweep_id) if r["state"] == RunState.FINISHED]
+    return [r for r in runs(url, sweep_id) if r.state == RunState.FINISHED]
 
 
 def test_agents_on_several_machines_share_one_sweep_exactly(tmp_path, postgres_url, dataset_dir):
@@ -125,8 +126,8 @@ def test_agents_on_several_machines_share_one_sweep_exactly(tmp_path, postgres_u
         agents.start(name)
     agents.wait()
     final = check_invariants(postgres_url, sid)
-    assert sorted(r["config"]["seed"] for r in final) == SEEDS and {r["state"] for r in final} == {RunState.FINISHED}
-    assert len({r["agent"].split(":")[1] for r in final}) >= 2  # the work was shared
+    assert sorted(r.config["seed"] for r in final) == SEEDS and {r.state for r in final} == {RunState.FINISHED}
+    assert len({r.agent.split(":")[1] for r in final}) >= 2  # the work was shared
 
 
 def test_an_agent_killed_mid_run_leaves_a_crashed_run_and_the_sweep_goes_on(tmp_path, postgres_url, dataset_dir):
@@ -139,8 +140,8 @@ def test_an_agent_killed_mid_run_leaves_a_crashed_run_and_the_sweep_goes_on(tmp_
     before = finished(postgres_url, sid)
     agents.wait()
     final = check_invariants(postgres_url, sid, finished_before=before)
-    states = {r["id"]: r["state"] for r in final}
-    assert states[doomed["id"]] == RunState.CRASHED
+    states = {r.id: r.state for r in final}
+    assert states[doomed.id] == RunState.CRASHED
     assert sum(s == RunState.FINISHED for s in states.values()) == len(SEEDS) - 1
 
 
@@ -156,7 +157,7 @@ def test_an_agent_killed_while_holding_the_claim_lock_does_not_block_the_others(
     agents.kill("m1")
     agents.wait()
     final = check_invariants(postgres_url, sid)
-    assert {r["state"] for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
+    assert {r.state for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
 
 
 def test_a_database_restart_mid_sweep_loses_and_duplicates_nothing(tmp_path, dataset_dir):
@@ -176,7 +177,7 @@ def test_a_database_restart_mid_sweep_loses_and_duplicates_nothing(tmp_path, dat
         server.start()
         out = agents.wait()
         final = check_invariants(url, sid, finished_before=before)
-        assert {r["state"] for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
+        assert {r.state for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
         assert "reconnect" in "".join(out.values())
     finally:
         server.close()
@@ -209,7 +210,7 @@ def sweep_with_a_cut_connection(tmp_path, server, url, data_dir, trigger: str, q
     server.sql(database, "SELECT pg_terminate_backend(%s)", (pids[0][0],))
     agents.wait()
     final = check_invariants(url, sid)
-    assert {r["state"] for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
+    assert {r.state for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
     return final
 
 
@@ -218,7 +219,7 @@ def test_a_connection_cut_during_an_epoch_write_is_retried_once(tmp_path, postgr
         "CREATE TRIGGER slow BEFORE INSERT ON epochs FOR EACH ROW EXECUTE FUNCTION slow_epoch();"
     final = sweep_with_a_cut_connection(tmp_path, postgres_server, postgres_url, dataset_dir, trigger,
                                         "INSERT INTO epochs", epochs=3)
-    assert all(len(r["history"]) == 3 for r in final)
+    assert all(len(r.history) == 3 for r in final)
 
 
 def test_a_connection_cut_between_a_claims_insert_and_commit_claims_once(tmp_path, postgres_server, postgres_url,
@@ -236,7 +237,7 @@ def test_an_agent_whose_clock_is_minutes_off_is_not_reaped_and_reaps_nobody(tmp_
     agents.start("ahead", FAULT_CLOCK_OFFSET_S="900")
     agents.wait()
     final = check_invariants(postgres_url, sid)
-    assert {r["state"] for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
+    assert {r.state for r in final} == {RunState.FINISHED} and len(final) == len(SEEDS)
 
 
 def test_sigterm_requeues_the_run_and_another_agent_finishes_it(tmp_path, postgres_url, dataset_dir, monkeypatch):
@@ -247,16 +248,16 @@ def test_sigterm_requeues_the_run_and_another_agent_finishes_it(tmp_path, postgr
     preempted = a_running_run(postgres_url, sid, agent_pid=first.pid)
     first.send_signal(signal.SIGTERM)  # to the agent only: it passes the signal on to its run
     assert first.wait(timeout=30) == 0
-    queued = next(r for r in runs(postgres_url, sid) if r["id"] == preempted["id"])
-    assert queued["state"] == RunState.PENDING and queued["preemptions"] == 1
+    queued = next(r for r in runs(postgres_url, sid) if r.id == preempted.id)
+    assert queued.state == RunState.PENDING and queued.preemptions == 1
     second = agents.start("m2")
     out = agents.wait()
     assert "requeued" in out["m1"]
     final = check_invariants(postgres_url, sid, cap=len(seeds))
-    rerun = next(r for r in final if r["id"] == preempted["id"])
-    assert (rerun["state"], rerun["attempt"], rerun["number"]) == (RunState.FINISHED, 2, preempted["number"])
-    assert rerun["agent"].endswith(f":{second.pid}") and len(rerun["history"]) == 6
-    assert len(final) == len(seeds) and {r["state"] for r in final} == {RunState.FINISHED}
+    rerun = next(r for r in final if r.id == preempted.id)
+    assert (rerun.state, rerun.attempt, rerun.number) == (RunState.FINISHED, 2, preempted.number)
+    assert rerun.agent.endswith(f":{second.pid}") and len(rerun.history) == 6
+    assert len(final) == len(seeds) and {r.state for r in final} == {RunState.FINISHED}
     monkeypatch.setenv("ASL_SWEEP_LEDGER", postgres_url)
     from asl_sweep.status import status_table
 
@@ -274,7 +275,7 @@ def test_two_machines_train_a_smoke_sweep_and_a_third_exports_the_winner(tmp_pat
     agents.start("m2", in_process=True, ASL_SWEEP_THREADS="1")
     agents.wait(timeout=600)
     final = runs(postgres_url, sid)
-    assert len(final) == 4 and {r["state"] for r in final} == {RunState.FINISHED}
+    assert len(final) == 4 and {r.state for r in final} == {RunState.FINISHED}
     third = tmp_path / "m3"
     third.mkdir()
     env = {**os.environ, "ASL_SWEEP_LEDGER": postgres_url, "WANDB_DIR": str(third)}
@@ -316,13 +317,13 @@ def test_sigterm_to_a_machine_running_several_agents_requeues_every_run(tmp_path
     sid = create(postgres_url, grid_sweep(epochs=8, seeds=SEEDS[:4]))
     agents = Agents(tmp_path, postgres_url, sid, dataset_dir)
     parent = agents.start("node", AGENTS_FLAG="2")
-    wait_until(lambda: sum(r["state"] == RunState.RUNNING and len(r["history"]) >= 1 for r in runs(postgres_url, sid)) == 2,
+    wait_until(lambda: sum(r.state == RunState.RUNNING and len(r.history) >= 1 for r in runs(postgres_url, sid)) == 2,
                what="two runs in progress")
     parent.send_signal(signal.SIGTERM)
     out, _ = parent.communicate(timeout=60)
     assert parent.returncode == 0, out
-    queued = [r for r in runs(postgres_url, sid) if r["state"] == RunState.PENDING]
-    assert len(queued) == 2 and all(r["preemptions"] == 1 and r["history"] == [] for r in queued)
+    queued = [r for r in runs(postgres_url, sid) if r.state == RunState.PENDING]
+    assert len(queued) == 2 and all(r.preemptions == 1 and r.history == [] for r in queued)
 
 
 def test_a_dead_machines_run_is_shown_crashed_and_the_sweep_finished_with_no_agent_left(tmp_path, postgres_url,
@@ -344,6 +345,6 @@ def test_a_dead_machines_run_is_shown_crashed_and_the_sweep_finished_with_no_age
     monkeypatch.setenv("ASL_SWEEP_LEDGER", postgres_url)
     monkeypatch.setenv("ASL_SWEEP_HEARTBEAT_TIMEOUT_S", timeout)
     data = wait_until(lambda: (d := load_sweep(sid)).state == "finished" and d, timeout=60, what="the sweep shown finished")
-    states = {r["id"]: r["state"] for r in data.runs}
-    assert states.pop(doomed["id"]) == RunState.CRASHED and set(states.values()) == {RunState.FINISHED}
-    assert f"{doomed['id']} crashed" in " ".join(status_table(sid).split()) and "grid, finished" in status_table(sid)
+    states = {r.id: r.state for r in data.runs}
+    assert states.pop(doomed.id) == RunState.CRASHED and set(states.values()) == {RunState.FINISHED}
+    assert f"{doomed.id} crashed" in " ".join(status_table(sid).split()) and "grid, finished" in status_table(sid)

@@ -14,7 +14,9 @@ from PIL import Image
 from asl_sweep import cli, report
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger
+from asl_sweep.records import Run
 from asl_sweep.results import SweepData, load_sweep, read_record
+from asl_sweep.state import RunState
 from tests.conftest import skip_unless_ci
 from tests.helpers_report import isolate, synthetic_sweep, tiny_trained_sweep
 
@@ -51,13 +53,13 @@ def test_parallel_coordinates_encode_every_param_and_end_with_the_metric(monkeyp
     by_name = {a.name: a for a in axes}
     opt = by_name["optimizer"]
     assert opt.ticktext == ["adam", "sgd", "rmsprop"] and opt.ticks == [0.0, 1.0, 2.0]
-    assert [opt.ticktext[int(v)] for v in opt.values] == [r["config"]["optimizer"] for r in runs]
+    assert [opt.ticktext[int(v)] for v in opt.values] == [r.config["optimizer"] for r in runs]
     assert by_name["batch_norm"].ticktext == ["true", "false"]
     lr = by_name["learning_rate"]
     assert lr.label == "learning_rate (log)"
-    assert lr.values == pytest.approx([math.log10(r["config"]["learning_rate"]) for r in runs])
-    assert by_name["dropout"].values == pytest.approx([r["config"]["dropout"] for r in runs])
-    expected = [0.2 + r["config"]["dropout"] if r["state"] != "running" else 0.2 for r in runs]
+    assert lr.values == pytest.approx([math.log10(r.config["learning_rate"]) for r in runs])
+    assert by_name["dropout"].values == pytest.approx([r.config["dropout"] for r in runs])
+    expected = [0.2 + r.config["dropout"] if r.state != "running" else 0.2 for r in runs]
     assert by_name["val_accuracy"].values == pytest.approx(expected)
     fig = report.fig_parallel(report.figure_data(data))
     assert len(fig.data[0].dimensions) == 5 and "1 without it not shown" in fig.layout.title.text
@@ -79,7 +81,7 @@ def test_report_of_a_running_sweep_is_one_offline_page_plus_pngs(monkeypatch, tm
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, runs=4, extra_running=True)
     db = Ledger(ledger)
-    crashed = db.runs(sweep_id)[-1]["id"]
+    crashed = db.runs(sweep_id)[-1].id
     db.finish_run(crashed, "crashed", error="no heartbeat")
     db.close()
 
@@ -100,7 +102,7 @@ def test_curves_mark_stopped_and_crashed_runs(monkeypatch, tmp_path):
     ledger = isolate(monkeypatch, tmp_path)
     sweep_id = synthetic_sweep(ledger, runs=3, extra_running=True)
     db = Ledger(ledger)
-    partial = db.runs(sweep_id)[3]["id"]
+    partial = db.runs(sweep_id)[3].id
     db.finish_run(partial, "crashed")
     db.close()
     fig = report.fig_curves(report.figure_data(load_sweep(sweep_id)))
@@ -163,12 +165,12 @@ def test_leaderboard_and_parallel_coordinates_show_the_robustness_suite(monkeypa
     db = Ledger(ledger)
     for r in db.runs(sweep_id)[:3]:  # the fourth run predates the suite: no numbers, shown as missing
         db.execute("UPDATE runs SET summary = ? WHERE id = ?",
-                      (json.dumps({"val_robust_accuracy": r["config"]["dropout"], "val_robust_worst": 0.5}), r["id"]))
+                      (json.dumps({"val_robust_accuracy": r.config["dropout"], "val_robust_worst": 0.5}), r.id))
     db.close()
     data = load_sweep(sweep_id)
     axes, runs = report.parallel_axes(data)
     assert [a.name for a in axes[-3:]] == ["val_robust_accuracy", "val_robust_worst", "val_accuracy"]
-    robust = dict(zip([r["id"] for r in runs], axes[-3].values))
+    robust = dict(zip([r.id for r in runs], axes[-3].values))
     assert sum(math.isnan(v) for v in robust.values()) == 1
     rows = report.leaderboard(data)
     assert {"val_robust_accuracy", "val_robust_worst"} <= set(rows[0])
@@ -188,8 +190,8 @@ def conditional_sweep(runs_per_setting: int = 6) -> SweepData:
         cfg = {"conv_blocks": blocks, "filters_4": 64 if blocks == 2 else (64, 128)[i // 2 % 2],
                "lr_schedule": ("constant", "cosine")[i // 4 % 2], "warmup_epochs": (0, 3)[i // 8 % 2]}
         value = 0.9 if blocks == 4 else 0.6
-        runs.append({"id": f"r{i}", "number": i + 1, "state": "finished", "config": cfg,
-                     "history": [{"epoch": 1, "val_accuracy": value + 0.001 * (i % 3)}], "summary": {}})
+        runs.append(Run(id=f"r{i}", number=i + 1, state=RunState.FINISHED, config=cfg,
+                        history=[{"epoch": 1, "val_accuracy": value + 0.001 * (i % 3)}]))
     return SweepData("s", "conditional", "finished", config, runs, None, "test")
 
 
@@ -207,25 +209,25 @@ def test_inactive_values_have_their_own_mark_on_axes_and_none_in_the_leaderboard
     data = conditional_sweep(1)
     axes = {a.name: a for a in report.param_axes(data, data.runs)}
     f4 = axes["filters_4"]  # numbers: the inactive runs sit on a mark below the axis's range
-    assert f4.inactive == [r["config"]["conv_blocks"] == 2 for r in data.runs] and f4.ticktext[0] == report.INACTIVE
+    assert f4.inactive == [r.config["conv_blocks"] == 2 for r in data.runs] and f4.ticktext[0] == report.INACTIVE
     assert all(v == f4.ticks[0] < 64 for v, off in zip(f4.values, f4.inactive) if off)
     log = report.encode_param("lr", {"distribution": "log_uniform_values"}, [1e-3, 1e-2, 5e-3], [False, True, False])
     assert log.ticktext[0] == report.INACTIVE and log.values[1] == log.ticks[0] < min(log.values[::2])
     named = report.encode_param("opt", {"values": ["adam", "sgd"]}, ["adam", "sgd", "adam"], [False, False, True])
     assert named.categories == ["adam", "sgd", report.INACTIVE] and named.values == [0.0, 1.0, 2.0]
     board = {row["run"]: row for row in report.leaderboard(data)}
-    two_blocks = next(r for r in data.runs if r["config"]["conv_blocks"] == 2)
-    assert board[f"#{two_blocks['number']} {two_blocks['id']}"]["filters_4"] is None
+    two_blocks = next(r for r in data.runs if r.config["conv_blocks"] == 2)
+    assert board[f"#{two_blocks.number} {two_blocks.id}"]["filters_4"] is None
 
 
 def plain_sweep(runs: int, epochs: int, record: dict | None = None) -> SweepData:
     """`runs` finished runs of `epochs` epochs each, dropout driving the metric; the best one has `record`."""
     config = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"},
               "parameters": {"dropout": {"min": 0.1, "max": 0.5}, "filters_1": {"values": [32, 64]}}}
-    rows = [{"id": f"r{i}", "number": i + 1, "state": "finished", "config": {"dropout": 0.1 + i / 100, "filters_1": 32},
-             "history": [{"epoch": e, "loss": 1 / e, "val_accuracy": 0.5 + i / 100} for e in range(1, epochs + 1)],
-             "summary": {}} for i in range(runs)]
-    rows[-1]["record"] = record
+    rows = [Run(id=f"r{i}", number=i + 1, state=RunState.FINISHED, config={"dropout": 0.1 + i / 100, "filters_1": 32},
+                history=[{"epoch": e, "loss": 1 / e, "val_accuracy": 0.5 + i / 100} for e in range(1, epochs + 1)])
+            for i in range(runs)]
+    rows[-1].record = record
     return SweepData("s", "plain", "finished", config, rows, rows[-1], "test")
 
 

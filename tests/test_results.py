@@ -6,12 +6,13 @@ import math
 import pytest
 
 from asl_sweep.ranking import best_epoch, best_run, best_value
+from asl_sweep.records import Run
 from asl_sweep.results import swept_params
 from asl_sweep.state import RunState
 
 
 def run(rid, state, values, name="val_accuracy"):
-    return {"id": rid, "state": state, "history": [{"epoch": i + 1, name: v} for i, v in enumerate(values)]}
+    return Run(id=rid, number=0, state=state, config={}, history=[{"epoch": i + 1, name: v} for i, v in enumerate(values)])
 
 
 def test_best_epoch_skips_missing_non_finite_and_boolean_values_and_keeps_the_first_of_equals():
@@ -26,7 +27,7 @@ def test_best_epoch_skips_missing_non_finite_and_boolean_values_and_keeps_the_fi
 def test_best_run_ranks_runs_by_their_best_epoch_and_ignores_broken_ones(goal, winner):
     runs = [run("a", RunState.FINISHED, [0.2, 0.5]), run("b", "stopped", [0.9, 0.3]),
             run("c", "failed", [0.99]), run("d", "crashed", [0.01]), run("e", "pending", [])]
-    assert best_run(runs, "val_accuracy", goal)["id"] == winner
+    assert best_run(runs, "val_accuracy", goal).id == winner
     assert best_value(runs[1], "val_accuracy", goal) == (0.9 if goal == "maximize" else 0.3)
     assert best_run([runs[2]], "val_accuracy", goal) is None
 

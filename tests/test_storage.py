@@ -115,7 +115,7 @@ def test_a_claim_whose_commit_answer_was_lost_is_found_not_repeated(postgres_url
 
     monkeypatch.setattr(ledger.backend, "commit", commit_then_drop)
     run = controller.claim_next(ledger, sid, "a")
-    assert lost and [r["id"] for r in ledger.runs(sid)] == [run["id"]]
+    assert lost and [r.id for r in ledger.runs(sid)] == [run.id]
 
 
 def test_a_claim_whose_commit_never_landed_is_made_again(postgres_url, monkeypatch):
@@ -132,7 +132,7 @@ def test_a_claim_whose_commit_never_landed_is_made_again(postgres_url, monkeypat
 
     monkeypatch.setattr(ledger.backend, "commit", drop_before_commit)
     run = controller.claim_next(ledger, sid, "a")
-    assert lost and [(r["id"], r["number"]) for r in ledger.runs(sid)] == [(run["id"], 1)]
+    assert lost and [(r.id, r.number) for r in ledger.runs(sid)] == [(run.id, 1)]
 
 
 def test_a_url_of_another_database_is_refused():
@@ -157,8 +157,8 @@ def test_a_ledger_file_of_an_earlier_version_is_upgraded_keeping_its_runs(tmp_pa
                    (json.dumps([{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]),))
     with Ledger(path) as ledger:
         run = ledger.runs("s1")[0]
-    assert run["history"] == [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]
-    assert run["attempt"] == 1 and run["state"] == RunState.FINISHED
+    assert run.history == [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]
+    assert run.attempt == 1 and run.state == RunState.FINISHED
 
 
 def test_a_session_the_server_ended_for_idling_in_a_transaction_is_reconnected_and_repeated(postgres_url):
@@ -232,11 +232,11 @@ def test_a_ledger_of_the_previous_release_is_versioned_on_open_keeping_its_runs(
     with Ledger(ledger_location) as ledger:
         assert schema.version_of(ledger.backend) == schema.VERSION
         [run] = ledger.runs("s1")
-        assert (run["id"], run["state"], run["attempt"], run["config"]) == ("r1", RunState.FINISHED, 2, {"dropout": 0.5})
-        assert run["history"] == [{"epoch": 1, "val_accuracy": 0.6}] and run["summary"] == {"val_accuracy": 0.6}
+        assert (run.id, run.state, run.attempt, run.config) == ("r1", RunState.FINISHED, 2, {"dropout": 0.5})
+        assert run.history == [{"epoch": 1, "val_accuracy": 0.6}] and run.summary == {"val_accuracy": 0.6}
         assert ledger.sweep("s1")["state"] == "finished"
         sid = ledger.create_sweep(RANDOM, "new")
-        assert controller.claim_next(ledger, sid, "a")["number"] == 1
+        assert controller.claim_next(ledger, sid, "a").number == 1
     with Ledger(ledger_location) as again:  # opened again: nothing left to do
         assert [r["version"] for r in again.execute("SELECT version FROM schema_version")] == [schema.VERSION]
 

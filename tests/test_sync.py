@@ -56,7 +56,7 @@ def finished_sweep(dataset_dir, monkeypatch):
     agent.local_agent(sid, agent.AgentOptions(count=1, subprocess_mode=True, show_progress=False))
     agent.local_agent(sid, agent.AgentOptions(count=1, show_progress=False))
     runs = ledger.runs(sid)
-    assert [r["state"] for r in runs] == ["finished", "finished"], [r["error"] for r in runs]
+    assert [r.state for r in runs] == ["finished", "finished"], [r.error for r in runs]
     return sid, runs
 
 
@@ -68,11 +68,11 @@ def snapshot() -> tuple:
 def test_offline_run_folders_carry_no_local_sweep_id_and_pass_wandb_sync_dry_run(finished_sweep):
     sid, runs = finished_sweep
     for r in runs:
-        [wandb_file] = Path(r["wandb_dir"]).glob("*.wandb")
+        [wandb_file] = Path(r.wandb_dir).glob("*.wandb")
         [record] = list(run_records(wandb_file))
-        assert record.sweep_id == "" and record.run_id == r["id"]
+        assert record.sweep_id == "" and record.run_id == r.id
         assert record.run_group == sid and record.project == "from-yaml"
-        check = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", r["wandb_dir"]],
+        check = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", r.wandb_dir],
                                capture_output=True, text=True, timeout=120)
         assert check.returncode == 0 and "Would sync 1 run" in check.stdout + check.stderr
 
@@ -91,11 +91,11 @@ def test_sync_uploads_every_run_then_creates_the_wandb_sweep_with_them_as_prior_
     assert cli.main(["sync", sid, "--entity", "team"]) == 0
     cmd, env = calls["sync"]
     assert cmd == [sys.executable, "-m", "wandb", "sync", "--project", "from-yaml", "--entity", "team",
-                   *[r["wandb_dir"] for r in runs]]
+                   *[r.wandb_dir for r in runs]]
     assert env["WANDB_MODE"] == "online"
     config, kwargs = calls["sweep"]
     assert config == {k: v for k, v in CONFIG.items() if k != "controller"}
-    assert kwargs == {"project": "from-yaml", "entity": "team", "prior_runs": [r["id"] for r in runs]}
+    assert kwargs == {"project": "from-yaml", "entity": "team", "prior_runs": [r.id for r in runs]}
     out = capsys.readouterr().out
     assert "created W&B sweep team/from-yaml/wb123456" in out and "make agent SWEEP=team/from-yaml/wb123456" in out
     assert snapshot() == before
@@ -114,7 +114,7 @@ def test_sync_offline_is_one_line_and_changes_nothing(tmp_path, extra_env, words
     from asl_sweep import controller
 
     claimed = controller.claim_next(ledger, sid, "a")
-    ledger.finish_run(claimed["id"], "finished", wandb_dir=str(folder))
+    ledger.finish_run(claimed.id, "finished", wandb_dir=str(folder))
     before = snapshot()
     home = tmp_path / "home"
     home.mkdir()

@@ -144,7 +144,7 @@ def test_subprocess_sweep_of_smoke_yaml_runs_with_the_venv_not_on_path(dataset_d
     [sweep] = Ledger().sweeps()
     runs = Ledger().runs(sweep["id"])
     assert len(runs) == yaml.safe_load((REPO / "sweeps/smoke.yaml").read_text())["run_cap"]
-    assert {r["state"] for r in runs} == {"finished"}, [r["error"] for r in runs]
+    assert {r.state for r in runs} == {"finished"}, [r.error for r in runs]
 
 
 def test_subprocess_runs_get_wandb_agents_environment(dataset_dir, tmp_path):
@@ -160,13 +160,13 @@ def test_subprocess_runs_get_wandb_agents_environment(dataset_dir, tmp_path):
     agent.local_agent(sid, opts)
     seen = json.loads(out.read_text())
     [run] = ledger.runs(sid)
-    assert seen["ASL_SWEEP_SWEEP_ID"] == sid and "WANDB_SWEEP_ID" not in seen and seen["WANDB_RUN_ID"] == run["id"]
+    assert seen["ASL_SWEEP_SWEEP_ID"] == sid and "WANDB_SWEEP_ID" not in seen and seen["WANDB_RUN_ID"] == run.id
     assert seen["WANDB_PROJECT"] == "flag-project" and seen["WANDB_ENTITY"] == "yaml-entity"
     assert seen["PATH"].split(os.pathsep)[0] == str(agent.interpreter_dir())
     assert seen["ASL_SWEEP_DATA_DIR"] == str(dataset_dir.resolve())
     assert yaml.safe_load(Path(seen["WANDB_SWEEP_PARAM_PATH"]).read_text())["epochs"] == {"value": 1}
-    assert run["state"] == "failed"  # the probe never reports to the ledger: recorded as failed, with why
-    assert "exit code 0" in run["error"]
+    assert run.state == "failed"  # the probe never reports to the ledger: recorded as failed, with why
+    assert "exit code 0" in run.error
 
 
 def test_project_and_entity_follow_wandb_sweeps_precedence(monkeypatch):
