@@ -16,6 +16,8 @@ export ASL_SWEEP_DATA_DIR ?= $(abspath $(wildcard ../shared/data/sign-language-d
 BENCH_MINUTES ?= 30
 SEARCH_MINUTES ?= 10
 SEARCH_SEEDS ?= 3
+REPLAYS ?= 200
+METHODS ?= bayes random optuna kt  # replay specs: name[:key=value,...] (docs/replay.md)
 
 .PHONY: install test train sweep agent report export bench bench-search bench-dashboard bench-replay bench-replay-table bench-replay-all docs clean
 
@@ -68,7 +70,7 @@ docs: install
 
 # the replay benchmark (docs/replay.md): the table from the stored replays, re-running 2 per method as a check
 bench-replay: $(VENV)/.bench
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --check 2 $(if $(METHODS),--methods $(METHODS))
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --check 2 --methods $(METHODS)
 
 # training the table: ~2 h on 2 cores (two one-thread processes); resumable
 bench-replay-table: $(VENV)/.bench
@@ -77,7 +79,7 @@ bench-replay-table: $(VENV)/.bench
 # every replay (200 per method, 40 simulated minutes each; two processes), appended to bench/replay/results.jsonl; resumable
 bench-replay-all: $(VENV)/.bench
 	for i in 0 1; do OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --run --shard $$i/2 \
-	  --replays $(or $(REPLAYS),200) $(if $(METHODS),--methods $(METHODS)) & done; wait
+	  --replays $(REPLAYS) --methods $(METHODS) & done; wait
 
 # ~8 min on 2 cores: agents on SQLite and PostgreSQL with and without a dashboard polling (docs/dashboard.md)
 bench-dashboard: install

@@ -68,6 +68,7 @@ class Config:
     brightness: float = field(default=0.0, metadata=_range(0.0, 0.9))
     contrast: float = field(default=0.0, metadata=_range(0.0, 0.9))
     normalize: str = field(default="none", metadata=_choices("none", "image"))
+    robust_estimate: bool = True
     checkpoint_metric: str = field(default="val_accuracy", metadata=_choices("val_accuracy", "val_score", "val_soft_accuracy"))
     batch_size: int = field(default=32, metadata=_range(1, 4096))
     epochs: int = field(default=15, metadata=_range(1, 1000))
@@ -183,6 +184,9 @@ def from_mapping(values: Mapping[str, Any], source: str = "config", base: Config
     if config.fold >= folds(config.val_fraction):
         raise UserError(f"config key 'fold' from {source}: must be less than {folds(config.val_fraction)}, the number "
                         f"of signer folds val_fraction={config.val_fraction} makes")
+    if config.checkpoint_metric == "val_score" and not config.robust_estimate:
+        raise UserError(f"config key 'robust_estimate' from {source}: checkpoint_metric=val_score is computed from "
+                        "the per-epoch robustness estimate; set robust_estimate=true or checkpoint on another metric")
     if config.hand_aware and config.flip:
         raise UserError(f"config key 'hand_aware' from {source}: trains on every photo and its mirror image already; "
                         "set flip=false")

@@ -20,9 +20,11 @@ DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # W&B's
 OWN_COMMAND = ["${env}", "${interpreter}", "-m", "asl_sweep.train", "${args}"]
 DEFAULT_PROJECT = "asl-sweep"
 # What a sweep's `metric.name` can be: the per-epoch keys every run logs (plain names, as W&B sees
-# them); tests/test_train.py checks that a run's history has exactly these keys and `epoch`.
+# them; the two of ESTIMATED only with `robust_estimate`); tests/test_train.py checks that a run's
+# history has exactly these keys and `epoch`.
 LOGGED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss", "learning_rate", "epoch_time",
                   "val_robust_accuracy", "val_score", "soft_accuracy", "val_soft_accuracy")
+ESTIMATED = ("val_robust_accuracy", "val_score")
 # W&B's schema default for `metric.goal` (the `sweeps` engine reads the key without a default).
 DEFAULT_GOAL = "minimize"
 # Schema keys that need W&B's servers (Launch, multi-objective custom search): the engine cannot run them.
@@ -195,6 +197,11 @@ def _check_runnable(config: dict[str, Any], source: str) -> None:
     if name is not None and name not in LOGGED_METRICS:
         raise UserError(f"{source}: metric '{name}' is never logged by training; "
                         f"logged per epoch: {', '.join(LOGGED_METRICS)}")
+    estimate = (config.get("parameters") or {}).get("robust_estimate")
+    if name in ESTIMATED and estimate is not None and not all(
+            from_mapping({"robust_estimate": v}).robust_estimate for v in _sample_values(estimate)):
+        raise UserError(f"{source}: metric '{name}' is computed from the per-epoch robustness estimate, and "
+                        "parameter 'robust_estimate' can be false: set it to true or rank by another metric")
     engine = engine_config(config)
     try:  # ask the engine itself for a first suggestion and a first stop decision
         sweeps.next_run(engine, [], validate=True)

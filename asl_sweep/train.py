@@ -85,9 +85,10 @@ def probabilities(net, x, batch: int = 256):
     return digits(np.concatenate([np.asarray(net(x[i:i + batch], training=False)) for i in range(0, len(x), batch)]))
 
 
-def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]], robust: tuple[Any, Any]):
+def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, float]], robust: tuple[Any, Any] | None):
     """Per epoch: time it, read the learning rate, score the robustness estimate (`robust`: the mixed
-    set and its labels) and `val_score`, log plain keys for the sweep, ask to stop."""
+    set and its labels; None without `robust_estimate`) and `val_score`, log plain keys for the sweep,
+    ask to stop."""
     import keras
 
     class EpochCallback(keras.callbacks.Callback):
@@ -100,11 +101,12 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
             epoch_time = time.perf_counter() - self._t0
-            t0 = time.perf_counter()  # into `logs`, so that best-epoch restore can monitor val_score
-            mixed, labels = robust
-            logs["val_robust_accuracy"] = float((probabilities(self.model, mixed).argmax(axis=1) == labels).mean())
-            logs["val_score"] = (float(logs.get("val_accuracy", 0.0)) + logs["val_robust_accuracy"]) / 2
-            self.robust_time += time.perf_counter() - t0
+            if robust is not None:  # into `logs`, so that best-epoch restore can monitor val_score
+                t0 = time.perf_counter()
+                mixed, labels = robust
+                logs["val_robust_accuracy"] = float((probabilities(self.model, mixed).argmax(axis=1) == labels).mean())
+                logs["val_score"] = (float(logs.get("val_accuracy", 0.0)) + logs["val_robust_accuracy"]) / 2
+                self.robust_time += time.perf_counter() - t0
             row = {k: float(v) for k, v in logs.items() if k != "learning_rate"}
             row["epoch"] = epoch + 1
             row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -119,7 +121,7 @@ def _epoch_callback(run, reporter: Reporter | None, history: list[dict[str, floa
 
 
 def fit(cfg: Config, net, train_data: dict[str, Any], x_va, y_va, run, reporter: Reporter | None,
-        verbose: int | str, robust: tuple[Any, Any]) -> tuple[list[dict[str, float]], bool, float, float, bool]:
+        verbose: int | str, robust: tuple[Any, Any] | None) -> tuple[list[dict[str, float]], bool, float, float, bool]:
     """Fit on `train_data` (`feed.training_data`) with per-epoch logging and stop requests; returns (history,
     stopped early, fit seconds, of which the robustness estimate took seconds, interrupted by Ctrl-C).
 
@@ -239,7 +241,7 @@ def train(cfg: Config, dataset, run, *, reporter: Reporter | None = None, verbos
     t_suite = time.perf_counter()
     if suite is None:
         suite = robustness.preprocessed_suite(cfg, [data.decode(Path(dataset.paths[i])) for i in va])
-    robust = (robustness.mixed_set(suite), y_va)
+    robust = (robustness.mixed_set(suite), y_va) if cfg.robust_estimate else None
     robust_time = time.perf_counter() - t_suite
     if bank is None and cfg.background > 0:
         bank = feed.bank(cfg)

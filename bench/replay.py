@@ -134,13 +134,16 @@ class Method:
     """A search method on the simulated clock: it proposes a run, hears each epoch, may stop runs.
     Our runs (bayes, random, Optuna's, all through `train.execute`) skip the end-of-run robustness suite
     when stopped early, so a stopped run pays `stopped_end_share` of the table's `end_s`; option
-    `suite=all` charges the whole `end_s`, as every run paid before that lever."""
+    `suite=all` charges the whole `end_s`, as every run paid before that lever. Option `estimate=off`
+    (config key `robust_estimate: false`, which the table was not trained with) takes `estimate_share`
+    off every epoch."""
 
     def __init__(self, table: Table, seed: int, costs: dict[str, float], options: dict[str, str]) -> None:
         self.table, self.seed, self.rng = table, seed, random.Random(seed)
         self.epochs = table.sweep["parameters"]["epochs"]["value"]
         self.costs = costs
         self.stopped_end_share = 1.0 if options.pop("suite", "candidates") == "all" else costs["stopped_end_share"]
+        self.epoch_share = 1.0 - costs["estimate_share"] if options.pop("estimate", "on") == "off" else 1.0
 
     def propose(self, runs: list[Run], now: float, worker: int) -> Run | None:
         raise NotImplementedError
@@ -153,7 +156,7 @@ class Method:
         """The run is over."""
 
     def epoch_cost(self, run: Run) -> float:
-        return run.curve.epoch_s[run.done]
+        return run.curve.epoch_s[run.done] * self.epoch_share
 
     def end_cost(self, run: Run) -> float:
         return run.curve.end_s * (self.stopped_end_share if run.stopped else 1.0)
@@ -359,9 +362,10 @@ def replay(method: Method, budget_s: float, workers: int = 2) -> list[Run]:
 def measure_costs(table: Table, samples: int = 8) -> dict[str, float]:
     """What the table does not hold, in CPU seconds as its times (run with ASL_SWEEP_THREADS=1, as the
     table was trained), medians over `samples` of its configurations: Keras Tuner's model build and
-    compile, weight save (each improving epoch) and load (each resumed trial); and `stopped_end_share`,
-    a run's end-of-run time when the sweep stops it (no robustness suite) over its end-of-run time when it
-    finishes, both after 2 epochs of `train.execute`."""
+    compile, weight save (each improving epoch) and load (each resumed trial); `stopped_end_share`, a
+    run's end-of-run time when the sweep stops it (no robustness suite) over its end-of-run time when it
+    finishes, both after 2 epochs of `train.execute`; `estimate_share`, the share of an epoch (the second,
+    boundary to boundary) that `robust_estimate: false` saves."""
     import os
 
     from asl_sweep import model as model_lib
@@ -373,7 +377,7 @@ def measure_costs(table: Table, samples: int = 8) -> dict[str, float]:
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="replay-costs-wandb-"))
     runtime.setup(tensorflow=True)
-    build, save, restore, share = [], [], [], []
+    build, save, restore, share, estimate = [], [], [], [], []
     folder = Path(tempfile.mkdtemp(prefix="replay-costs-"))
     cache = DataCache(None)
     for values in random.Random(0).sample(table.values, min(samples, len(table.values))):
@@ -388,14 +392,18 @@ def measure_costs(table: Table, samples: int = 8) -> dict[str, float]:
         t = time.process_time()
         net.load_weights(path)
         restore.append(time.process_time() - t)
-        ends = {}
-        for epochs, stop_after, name in ((2, None, "finished"), (3, 2, "stopped")):
+        ends, epochs_s = {}, {}
+        for epochs, stop_after, name, extra in ((2, None, "finished", {}), (3, 2, "stopped", {}),
+                                                 (3, 2, "no estimate", {"robust_estimate": False})):
             clock = StopAfter(stop_after)
-            train.execute({**values, "epochs": epochs, "warmup_epochs": 0}, cache, reporter=clock, verbose=0)
+            train.execute({**values, "epochs": epochs, "warmup_epochs": 0, **extra}, cache, reporter=clock, verbose=0)
             ends[name] = time.process_time() - clock.marks[-1]
+            epochs_s[name] = clock.marks[1] - clock.marks[0]
         share.append(ends["stopped"] / ends["finished"])
+        estimate.append(1.0 - epochs_s["no estimate"] / epochs_s["stopped"])
     return {k: round(statistics.median(v), 4) for k, v in
-            (("build_s", build), ("save_s", save), ("restore_s", restore), ("stopped_end_share", share))}
+            (("build_s", build), ("save_s", save), ("restore_s", restore), ("stopped_end_share", share),
+             ("estimate_share", estimate))}
 
 
 class StopAfter:

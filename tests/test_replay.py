@@ -16,7 +16,7 @@ import replay_table  # noqa: E402
 
 WIDE = yaml.safe_load((BENCH.parent / "sweeps" / "wide.yaml").read_text())
 EPOCHS = WIDE["parameters"]["epochs"]["value"]
-COSTS = {"build_s": 0.3, "save_s": 0.05, "restore_s": 0.1, "stopped_end_share": 0.1}
+COSTS = {"build_s": 0.3, "save_s": 0.05, "restore_s": 0.1, "stopped_end_share": 0.1, "estimate_share": 0.2}
 
 
 def tiny_rows(configs: int = 12) -> list[dict]:
@@ -83,6 +83,7 @@ def test_a_stopped_run_skips_the_suite_unless_the_spec_says_all(table):
     assert lean.end_cost(run) == pytest.approx(0.3) and full.end_cost(run) == pytest.approx(3.0)
     run.stopped = False
     assert lean.end_cost(run) == full.end_cost(run) == 3.0
+    assert lean.epoch_cost(run) == 1.5 and replay.make_method("bayes:estimate=off", table, 1, COSTS).epoch_cost(run) == pytest.approx(1.2)
 
 
 def test_a_spec_sets_hyperband_and_refuses_what_it_does_not_know(table):

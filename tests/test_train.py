@@ -50,6 +50,15 @@ def test_execute_trains_logs_offline_and_writes_the_record(dataset_dir):
     assert "Would sync 1 run(s)" in sync.stdout + sync.stderr
 
 
+def test_without_the_estimate_epochs_log_no_robust_keys_and_the_end_still_scores_the_suite(dataset_dir):
+    record = execute({**TINY, "epochs": 2, "split": "random", "robust_estimate": False, "checkpoint_metric": "val_accuracy"},
+                     DataCache(str(dataset_dir)))
+    assert record["state"] == "finished"
+    assert set(record["history"][0]) == {"epoch", *LOGGED_METRICS} - {"val_robust_accuracy", "val_score"}
+    assert list(record["robustness"]) == list(SUITE)
+    assert record["summary"]["val_robust_accuracy"] == pytest.approx(np.mean(list(record["robustness"].values())))
+
+
 def test_example_images_show_the_mistakes_first():
     correct = np.ones(100, dtype=bool)
     correct[[3, 50, 97]] = False
