@@ -70,7 +70,7 @@ docs: install
 
 # the replay benchmark (docs/replay.md): the table from the stored replays, re-running 2 per method as a check
 bench-replay: $(VENV)/.bench
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --check 2 --methods $(METHODS)
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --check 2 --methods $(METHODS) --plot docs/replay.png
 
 # training the table: ~2 h on 2 cores (two one-thread processes); resumable
 bench-replay-table: $(VENV)/.bench

@@ -495,6 +495,32 @@ def summary(results: dict[str, list[list[list[float]]]], budgets_min=BUDGETS_MIN
     return rows
 
 
+def plot(results: dict[str, list[list[list[float]]]], minutes: float, path: Path) -> None:
+    """Median best val_accuracy (what the sweep would ship) against the budget, one line per method, with
+    the median's 95% bootstrap band: the picture of the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(0.5, minutes, 80)
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for method, replays in results.items():
+        best = np.array([[best_by(ev, t * 60) for t in grid] for ev in replays])
+        draws = np.median(best[rng.integers(0, len(best), (1000, len(best)))], axis=1)
+        line, = ax.plot(grid, np.median(best, axis=0), label=f"{method} ({len(best)} replays)")
+        ax.fill_between(grid, *np.percentile(draws, [2.5, 97.5], axis=0), color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="budget (simulated minutes on 2 cores)", ylabel="median best val_accuracy", ylim=(0.8, 1.0),
+           title="Replays on the stored table: median and its 95% bootstrap band")
+    ax.axhline(0.95, color="grey", lw=0.6, ls=":")
+    ax.axhline(0.99, color="grey", lw=0.6, ls=":")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def times_or_inf(times: list[float | None]) -> list[float]:
     return [math.inf if x is None else x for x in times]
 
@@ -542,6 +568,7 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="specs: name[:key=value,...]")
     parser.add_argument("--ours", default="bayes", help="the spec the others are compared with")
     parser.add_argument("--minutes", type=float, default=max(BUDGETS_MIN))
+    parser.add_argument("--plot", type=Path, help="also draw the table's picture here (PNG)")
     parser.add_argument("--measure-costs", action="store_true", help=f"measure the costs into {COSTS_FILE.name}")
     args = parser.parse_args()
     if not args.table.is_file():
@@ -572,6 +599,8 @@ def main() -> int:
                  "make bench-replay-all")
     print(format_rows(summary({m: [r["events"] for r in rows] for m, rows in results.items()},
                               [b for b in BUDGETS_MIN if b <= args.minutes] or [args.minutes], ours=args.ours)))
+    if args.plot:
+        plot({m: [r["events"] for r in rows] for m, rows in results.items()}, args.minutes, args.plot)
     for spec, rows in results.items():
         print(f"{spec}: {len(rows)} replays, median {statistics.median(r['runs'] for r in rows)} runs and "
               f"{statistics.median(r['cpu_s'] for r in rows)} CPU-s per replay")

@@ -122,10 +122,11 @@ def test_replays_are_stored_resumed_and_summarized(table, tmp_path, monkeypatch,
     rows = replay.read_table(results)
     assert sorted((r["method"], r["seed"]) for r in rows) == [(m, s) for m in ("kt", "random") for s in range(3)]
     capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", [*args, "--ours", "random", "--check", "1"])
+    monkeypatch.setattr(sys, "argv", [*args, "--ours", "random", "--check", "1", "--plot", str(tmp_path / "r.png")])
     assert replay.main() == 0
     out = capsys.readouterr().out
     assert "| 3.0 min | kt | 3 |" in out and "check seed 0" in out
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_summary_reports_every_method_and_budget(table):
