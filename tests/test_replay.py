@@ -135,6 +135,7 @@ def test_summary_reports_every_method_and_budget(table):
     rows = replay.summary(results, budgets_min=(1, 3))  # ours: bayes
     assert [(r["budget_min"], r["method"]) for r in rows] == [(1, "random"), (1, "bayes"), (3, "random"), (3, "bayes")]
     random_row = rows[2]
+    assert 0.0 <= random_row["p_ours_beats_metric"] <= 1.0
     assert 0.0 <= random_row["p_ours_beats"] <= 1.0 and random_row["ci"][0] <= random_row["median"] <= random_row["ci"][1]
     text = replay.format_rows(rows)
     assert text.count("\n") == 5 and "| 3 min | random | 3 |" in text
