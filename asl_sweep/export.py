@@ -96,10 +96,9 @@ def retrain_all(cfg: Config, data_dir: str | None) -> tuple[Any, list[dict[str, 
     return model_lib.build(cfg, net), history, int(len(dataset.y))
 
 
-def suite_scores(cfg: Config, model_path: str, data_dir: str | None) -> dict[str, float]:
+def suite_scores(cfg: Config, served, data_dir: str | None) -> dict[str, float]:
     """The robustness suite on the run's own validation photos, for a winner that the sweep stopped:
     training skips the suite for stopped runs (it is for candidates), so export scores the one that wins."""
-    from asl_sweep import model as model_lib
     from asl_sweep import robustness
     from asl_sweep.data import DataCache, decode
 
@@ -107,7 +106,7 @@ def suite_scores(cfg: Config, model_path: str, data_dir: str | None) -> dict[str
     dataset = cache.get(cfg)
     _, va = cache.split(cfg, dataset)
     log.info("scoring the robustness suite for the winner, which the sweep stopped before scoring it")
-    return robustness.served_accuracy(model_lib.load(model_path), [decode(Path(dataset.paths[i])) for i in va],
+    return robustness.served_accuracy(served, [decode(Path(dataset.paths[i])) for i in va],
                                       dataset.y[va])
 
 
@@ -250,7 +249,7 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
     if not model_path or not Path(model_path).is_file():
         raise UserError(f"best run {best.id} has no saved model (expected at {model_path})")
     cfg = from_mapping(record["config"], source=f"run {best.id}'s record")
-    model_lib.load(model_path)  # refuse to export a file that would not load in safe mode
+    served = model_lib.load(model_path)  # refuse to export a file that would not load in safe mode
 
     history = record.get("history") or best.history
     best_row = best_epoch(history, data.metric_name, data.goal) or {}
@@ -262,7 +261,7 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
                    "final": last.get(data.metric_name)},
         "best": best_row, "final": last, "summary": record.get("summary") or {},
         "wall_time": (record.get("summary") or {}).get("wall_time"), "history": history, "retrain": None,
-        "robustness": record.get("robustness") or (suite_scores(cfg, model_path, data_dir)
+        "robustness": record.get("robustness") or (suite_scores(cfg, served, data_dir)
                                                     if record.get("state", best.state) == RunState.STOPPED else {}),
         "passed_over": [{"run_id": r.id, "number": r.number, "state": str(r.state), "reason": r.error,
                          "value": best_value(r, data.metric_name, data.goal)} for r in data.passed_over],

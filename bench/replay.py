@@ -368,6 +368,8 @@ def measure_costs(table: Table, samples: int = 8) -> dict[str, float]:
     boundary to boundary) that `robust_estimate: false` saves."""
     import os
 
+    import replay_table
+
     from asl_sweep import model as model_lib
     from asl_sweep import runtime, train
     from asl_sweep.config import from_mapping
@@ -395,32 +397,15 @@ def measure_costs(table: Table, samples: int = 8) -> dict[str, float]:
         ends, epochs_s = {}, {}
         for epochs, stop_after, name, extra in ((2, None, "finished", {}), (3, 2, "stopped", {}),
                                                  (3, 2, "no estimate", {"robust_estimate": False})):
-            clock = StopAfter(stop_after)
+            clock = replay_table.Clock(stop_after)
             train.execute({**values, "epochs": epochs, "warmup_epochs": 0, **extra}, cache, reporter=clock, verbose=0)
-            ends[name] = time.process_time() - clock.marks[-1]
-            epochs_s[name] = clock.marks[1] - clock.marks[0]
+            ends[name] = time.process_time() - clock.cpu[-1]
+            epochs_s[name] = clock.cpu[1] - clock.cpu[0]
         share.append(ends["stopped"] / ends["finished"])
         estimate.append(1.0 - epochs_s["no estimate"] / epochs_s["stopped"])
     return {k: round(statistics.median(v), 4) for k, v in
             (("build_s", build), ("save_s", save), ("restore_s", restore), ("stopped_end_share", share),
              ("estimate_share", estimate))}
-
-
-class StopAfter:
-    """A reporter that reads the CPU clock at each epoch boundary and stops the run after `epochs` (None:
-    never)."""
-
-    sweep_id = None
-
-    def __init__(self, epochs: int | None) -> None:
-        self.epochs, self.marks = epochs, []
-
-    def epoch(self, row: dict[str, float]) -> bool:
-        self.marks.append(time.process_time())
-        return self.epochs is not None and len(self.marks) >= self.epochs
-
-    def finish(self, record: dict[str, Any]) -> None:
-        """Nothing to record."""
 
 
 def make_method(spec: str, table: Table, seed: int, costs: dict[str, float]) -> Method:

@@ -65,18 +65,20 @@ def jobs(configs: int, repeats: int, every: int) -> list[tuple[int, int]]:
 
 
 class Clock:
-    """A reporter that reads the CPU and wall clocks at each epoch boundary and never stops the run."""
+    """A reporter that reads the CPU and wall clocks at each epoch boundary and stops the run after
+    `stop_after` epochs (None: never, as the table's runs)."""
 
     sweep_id = None
 
-    def __init__(self) -> None:
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.stop_after = stop_after
         self.cpu: list[float] = []
         self.wall: list[float] = []
 
     def epoch(self, row: dict[str, float]) -> bool:
         self.cpu.append(time.process_time())
         self.wall.append(time.monotonic())
-        return False
+        return self.stop_after is not None and len(self.cpu) >= self.stop_after
 
     def finish(self, record: dict[str, Any]) -> None:
         """Nothing: the row is read from the record."""

@@ -165,7 +165,7 @@ def test_a_stopped_winner_is_scored_on_the_same_suite_that_training_scores(monke
     monkeypatch.setenv("ASL_SWEEP_LEDGER", str(tiny["ledger"]))
     record = json.loads(Path(load_sweep(tiny["sweep_id"]).best.record_path).read_text())
     cfg = from_mapping(record["config"], source="test")
-    lazily = export.suite_scores(cfg, record["paths"]["model"], str(tiny["images"]))
+    lazily = export.suite_scores(cfg, model_lib.load(record["paths"]["model"]), str(tiny["images"]))
     assert list(lazily) == list(record["robustness"])
     assert lazily == pytest.approx(record["robustness"], abs=1 / record["summary"]["val_images"] + 1e-9)
 
