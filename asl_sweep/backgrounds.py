@@ -3,8 +3,9 @@
 Training (`config.background`) shows a share of the photos each epoch with the masked hand pasted in
 front of a random background, at 50-100% of the frame, anywhere in it. The backgrounds come from a
 bank made once per agent: procedural families (plain colours, gradients, noise at several scales,
-stripes, blocks of colour, dead-leaves clutter, noise with a photo's spectrum) and random crops of the real photographs scikit-learn ships, each with
-colour jitter (channels shuffled, exposure, white balance, some laid over others). The robustness suite's background changes use families that training never sees
+stripes, blocks of colour, dead-leaves clutter, noise with a photo's spectrum) and random crops of real
+photographs that packages ship (scikit-learn's two, and the nature photographs of Debian's `mate-backgrounds`
+and `plasma-workspace-wallpapers` where they are installed), each with colour jitter (channels shuffled, exposure, white balance, some laid over others). The robustness suite's background changes use families that training never sees
 (wood, a bookshelf, foliage, a knitted sweater, plain walls) and a photograph matplotlib ships, so
 they measure a background the model has not met. scikit-image's sample images are left alone:
 they are reserved for acceptance testing.
@@ -15,6 +16,7 @@ All arrays are float32 RGB 0..255; masks are float32 0..1 (soft at their edges).
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,19 +25,51 @@ from PIL import Image
 from scipy import ndimage
 
 MIN_SCALE = 0.5  # the hand at 50-100% of the frame when pasted
-TRAINING_PHOTOS = ("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg")
+PHOTO_SIDE = 480  # photographs are read at most this short side: a 10% crop still has 48 pixels
+PLASMA = "/usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
+# (package, path): a Python package's file relative to its root, or a Debian package's absolute path
+TRAINING_PHOTOS = (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
+                   *(("mate-backgrounds", f"/usr/share/backgrounds/mate/nature/{name}.jpg") for name in (
+                       "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
+                       "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower")),
+                   *(("plasma-workspace-wallpapers", PLASMA.format(name)) for name in (
+                       "BytheWater", "ColdRipple", "ColorfulCups", "EveningGlow", "FallenLeaf", "Grey",
+                       "Kite", "OneStandsOut", "Path", "summer_1am")))
 SUITE_PHOTOS = (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),)
 Family = Callable[[int, int, np.random.Generator], np.ndarray]
+log = logging.getLogger(__name__)
+
+
+def _path(package: str, relative: str) -> Path:
+    if relative.startswith("/"):
+        return Path(relative)
+    import importlib
+
+    return Path(importlib.import_module(package).__file__).parent / relative
 
 
 @functools.cache
 def photo(package: str, relative: str) -> np.ndarray:
-    """A photograph shipped inside an installed package, RGB uint8 (read once per process)."""
-    import importlib
+    """A photograph shipped by an installed package, RGB uint8, its short side at most PHOTO_SIDE (read
+    once per process)."""
+    with Image.open(_path(package, relative)) as img:
+        img.draft("RGB", (PHOTO_SIDE, PHOTO_SIDE))
+        img = img.convert("RGB")
+        img.thumbnail((PHOTO_SIDE * img.width // min(img.size), PHOTO_SIDE * img.height // min(img.size)))
+        return np.asarray(img)
 
-    root = Path(importlib.import_module(package).__file__).parent
-    with Image.open(root / relative) as img:
-        return np.asarray(img.convert("RGB"))
+
+@functools.cache
+def available(sources: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The sources installed here; says once which packages would add more."""
+    found = tuple(s for s in sources if _path(*s).is_file())
+    missing = sorted({package for package, _ in set(sources) - set(found)})
+    if missing:
+        log.warning("backgrounds: %d of %d photographs found; install %s for the rest", len(found),
+                    len(sources), ", ".join(missing))
+    if not found:
+        raise FileNotFoundError(f"no photograph found for the backgrounds: install {', '.join(missing)}")
+    return found
 
 
 def _grid(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +178,10 @@ def spectrum(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 def crops(sources: tuple[tuple[str, str], ...]) -> Family:
     """Random crops of photographs: 10-100% of the photo's short side, anywhere, mirrored at random."""
     def family(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        found = available(sources)
         out = np.empty((n, size, size, 3), np.float32)
         for i in range(n):
-            img = photo(*sources[int(rng.integers(len(sources)))])
+            img = photo(*found[int(rng.integers(len(found)))])
             h, w = img.shape[:2]
             side = int(rng.uniform(0.1, 1.0) * min(h, w))
             top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
@@ -174,12 +209,16 @@ def jitter(bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0, 255)
 
 
+SHARES = {"photo": 3}  # real photographs are what a user's room looks like: three shares, one for the rest
+
+
 def bank(count: int, size: int, seed: int) -> np.ndarray:
-    """`count` training backgrounds at `size`, in equal shares of every training family, jittered."""
+    """`count` training backgrounds at `size`, one share of each training family (SHARES more), jittered."""
     rng = np.random.default_rng([seed, size])
-    share = -(-count // len(TRAINING))
-    parts = [family(share, size, rng) for family in TRAINING.values()]
-    return jitter(np.concatenate(parts)[rng.permutation(share * len(TRAINING))[:count]], rng).astype(np.float32)
+    shares = {name: SHARES.get(name, 1) for name in TRAINING}
+    unit = -(-count // sum(shares.values()))
+    parts = np.concatenate([family(unit * shares[name], size, rng) for name, family in TRAINING.items()])
+    return jitter(parts[rng.permutation(len(parts))[:count]], rng).astype(np.float32)
 
 
 def place(images: np.ndarray, masks: np.ndarray, scale: np.ndarray, top: np.ndarray,

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from asl_sweep import backgrounds
-from tests.conftest import hand_photo
+from tests.conftest import hand_photo, skip_unless_ci
 
 
 def hands(n: int = 6, size: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -101,3 +101,21 @@ def test_training_and_suite_photos_are_not_the_reserved_ones():
     assert "skimage" not in sources
     assert not set(backgrounds.TRAINING_PHOTOS) & set(backgrounds.SUITE_PHOTOS)
     assert not set(backgrounds.TRAINING.values()) & {family for _, family in backgrounds.SCENES.values()}
+
+
+def test_every_training_photograph_is_installed_here():
+    found = backgrounds.available(backgrounds.TRAINING_PHOTOS)
+    if len(found) < len(backgrounds.TRAINING_PHOTOS):
+        skip_unless_ci("install mate-backgrounds and plasma-workspace-wallpapers (Debian) for the training photographs")
+    for source in found:  # read small: a crop of a tenth of the short side still has PHOTO_SIDE/10 pixels
+        img = backgrounds.photo(*source)
+        assert min(img.shape[:2]) <= backgrounds.PHOTO_SIDE and img.shape[2] == 3 and img.dtype == np.uint8
+
+
+def test_a_missing_photograph_is_left_out_with_a_warning_naming_its_package(caplog, tmp_path):
+    sources = (("sklearn", "datasets/images/china.jpg"), ("no-such-wallpapers", str(tmp_path / "gone.jpg")))
+    with caplog.at_level("WARNING", logger="asl_sweep.backgrounds"):
+        assert backgrounds.available(sources) == sources[:1]
+    assert "1 of 2 photographs found; install no-such-wallpapers" in caplog.text
+    with pytest.raises(FileNotFoundError, match="install no-such-wallpapers"):
+        backgrounds.available(sources[1:])
