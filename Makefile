@@ -10,6 +10,7 @@ GPUS    ?=
 OUT     ?= exports/$(SWEEP)
 FORCE   ?=
 ARGS    ?=
+MINUTES ?= 12  # make sweep starts no new run after this (a run takes ~11 min on 2 cores: docs/backgrounds.md)
 # absolute: tests and agents run in other folders, where a relative path would find nothing
 export ASL_SWEEP_DATA_DIR ?= $(abspath $(wildcard ../shared/data/sign-language-digits))
 
@@ -39,7 +40,7 @@ train: install
 
 # two agents of one thread each by default: this small CNN runs ~2x the runs per minute that way on 2 cores
 sweep: install
-	$(BIN)/asl-sweep sweep sweeps/bayes.yaml --local --run --agents $(or $(AGENTS),2) $(if $(GPUS),--gpus $(GPUS))
+	$(BIN)/asl-sweep sweep sweeps/bayes.yaml --local --run --agents $(or $(AGENTS),2) --minutes $(MINUTES) $(if $(GPUS),--gpus $(GPUS))
 
 agent: install
 	@test -n "$(SWEEP)" || { echo "usage: make agent SWEEP=<id> [COUNT=n] [AGENTS=k] [GPUS=0,1,...] [ARGS=...]"; exit 2; }
