@@ -25,7 +25,7 @@ from PIL import Image
 from scipy import ndimage
 
 MIN_SCALE = 0.5  # the hand at 50-100% of the frame when pasted
-PHOTO_SIDE = 480  # photographs are read at most this short side: a 10% crop still has 48 pixels
+PHOTO_SIDE = 480  # wallpapers are read at this short side: a 10% crop still has 48 pixels
 PLASMA = "/usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
 # (package, path): a Python package's file relative to its root, or a Debian package's absolute path
 TRAINING_PHOTOS = (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
@@ -50,13 +50,15 @@ def _path(package: str, relative: str) -> Path:
 
 @functools.cache
 def photo(package: str, relative: str) -> np.ndarray:
-    """A photograph shipped by an installed package, RGB uint8, its short side at most PHOTO_SIDE (read
-    once per process)."""
+    """A photograph shipped by an installed package, RGB uint8 (read once per process). A wallpaper (short
+    side over twice PHOTO_SIDE) is decoded reduced to PHOTO_SIDE; a sample photo (scikit-learn's, the
+    suite's) is read as it is, so the suite's scenes do not change."""
     with Image.open(_path(package, relative)) as img:
-        img.draft("RGB", (PHOTO_SIDE, PHOTO_SIDE))
-        img = img.convert("RGB")
-        img.thumbnail((PHOTO_SIDE * img.width // min(img.size), PHOTO_SIDE * img.height // min(img.size)))
-        return np.asarray(img)
+        if min(img.size) > 2 * PHOTO_SIDE:
+            img.draft("RGB", (PHOTO_SIDE, PHOTO_SIDE))
+            img = img.convert("RGB")
+            img.thumbnail((PHOTO_SIDE * img.width // min(img.size), PHOTO_SIDE * img.height // min(img.size)))
+        return np.asarray(img.convert("RGB"))
 
 
 @functools.cache

@@ -110,6 +110,7 @@ def test_every_training_photograph_is_installed_here():
     for source in found:  # read small: a crop of a tenth of the short side still has PHOTO_SIDE/10 pixels
         img = backgrounds.photo(*source)
         assert min(img.shape[:2]) <= backgrounds.PHOTO_SIDE and img.shape[2] == 3 and img.dtype == np.uint8
+    assert backgrounds.photo(*backgrounds.SUITE_PHOTOS[0]).shape == (600, 512, 3)  # the suite's scenes stay as they were
 
 
 def test_a_missing_photograph_is_left_out_with_a_warning_naming_its_package(caplog, tmp_path):
