@@ -10,7 +10,7 @@ GPUS    ?=
 OUT     ?= exports/$(SWEEP)
 FORCE   ?=
 ARGS    ?=
-MINUTES ?= 12  # make sweep starts no new run after this (a run takes ~11 min on 2 cores: docs/backgrounds.md)
+MINUTES ?= 12  # make sweep starts no new run after this (what a run takes on 2 cores: docs/backgrounds.md)
 # absolute: tests and agents run in other folders, where a relative path would find nothing
 export ASL_SWEEP_DATA_DIR ?= $(abspath $(wildcard ../shared/data/sign-language-digits))
 

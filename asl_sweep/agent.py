@@ -183,7 +183,8 @@ def progress_line(ledger: Ledger, sweep_id: str, started: float) -> str:
         best_txt = f"best {name} {best_value(best, name, goal):.4f} (run {best.id} #{best.number})"
     else:
         best_txt = f"best {name} -"
-    elapsed = time.strftime("%M:%S", time.gmtime(time.time() - started))
+    minutes, seconds = divmod(int(time.time() - started), 60)
+    elapsed = f"{minutes:02d}:{seconds:02d}"  # minutes past 59 too: an agent runs for hours
     paused = ", paused" if sweep["state"] == SweepState.PAUSED else ""
     failed_txt = f", {failed} failed" if failed else ""
     return f"[{sweep_id}] {done}/{cap} runs done, {running} running{failed_txt}, {best_txt}, {elapsed} elapsed{paused}"

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 from asl_sweep.errors import OneLineParser, guarded
 
@@ -305,10 +305,20 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     add_ledger_argument(p)
 
 
+class Parser(OneLineParser):
+    """The CLI's parser (its subcommands' too): a usage error quotes what was typed, a ledger URL given where
+    no option takes it included, so every URL in the message is masked."""
+
+    def error(self, message: str) -> NoReturn:
+        from asl_sweep.storage import masked_urls
+
+        super().error(masked_urls(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asl_sweep.train import add_train_arguments
 
-    parser = OneLineParser(prog="asl-sweep", description=__doc__, allow_abbrev=False)
+    parser = Parser(prog="asl-sweep", description=__doc__, allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", default=False, help="full tracebacks and library logs")
     sub = parser.add_subparsers(dest="command", required=True)
 

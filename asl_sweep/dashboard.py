@@ -30,10 +30,11 @@ from typing import Any, Callable
 from asl_sweep import storage
 from asl_sweep.controller import shown_state
 from asl_sweep.errors import UserError, one_line
-from asl_sweep.ledger import CONTROL, Ledger, RunState, where
+from asl_sweep.ledger import CONTROL, Ledger, where
 from asl_sweep.ranking import best_run, metric_value
 from asl_sweep.records import Run, RunRecord
 from asl_sweep.results import SweepData, swept_params
+from asl_sweep.state import RunState
 from asl_sweep.sweepfile import metric
 
 POLL_S = 2.0  # how often a page asks for news; one ledger read serves every viewer within READ_REUSE_S

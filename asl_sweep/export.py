@@ -218,9 +218,10 @@ def export_best(sweep_id: str, out: str | Path, *, force: bool = False, retrain:
     `link` (a W&B sweep) where in W&B's model registry the winner's model artifact was linked."""
     from asl_sweep import artifacts
     from asl_sweep import model as model_lib
-    from asl_sweep.ledger import RunState, is_local_sweep
+    from asl_sweep.ledger import is_local_sweep
     from asl_sweep.ranking import best_epoch, best_value
     from asl_sweep.results import load_sweep, read_record, swept_params
+    from asl_sweep.state import RunState
 
     out = Path(out)
     check_out_dir(out, force)

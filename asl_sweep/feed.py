@@ -21,7 +21,7 @@ from asl_sweep.config import Config
 from asl_sweep.model import targets
 from asl_sweep.preprocessing import preprocess
 
-BANK_SIZE = 3000  # backgrounds per agent and input setting (~2 s to make at 32x32); each epoch draws from it
+BANK_SIZE = 3000  # backgrounds per agent and input setting (made once: its cost is measured in docs/backgrounds.md); each epoch draws from it
 
 
 class Composited(keras.utils.PyDataset):

@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator, TypeVar
 from asl_sweep import heartbeat, retry, storage
 from asl_sweep.errors import UserError
 from asl_sweep.records import CANCELED, NO_HEARTBEAT, Run, RunRecord, SweepRow
-from asl_sweep.state import ACTIVE as ACTIVE  # re-exported: report.py reads it here
 from asl_sweep.state import RunState, SweepState
 
 T = TypeVar("T")

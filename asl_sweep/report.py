@@ -18,10 +18,10 @@ from typing import Any, Callable
 import numpy as np
 
 from asl_sweep.config import inactive_keys
-from asl_sweep.ledger import ACTIVE, RunRecord, RunState
 from asl_sweep.ranking import metric_value
-from asl_sweep.records import Run
+from asl_sweep.records import Run, RunRecord
 from asl_sweep.results import SweepData, load_sweep, read_record, swept_params
+from asl_sweep.state import ACTIVE, RunState
 
 LOG_DISTRIBUTIONS = {"log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values",
                      "inv_log_uniform", "inv_log_uniform_values"}

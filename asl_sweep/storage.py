@@ -26,6 +26,7 @@ URL_SCHEMES = ("postgresql://", "postgres://")  # libpq's two URI prefixes
 URL_LIKE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(/*)(.*)$", re.S)  # `word:` then `/`: a URL, never a path
 SECRET_KEYS = ("password", "sslpassword")  # libpq keywords whose values are never shown
 HOST_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/+\S*")  # a URL inside a message, up to the next blank
 
 
 class Unreachable(UserError):
@@ -52,6 +53,12 @@ def masked_text(location: str) -> str:
         user = re.split(r"[:@/?]", userinfo, maxsplit=1)[0]
         rest = (user if user == userinfo else f"{user}:***") + "@" + rest
     return f"{scheme}:{slashes}" + re.sub(r"([?&][^=&]*=)[^&]*", r"\1***", rest)
+
+
+def masked_urls(text: str) -> str:
+    """`text` with every URL in it masked as typed: for messages that quote what the user typed (argparse's
+    usage errors), where nothing says which word is a ledger URL."""
+    return URL_IN_TEXT.sub(lambda match: masked_text(match.group()), text)
 
 
 def libpq_params(location: str) -> dict[str, str]:

@@ -517,3 +517,11 @@ def test_ctrl_c_of_several_agents_is_one_interrupted_line_whichever_arrives_firs
     assert err == ("asl-sweep: interrupted" if expected == 130 else "asl-sweep: error: 1 of 2 agents exited with an error")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert len(AgentProcess.started) == 2 and not any(location in arg for arg in AgentProcess.started[0])
+
+
+def test_the_progress_line_counts_minutes_past_the_hour():
+    """An agent runs for hours: 75 minutes read 75:05, not 15:05."""
+    with Ledger() as ledger:
+        sid = ledger.create_sweep(SMOKE, "long")
+        line = agent.progress_line(ledger, sid, time.time() - 75 * 60 - 5)
+    assert "0/2 runs done, 0 running" in line and "75:05 elapsed" in line, line

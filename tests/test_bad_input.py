@@ -414,6 +414,13 @@ CASES: list[Case] = [
     Case("--ledger: unencoded / in the password", lambda w: ["export", w.sweep_id, "--out", str(w.work / "new"),
                                                              "--ledger", "postgresql://ann:p/w@db/sweeps"],
          ("'@' after the host", "%2F")),
+    Case("--ledger on a command that takes none", lambda w: ["data", "--ledger", "postgresql://ann:s3cret@db/sweeps"],
+         ("unrecognized arguments", "postgresql://ann:***@db/sweeps")),
+    Case("--ledger before the command", lambda w: ["--ledger", "postgresql://ann:s3cret@db/sweeps", "sweeps"],
+         ("invalid choice", "postgresql://ann:***@db/sweeps")),
+    Case("--ledger= on a command that takes none", lambda w: ["ledger", "copy", w.sweep_id, str(w.ledger), "b.db",
+                                                             "--ledger=postgresql://ann:s3cret@db/s?password=s3cret"],
+         ("unrecognized arguments", "postgresql://ann:***@db/s?password=***")),
     Case("--ledger: database name with a /", lambda w: ["status", w.sweep_id, "--ledger", "postgresql://db/s/2024"],
          ("database 's/2024' has a '/'",)),
     # ---- a newcomer's first hour (issue 21): the message names the near miss, the fix, the ledger
@@ -554,6 +561,7 @@ def test_a_mistake_is_one_clear_line_and_damages_nothing(case: Case, world: Worl
     assert 1 <= len(lines) <= 3, err
     assert any(line.startswith("asl-sweep: error:") for line in lines), err
     assert all(word in err for word in case.expect), f"expected {case.expect} in: {err}"
+    assert ":pw@" not in err and "s3cret" not in err, f"a password is shown: {err}"
     after = recorded(world)
     assert {k: after.get(k) for k in before} == before  # new cache entries may appear; nothing old changes
     assert not list((world.work / "wandb").glob("*run-*")), "a W&B run was started before the mistake was found"
