@@ -62,7 +62,12 @@ def progress(args: argparse.Namespace) -> Progress:
     """The agent's display on this terminal: its progress line and notes, unless --quiet."""
     from asl_sweep.display import Progress
 
-    return Progress(enabled=not getattr(args, "quiet", False))
+    return Progress(terminal, enabled=not getattr(args, "quiet", False))
+
+
+def terminal(text: str, end: str, error: bool) -> None:
+    """The agent's display (`display.Progress`) decides what to show; this puts it on the terminal."""
+    print(text, end=end, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def agent_count(args: argparse.Namespace) -> int:

@@ -1,23 +1,27 @@
 """An agent's events on the terminal (as Keras Tuner's display): a live progress line, rewritten in place
-on a terminal and one line per update otherwise (throttled), with the agent's notes above it."""
+on a terminal and one line per update otherwise (throttled), with the agent's notes above it. It decides
+what to show and when; the CLI's `write` puts it on the terminal (only the CLI prints)."""
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import Callable
 
 from asl_sweep.agent import AgentEvents, progress_line
 from asl_sweep.ledger import Ledger
 
 THROTTLE_S = 10  # between progress lines when stdout is not a terminal
+Write = Callable[[str, str, bool], None]  # (text, end, to stderr)
 
 
 class Progress(AgentEvents):
     """An agent's events on the terminal: a live progress line and, above it, its notes (both off when
     `enabled` is False, as `--quiet` asks) and warnings (always)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, write: Write, enabled: bool = True) -> None:
         super().__init__(notes=enabled)
+        self.write = write
         self.enabled = enabled
         self.ledger: Ledger | None = None
         self.sweep_id = ""
@@ -33,20 +37,20 @@ class Progress(AgentEvents):
             return
         self._last = time.time()
         line = progress_line(self.ledger, self.sweep_id, self.started_at)
-        print(f"\r{line}\033[K" if self.tty else line, end="" if self.tty else "\n", flush=True)
+        self.write(f"\r{line}\033[K" if self.tty else line, "" if self.tty else "\n", False)
 
     def note(self, text: str) -> None:
         if self.enabled:
-            self._line(text, sys.stdout)
+            self._line(text, error=False)
             self._last = 0.0
 
     def warn(self, text: str) -> None:
-        self._line(text, sys.stderr)
+        self._line(text, error=True)
 
-    def _line(self, text: str, stream) -> None:
+    def _line(self, text: str, error: bool) -> None:
         """A line of its own, above the live line on a terminal."""
-        print(f"\r{text}\033[K" if self.tty else text, file=stream, flush=True)
+        self.write(f"\r{text}\033[K" if self.tty else text, "\n", error)
 
     def end(self) -> None:
         if self.enabled and self.tty:
-            print()
+            self.write("", "\n", False)
