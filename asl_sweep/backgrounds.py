@@ -54,11 +54,13 @@ def photo(package: str, relative: str) -> np.ndarray:
     side over twice PHOTO_SIDE) is decoded reduced to PHOTO_SIDE; a sample photo (scikit-learn's, the
     suite's) is read as it is, so the suite's scenes do not change."""
     with Image.open(_path(package, relative)) as img:
-        if min(img.size) > 2 * PHOTO_SIDE:
+        wallpaper = min(img.size) > 2 * PHOTO_SIDE
+        if wallpaper:
             img.draft("RGB", (PHOTO_SIDE, PHOTO_SIDE))
-            img = img.convert("RGB")
+        img = img.convert("RGB")
+        if wallpaper:
             img.thumbnail((PHOTO_SIDE * img.width // min(img.size), PHOTO_SIDE * img.height // min(img.size)))
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(img)
 
 
 @functools.cache
