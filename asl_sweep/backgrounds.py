@@ -4,8 +4,9 @@ Training (`config.background`) shows a share of the photos each epoch with the m
 front of a random background, at 50-100% of the frame, anywhere in it. The backgrounds come from a
 bank made once per agent: procedural families (plain colours, gradients, noise at several scales,
 stripes, blocks of colour, dead-leaves clutter, noise with a photo's spectrum) and random crops of real
-photographs that packages ship (scikit-learn's two, and the nature photographs of Debian's `mate-backgrounds`
-and `plasma-workspace-wallpapers` where they are installed), each with colour jitter (channels shuffled, exposure, white balance, some laid over others). The robustness suite's background changes use families that training never sees
+photographs that packages ship (scikit-learn's two; where they are installed, the nature photographs of
+Debian's `mate-backgrounds` and `plasma-workspace-wallpapers`, and the sample photos of `opencv-doc`: a room,
+streets, shop signs, a footballer, fruit, a dog), each with colour jitter (channels shuffled, exposure, white balance, some laid over others). The robustness suite's background changes use families that training never sees
 (wood, a bookshelf, foliage, a knitted sweater, plain walls) and a photograph matplotlib ships, so
 they measure a background the model has not met. scikit-image's sample images are left alone:
 they are reserved for acceptance testing.
@@ -27,6 +28,7 @@ from scipy import ndimage
 MIN_SCALE = 0.5  # the hand at 50-100% of the frame when pasted
 PHOTO_SIDE = 480  # wallpapers are read at this short side: a 10% crop still has 48 pixels
 PLASMA = "/usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
+OPENCV = "/usr/share/doc/opencv-doc/examples/{}"  # OpenCV's sample photos: a room, streets, people, fruit, a dog
 # (package, path): a Python package's file relative to its root, or a Debian package's absolute path
 TRAINING_PHOTOS = (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
                    *(("mate-backgrounds", f"/usr/share/backgrounds/mate/nature/{name}.jpg") for name in (
@@ -34,7 +36,15 @@ TRAINING_PHOTOS = (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datase
                        "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower")),
                    *(("plasma-workspace-wallpapers", PLASMA.format(name)) for name in (
                        "BytheWater", "ColdRipple", "ColorfulCups", "EveningGlow", "FallenLeaf", "Grey",
-                       "Kite", "OneStandsOut", "Path", "summer_1am")))
+                       "Kite", "OneStandsOut", "Path", "summer_1am")),
+                   *(("opencv-doc", OPENCV.format(name)) for name in (
+                       "alphamat/input_images/plant.jpg", "data/aero1.jpg", "data/aloeL.jpg", "data/apple.jpg",
+                       "data/baboon.jpg", "data/board.jpg", "data/building.jpg", "data/butterfly.jpg",
+                       "data/chicky_512.png", "data/ela_original.jpg", "data/fruits.jpg", "data/graf1.png",
+                       "data/home.jpg", "data/leuvenA.jpg", "data/licenseplate_motion.jpg", "data/messi5.jpg",
+                       "data/orange.jpg", "data/rubberwhale1.png", "data/smarties.png", "data/squirrel_cls.jpg",
+                       "data/starry_night.jpg", "data/stuff.jpg", "hfs/data/000.jpg", "hfs/data/001.jpg",
+                       "hfs/data/002.jpg", *(f"text/scenetext0{i}.jpg" for i in range(1, 7)))))
 SUITE_PHOTOS = (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),)
 Family = Callable[[int, int, np.random.Generator], np.ndarray]
 log = logging.getLogger(__name__)
