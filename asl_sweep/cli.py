@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
-from asl_sweep.errors import OneLineParser, guarded
+from asl_sweep.console import OneLineParser, guarded, write
 
 if TYPE_CHECKING:
     from asl_sweep.agent import AgentOptions
@@ -62,12 +62,7 @@ def progress(args: argparse.Namespace) -> Progress:
     """The agent's display on this terminal: its progress line and notes, unless --quiet."""
     from asl_sweep.display import Progress
 
-    return Progress(terminal, enabled=not getattr(args, "quiet", False))
-
-
-def terminal(text: str, end: str, error: bool) -> None:
-    """The agent's display (`display.Progress`) decides what to show; this puts it on the terminal."""
-    print(text, end=end, file=sys.stderr if error else sys.stdout, flush=True)
+    return Progress(write, enabled=not getattr(args, "quiet", False))
 
 
 def agent_count(args: argparse.Namespace) -> int:

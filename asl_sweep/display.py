@@ -1,6 +1,6 @@
 """An agent's events on the terminal (as Keras Tuner's display): a live progress line, rewritten in place
 on a terminal and one line per update otherwise (throttled), with the agent's notes above it. It decides
-what to show and when; the CLI's `write` puts it on the terminal (only the CLI prints)."""
+what to show and when; the entry points' `console.write` puts it on the terminal."""
 
 from __future__ import annotations
 

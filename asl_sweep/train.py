@@ -383,13 +383,12 @@ def run_from_args(args: argparse.Namespace, overrides: Sequence[str]) -> RunReco
 
 def main(argv: Sequence[str] | None = None) -> int:
     from asl_sweep import console
-    from asl_sweep.errors import OneLineParser, guarded
 
-    parser = OneLineParser(prog="python -m asl_sweep.train", description="Train one run.", allow_abbrev=False)
+    parser = console.OneLineParser(prog="python -m asl_sweep.train", description="Train one run.", allow_abbrev=False)
     add_train_arguments(parser)
     args, rest = parser.parse_known_args(argv)
     console.install(debug=getattr(args, "debug", False))
-    return guarded(lambda: console.report_run(run_from_args(args, rest)), debug=getattr(args, "debug", False))
+    return console.guarded(lambda: console.report_run(run_from_args(args, rest)), debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

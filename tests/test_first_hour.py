@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asl_sweep import agent, cli, controller, display, export, status
+from asl_sweep import agent, cli, console, controller, display, export, status
 from asl_sweep.errors import UserError
 from asl_sweep.ledger import Ledger
 from asl_sweep.records import HYPERBAND, INTERRUPTED
@@ -29,7 +29,7 @@ def failing_sweep(ledger: Ledger, runs: int = 2) -> str:
 def test_a_failed_run_says_why_in_the_agent_status_and_its_detail(dataset_dir, capsys):
     ledger = Ledger()
     sid = failing_sweep(ledger)
-    agent.local_agent(sid, agent.AgentOptions(subprocess_mode=True, data_dir=str(dataset_dir)), display.Progress(cli.terminal))
+    agent.local_agent(sid, agent.AgentOptions(subprocess_mode=True, data_dir=str(dataset_dir)), display.Progress(console.write))
     out = capsys.readouterr().out
     assert "run #1 (" in out and "failed: exit code 1: model too large for this machine" in out
     assert f"asl-sweep status {sid} --run 1" in out and "0 running, 2 failed" in out
