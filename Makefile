@@ -19,6 +19,7 @@ SEARCH_MINUTES ?= 10
 SEARCH_SEEDS ?= 3
 REPLAYS ?= 200
 METHODS ?= bayes random optuna kt  # replay specs: name[:key=value,...] (docs/replay.md)
+SURROGATE ?=  # SURROGATE=1: the replay targets replay on the table's surrogate (bench/surrogate.py)
 
 .PHONY: install test train sweep agent report export bench bench-search bench-dashboard bench-replay bench-replay-table bench-replay-all docs clean
 
@@ -71,16 +72,18 @@ docs: install
 
 # the replay benchmark (docs/replay.md): the table from the stored replays, re-running 2 per method as a check
 bench-replay: $(VENV)/.bench
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --check 2 --methods $(METHODS) --plot docs/replay.png
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --check 2 --methods $(METHODS) \
+	  $(if $(SURROGATE),--surrogate --plot docs/replay-surrogate.png,--plot docs/replay.png)
 
 # training the table: ~2 h on 2 cores (two one-thread processes); resumable
 bench-replay-table: $(VENV)/.bench
 	for i in 0 1; do ASL_SWEEP_THREADS=1 $(BIN)/python bench/replay_table.py --shard $$i/2 & done; wait
 
-# every replay (200 per method, 40 simulated minutes each; two processes), appended to bench/replay/results.jsonl; resumable
+# every replay (200 per method, 40 simulated minutes each; two processes), appended to bench/replay/results.jsonl
+# (results-surrogate.jsonl with SURROGATE=1); resumable
 bench-replay-all: $(VENV)/.bench
 	for i in 0 1; do OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/python bench/replay.py --run --shard $$i/2 \
-	  --replays $(REPLAYS) --methods $(METHODS) & done; wait
+	  --replays $(REPLAYS) --methods $(METHODS) $(if $(SURROGATE),--surrogate) & done; wait
 
 # ~8 min on 2 cores: agents on SQLite and PostgreSQL with and without a dashboard polling (docs/dashboard.md)
 bench-dashboard: install

@@ -52,6 +52,7 @@ BUDGETS_MIN = (5, 10, 20, 40)
 THRESHOLDS = (0.95, 0.99)
 COSTS_FILE = REPO / "bench" / "replay" / "costs.json"  # costs the table does not hold, from `--measure-costs`
 RESULTS_FILE = REPO / "bench" / "replay" / "results.jsonl"
+SURROGATE_RESULTS_FILE = REPO / "bench" / "replay" / "results-surrogate.jsonl"  # the replays on the table's surrogate
 
 
 @dataclass
@@ -103,6 +104,28 @@ class Table:
 
     def training(self, config: int, rng: random.Random) -> Curve:
         return rng.choice(self.curves[config])
+
+    def lookup(self, values: dict[str, Any], rng: random.Random) -> Curve:
+        """A training of the proposed configuration: one of the nearest configuration's."""
+        return self.training(self.nearest(values), rng)
+
+
+class SurrogateTable(Table):
+    """The table's surrogate (`bench/surrogate.py`, a forest of trees): a predicted training, with drawn
+    seed noise, for any configuration, where `Table` can only answer with one of its own."""
+
+    def __init__(self, rows: list[dict[str, Any]], sweep: dict[str, Any], seed: int = 0) -> None:
+        import surrogate
+
+        super().__init__(rows, sweep)
+        self.forest = surrogate.Forest(self.points, [self.curves[i] for i in self.ids], seed=seed)
+        self.seen: dict[str, np.ndarray] = {}
+
+    def lookup(self, values: dict[str, Any], rng: random.Random) -> Curve:
+        key = json.dumps(values, sort_keys=True)
+        if key not in self.seen:
+            self.seen[key] = self.encode([values])[0]
+        return Curve(**self.forest.predict(self.seen[key], rng))
 
 
 @dataclass
@@ -194,9 +217,9 @@ class WandbEngine(Method):
         np.random.seed(self.rng.randrange(2**32))
         t = time.process_time()
         values = {k: v["value"] for k, v in sweeps.next_run(self.config, self.engine_runs(runs)).config.items()}
-        config = self.table.nearest(values)
-        run = Run(str(len(runs)), values, self.table.training(config, self.rng), now, last_epoch=self.epochs)
-        run.extra["think_s"] = time.process_time() - t
+        think_s = time.process_time() - t
+        run = Run(str(len(runs)), values, self.table.lookup(values, self.rng), now, last_epoch=self.epochs)
+        run.extra["think_s"] = think_s
         return run
 
     def epoch(self, run: Run, runs: list[Run]) -> bool:
@@ -233,10 +256,10 @@ class OptunaTPE(Method):
         t = time.process_time()
         trial = self.study.ask()
         values = {k: bench.optuna_suggest(trial, k, spec) for k, spec in self.table.sweep["parameters"].items()}
-        run = Run(str(len(runs)), values, self.table.training(self.table.nearest(values), self.rng), now,
-                  last_epoch=self.epochs)
+        think_s = time.process_time() - t
+        run = Run(str(len(runs)), values, self.table.lookup(values, self.rng), now, last_epoch=self.epochs)
         self.trials[run.id] = trial
-        run.extra["think_s"] = time.process_time() - t
+        run.extra["think_s"] = think_s
         return run
 
     def epoch(self, run: Run, runs: list[Run]) -> bool:
@@ -284,11 +307,12 @@ class KerasTunerHyperband(Method):
         values = {k: hp[k] for k in self.table.sweep["parameters"] if k in hp}
         values.update({k: s["value"] for k, s in self.table.sweep["parameters"].items() if "value" in s})
         parent = hp.get("tuner/trial_id")
-        curve = self.curves[parent] if parent in self.curves else self.table.training(self.table.nearest(values), self.rng)
+        think_s = time.process_time() - t
+        curve = self.curves[parent] if parent in self.curves else self.table.lookup(values, self.rng)
         self.curves[trial.trial_id] = curve
         run = Run(str(len(runs)), values, curve, now, first_epoch=hp["tuner/initial_epoch"],
                   last_epoch=hp["tuner/epochs"], done=hp["tuner/initial_epoch"])
-        run.extra.update(think_s=time.process_time() - t, resumed=parent is not None,
+        run.extra.update(think_s=think_s, resumed=parent is not None,
                          start_s=self.costs["build_s"] + (self.costs["restore_s"] if parent else 0.0),
                          best=max(curve.metric[:run.done], default=-math.inf))
         self.trials[run.id] = trial
@@ -488,7 +512,7 @@ def summary(results: dict[str, list[list[list[float]]]], budgets_min=BUDGETS_MIN
     return rows
 
 
-def plot(results: dict[str, list[list[list[float]]]], minutes: float, path: Path) -> None:
+def plot(results: dict[str, list[list[list[float]]]], minutes: float, path: Path, on: str = "the stored table") -> None:
     """Median best val_accuracy (what the sweep would ship) against the budget, one line per method, with
     the median's 95% bootstrap band: the picture of the table."""
     import matplotlib
@@ -505,7 +529,7 @@ def plot(results: dict[str, list[list[list[float]]]], minutes: float, path: Path
         line, = ax.plot(grid, np.median(best, axis=0), label=f"{method} ({len(best)} replays)")
         ax.fill_between(grid, *np.percentile(draws, [2.5, 97.5], axis=0), color=line.get_color(), alpha=0.2)
     ax.set(xlabel="budget (simulated minutes on 2 cores)", ylabel="median best val_accuracy", ylim=(0.8, 1.0),
-           title="Replays on the stored table: median and its 95% bootstrap band")
+           title=f"Replays on {on}: median and its 95% bootstrap band")
     ax.axhline(0.95, color="grey", lw=0.6, ls=":")
     ax.axhline(0.99, color="grey", lw=0.6, ls=":")
     ax.legend(loc="lower right")
@@ -554,7 +578,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, default=REPO / "bench" / "replay" / "table.jsonl")
     parser.add_argument("--sweep", type=Path, default=WIDE)
-    parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="stored replays (JSON lines)")
+    parser.add_argument("--results", type=Path, help=f"stored replays (JSON lines; default {RESULTS_FILE.name}, "
+                        f"with --surrogate {SURROGATE_RESULTS_FILE.name})")
+    parser.add_argument("--surrogate", action="store_true",
+                        help="replay on the table's surrogate (bench/surrogate.py) instead of the table itself")
     parser.add_argument("--run", action="store_true", help="replay and append to --results (resumes: done seeds are skipped)")
     parser.add_argument("--replays", type=int, default=200)
     parser.add_argument("--shard", default="0/1", help="i/n: with --run, replay seeds i, i+n, ...")
@@ -567,7 +594,9 @@ def main() -> int:
     args = parser.parse_args()
     if not args.table.is_file():
         sys.exit(f"bench/replay.py: {args.table} does not exist yet; make it with: make bench-replay-table")
-    table = Table(read_table(args.table), yaml.safe_load(args.sweep.read_text()))
+    rows, sweep = read_table(args.table), yaml.safe_load(args.sweep.read_text())
+    table = SurrogateTable(rows, sweep) if args.surrogate else Table(rows, sweep)
+    args.results = args.results or (SURROGATE_RESULTS_FILE if args.surrogate else RESULTS_FILE)
     if args.measure_costs:
         costs = measure_costs(table)
         COSTS_FILE.write_text(json.dumps(costs, indent=1) + "\n")
@@ -587,6 +616,14 @@ def main() -> int:
                         f.write(json.dumps(row, separators=(",", ":")) + "\n")
                     print(f"{spec} replay {seed}: {row['runs']} runs, {row['cpu_s']} CPU-s", flush=True)
         return 0
+    if args.surrogate:
+        import surrogate
+
+        fit = surrogate.validate(table.points, [table.curves[i] for i in table.ids])
+        print(f"surrogate, 5-fold over {fit['configurations']} configurations: Spearman {fit['spearman']:.2f} and median "
+              f"absolute error {fit['median_abs_error']:.3f} on the best val_accuracy, {fit['top_median_abs_error']:.3f} "
+              f"on those >= 0.9 (two seeds of one configuration: {fit['seeds_spearman']:.2f}, "
+              f"{fit['seeds_median_abs_error']:.3f})")
     results = {spec: rows for spec, rows in stored(args.results).items() if spec in args.methods}
     if not results:
         sys.exit(f"bench/replay.py: no stored replays of {' '.join(args.methods)} in {args.results}; make them with: "
@@ -594,7 +631,8 @@ def main() -> int:
     print(format_rows(summary({m: [r["events"] for r in rows] for m, rows in results.items()},
                               [b for b in BUDGETS_MIN if b <= args.minutes] or [args.minutes], ours=args.ours)))
     if args.plot:
-        plot({m: [r["events"] for r in rows] for m, rows in results.items()}, args.minutes, args.plot)
+        plot({m: [r["events"] for r in rows] for m, rows in results.items()}, args.minutes, args.plot,
+             "the table's surrogate" if args.surrogate else "the stored table")
     for spec, rows in results.items():
         print(f"{spec}: {len(rows)} replays, median {statistics.median(r['runs'] for r in rows)} runs and "
               f"{statistics.median(r['cpu_s'] for r in rows)} CPU-s per replay")
