@@ -66,6 +66,15 @@ class Curve:
     fit_s: list[float]
     end_s: float
 
+    def best(self, upto: int | None = None) -> tuple[float, float]:
+        """(best metric, val_accuracy at that epoch) over the first `upto` epochs (all by default): what
+        a sweep's saved model scores."""
+        metric = self.metric[:upto]
+        if not metric:
+            return -math.inf, 0.0
+        i = int(np.argmax(metric))
+        return metric[i], self.accuracy[i]
+
 
 class Table:
     """The table's configurations, their trainings, and the nearest-configuration lookup."""
@@ -146,11 +155,7 @@ class Run:
 
     def best(self) -> tuple[float, float]:
         """(best metric, val_accuracy at that epoch) over the epochs trained so far."""
-        upto = self.curve.metric[:self.done]
-        if not upto:
-            return -math.inf, 0.0
-        i = int(np.argmax(upto))
-        return upto[i], self.curve.accuracy[i]
+        return self.curve.best(self.done)
 
 
 class Method:

@@ -55,8 +55,9 @@ class Forest:
         """`points[i]` is configuration i's encoding and `curves[i]` its trainings (`replay.Curve`)."""
         from sklearn.ensemble import ExtraTreesRegressor
 
-        x, y = [], []
+        x, y, rows = [], [], []  # rows[i]: configuration i's trainings' row indices in y
         for point, trainings in zip(points, curves):
+            rows.append(list(range(len(y), len(y) + len(trainings))))
             for c in trainings:
                 x.append(point)
                 y.append(self.targets(c))
@@ -69,7 +70,7 @@ class Forest:
         for cols in (slice(0, split), slice(split, None)):
             model = ExtraTreesRegressor(n_estimators=trees, max_features=1.0, random_state=seed, n_jobs=1)
             self.models.append(model.fit(np.asarray(x), standard[:, cols]))
-        self.offset_sd, self.jitter_sd = self.noise(curves)
+        self.offset_sd, self.jitter_sd = self.noise(y_arr, rows)
 
     def targets(self, c: Any) -> np.ndarray:
         metric = np.asarray([v if math.isfinite(v) else 0.0 for v in c.metric])
@@ -77,18 +78,19 @@ class Forest:
                                np.log(np.maximum(c.epoch_s, 1e-3)), np.log(np.maximum(c.fit_s, 1e-3)),
                                [math.log(max(c.setup_s, 1e-3)), math.log(max(c.end_s, 1e-3))]])
 
-    def noise(self, curves: list[list[Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """(offset sd, jitter sd) of (metric, val_accuracy) in logit space: the offset from the repeated
-        configurations' last-5-epoch means (their difference, about 0 since which seed is first is
-        arbitrary, over sqrt 2), the jitter from every training's last 10 epochs (epoch-to-epoch changes
-        about their median, which is the curve's late trend, over sqrt 2)."""
+    def noise(self, y: np.ndarray, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(offset sd, jitter sd) of (metric, val_accuracy) in logit space, from `y` (the trainings'
+        targets; `rows[i]`: configuration i's rows in it): the offset from the repeated configurations'
+        last-5-epoch means (their difference, about 0 since which seed is first is arbitrary, over
+        sqrt 2), the jitter from every training's last 10 epochs (epoch-to-epoch changes about their
+        median, which is the curve's late trend, over sqrt 2)."""
         offset, jitter = [], []
-        pairs = [(self.targets(t[0]), self.targets(t[1])) for t in curves if len(t) >= 2]
+        pairs = np.asarray([r[:2] for r in rows if len(r) >= 2])
         for i in range(2):  # the metric's columns, then val_accuracy's
-            cols = slice(i * self.epochs, (i + 1) * self.epochs)
-            offset.append(robust_sd([float(a[cols][-5:].mean() - b[cols][-5:].mean()) for a, b in pairs], 0.0) / math.sqrt(2))
-            steps = [float(d) for t in curves for c in t for d in np.diff(self.targets(c)[cols][-10:])]
-            jitter.append(robust_sd(steps) / math.sqrt(2))
+            cols = y[:, i * self.epochs:(i + 1) * self.epochs]
+            late = cols[:, -5:].mean(axis=1)
+            offset.append(robust_sd([float(d) for d in late[pairs[:, 0]] - late[pairs[:, 1]]], 0.0) / math.sqrt(2))
+            jitter.append(robust_sd([float(d) for d in np.diff(cols[:, -10:], axis=1).ravel()]) / math.sqrt(2))
         return np.asarray(offset), np.asarray(jitter)
 
     def mean_targets(self, point: np.ndarray) -> np.ndarray:
@@ -129,16 +131,11 @@ def validate(points: np.ndarray, curves: list[list[Any]], folds: int = 5, seed: 
             mean = forest.mean_targets(points[i])
             best = int(np.argmin(mean[:forest.epochs]))  # the lowest error of the metric
             predicted.append(float(accuracy(mean[forest.epochs + best])))
-            recorded.append(statistics.mean(best_accuracy(c) for c in curves[i]))
-    pairs = [(best_accuracy(t[0]), best_accuracy(t[1])) for t in curves if len(t) >= 2]
+            recorded.append(statistics.mean(c.best()[1] for c in curves[i]))
+    pairs = [(t[0].best()[1], t[1].best()[1]) for t in curves if len(t) >= 2]
     errors = [abs(a - b) for a, b in zip(predicted, recorded)]
     return {"spearman": float(spearmanr(predicted, recorded)[0]), "median_abs_error": statistics.median(errors),
             "top_median_abs_error": statistics.median(e for e, r in zip(errors, recorded) if r >= 0.9),
             "seeds_spearman": float(spearmanr(*zip(*pairs))[0]),
             "seeds_median_abs_error": statistics.median(abs(a - b) for a, b in pairs),
             "configurations": len(points)}
-
-
-def best_accuracy(c: Any) -> float:
-    """val_accuracy at the epoch the metric ranks best, as a sweep's saved model."""
-    return c.accuracy[int(np.argmax(c.metric))]
