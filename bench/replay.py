@@ -193,14 +193,18 @@ class Method:
 class WandbEngine(Method):
     """Our sweep: W&B's engine (`next_run`, and `stop_runs` when a run reaches a hyperband band), given the
     runs as `controller.engine_runs` gives them (a stopped run is finished with `stopped`). Options
-    `min_iter` and `eta` replace the YAML's hyperband settings (the levers tried on the replay)."""
+    `min_iter` and `eta` replace the YAML's hyperband settings (the levers tried on the replay);
+    `stopped=killed` hands a stopped run to the GP as killed, so it counts with the YAML's
+    `metric.impute` (default worst; option `impute` replaces it) instead of its early best."""
 
     def __init__(self, table: Table, seed: int, method: str, costs: dict[str, float], options: dict[str, str]) -> None:
         from asl_sweep.controller import hyperband_bands
 
         super().__init__(table, seed, costs, options)
         hyperband = {**table.sweep["early_terminate"], **{k: int(options.pop(k)) for k in ("min_iter", "eta") if k in options}}
-        self.config = {**table.sweep, "method": method, "early_terminate": hyperband}
+        metric = {**table.sweep["metric"], **({"impute": options.pop("impute")} if "impute" in options else {})}
+        self.config = {**table.sweep, "method": method, "early_terminate": hyperband, "metric": metric}
+        self.stopped_state = options.pop("stopped", "finished")
         self.bands = hyperband_bands(self.config) or set()
 
     def engine_runs(self, runs: list[Run]):
@@ -210,7 +214,8 @@ class WandbEngine(Method):
         out = []
         for r in runs:
             history = [{metric: v} for v in r.curve.metric[:r.done]]
-            out.append(SweepRun(name=r.id, state="running" if r.end is None else "finished",
+            state = "running" if r.end is None else self.stopped_state if r.stopped else "finished"
+            out.append(SweepRun(name=r.id, state=state,
                                 config={k: {"value": v} for k, v in r.values.items()}, history=history,
                                 summary_metrics=history[-1] if history else {}, stopped=r.stopped,
                                 should_stop=r.should_stop))

@@ -97,6 +97,17 @@ def test_a_spec_sets_hyperband_and_refuses_what_it_does_not_know(table):
         replay.make_method("grid", table, 0, COSTS)
 
 
+def test_a_spec_can_hand_stopped_runs_to_the_gp_as_killed(table):
+    stopped = replay.Run("0", table.values[0], table.curves[0][0], 0.0, done=2, end=10.0, stopped=True)
+    running = replay.Run("1", table.values[1], table.curves[1][0], 0.0, done=1)
+
+    def states(spec):
+        method = replay.make_method(spec, table, 0, COSTS)
+        return [str(r.state) for r in method.engine_runs([stopped, running])], method.config["metric"].get("impute", "worst")
+
+    assert states("bayes") == (["finished", "running"], "worst")
+    assert states("bayes:stopped=killed,impute=latest") == (["killed", "running"], "latest")
+
 def test_stored_events_keep_what_the_summary_reads(table):
     runs = replay.replay(replay.make_method("random", table, 2, COSTS), 300.0)
     full = sorted([round(r.end, 2), round(r.best()[1], 5), round(r.best()[0], 5)] for r in runs)
