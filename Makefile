@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/ruff check asl_sweep bench tests examples
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 train: install
 	$(BIN)/asl-sweep train $(ARGS)
