@@ -7,7 +7,7 @@ from the local ledger or from W&B. Report, export, status, agents and sync read 
 from __future__ import annotations
 
 import json
-import tempfile
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,9 +103,21 @@ def local_model(ledger, run_id: str, path: str | None) -> str:
     if data is None:
         raise UserError(f"run {run_id}'s model is not on this machine (it was saved at {path}) and the ledger "
                         f"{ledger.display} has no copy of it; export on the machine that trained it")
-    folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{run_id}-"))
-    (folder / "model.keras").write_bytes(data)
-    return str(folder / "model.keras")
+    target = run_files(run_id) / "model.keras"
+    partial = target.with_name(f".model-{os.getpid()}.keras")  # a concurrent export never reads half a file
+    partial.write_bytes(data)
+    os.replace(partial, target)
+    return str(target)
+
+
+def run_files(run_id: str) -> Path:
+    """The cache folder for one run's files fetched from a ledger or W&B: reused by each later report or
+    export of it, where temporary folders would pile up."""
+    from asl_sweep.data import cache_subfolder
+
+    folder = cache_subfolder("runs") / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 WANDB_STATES = {"killed": RunState.STOPPED, "preempted": RunState.STOPPED}  # W&B's states that are not ours
@@ -137,7 +149,7 @@ def load_wandb(sweep_id: str, *, with_model: bool = False) -> SweepData:
     runs = [run_from_wandb(r, number) for number, r in enumerate(sorted(sweep.runs, key=lambda r: r.created_at), 1)]
     best = next((r for r in runs if best_remote is not None and r.id == best_remote.id), None)
     if best is not None:
-        folder = Path(tempfile.mkdtemp(prefix=f"asl-sweep-{best.id}-"))
+        folder = run_files(best.id)
         try:
             best.record_path = best.remote.file("result.json").download(root=str(folder), replace=True).name
             if with_model:

@@ -2,12 +2,16 @@
 sweep's metric and goal; and which parameters a sweep varies."""
 
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 
+from asl_sweep.data import cache_dir
+from asl_sweep.errors import UserError
 from asl_sweep.ranking import best_epoch, best_run, best_value
 from asl_sweep.records import Run
-from asl_sweep.results import swept_params
+from asl_sweep.results import local_model, swept_params
 from asl_sweep.state import RunState
 
 
@@ -44,3 +48,29 @@ def test_swept_params_skip_fixed_values():
     assert swept_params(config) == ["a", "d"]
 
 
+
+
+class OneModel:
+    """The part of a ledger that `local_model` reads: a stored copy of each run's model."""
+
+    display = "test.db"
+
+    def model(self, run_id: str) -> bytes | None:
+        return b"weights of " + run_id.encode() if run_id != "lost" else None
+
+
+def test_a_model_from_the_ledger_is_written_once_to_the_runs_cache_and_no_temporary_folder_is_left(
+        tmp_path, monkeypatch):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # a temporary folder made on the way would appear here
+    trained_here = tmp_path / "model.keras"
+    trained_here.write_bytes(b"local")
+    assert local_model(OneModel(), "abc", str(trained_here)) == str(trained_here)
+    first = local_model(OneModel(), "abc", str(tmp_path / "elsewhere" / "model.keras"))
+    again = local_model(OneModel(), "abc", None)
+    assert first == again == str(cache_dir() / "runs" / "abc" / "model.keras")
+    assert Path(first).read_bytes() == b"weights of abc"
+    assert [p.name for p in Path(first).parent.iterdir()] == ["model.keras"] and not list(temp.iterdir())
+    with pytest.raises(UserError, match="has no copy of it"):
+        local_model(OneModel(), "lost", None)
