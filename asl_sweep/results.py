@@ -7,7 +7,6 @@ from the local ledger or from W&B. Report, export, status, agents and sync read 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,10 +102,11 @@ def local_model(ledger, run_id: str, path: str | None) -> str:
     if data is None:
         raise UserError(f"run {run_id}'s model is not on this machine (it was saved at {path}) and the ledger "
                         f"{ledger.display} has no copy of it; export on the machine that trained it")
+    from asl_sweep.data import atomic_file
+
     target = run_files(run_id) / "model.keras"
-    partial = target.with_name(f".model-{os.getpid()}.keras")  # a concurrent export never reads half a file
-    partial.write_bytes(data)
-    os.replace(partial, target)
+    with atomic_file(target) as fh:  # a concurrent export never reads half a file
+        fh.write(data)
     return str(target)
 
 

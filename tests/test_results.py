@@ -48,8 +48,6 @@ def test_swept_params_skip_fixed_values():
     assert swept_params(config) == ["a", "d"]
 
 
-
-
 class OneModel:
     """The part of a ledger that `local_model` reads: a stored copy of each run's model."""
 
